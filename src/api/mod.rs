@@ -1,0 +1,152 @@
+//! The HTTP server API: `POST /api/<method>` with a JSON body, authenticated by
+//! `X-API-Key: <key>` or `Authorization: apikey <key>`.
+//!
+//! Replies are `200 {"result": …}` or `200 {"error": {"code", "message"}}`; with the header
+//! `X-Herald-Error-Mode: transport` (or `X-Centrifugo-Error-Mode`) errors become HTTP statuses
+//! (100→500, 102/104→404, 107/108→400, 112→416). A missing or wrong key is 401, a malformed
+//! body 400 with a message. Each method lives in its own file and is listed in [`call`].
+
+mod history;
+mod presence;
+mod publish;
+mod server;
+mod users;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::broker::{Broker, BrokerError};
+use crate::protocol::ErrorCode;
+
+/// Why an API call failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// The body is not what the method takes: HTTP 400 with this message.
+    Malformed(String),
+    /// A protocol error in the reply body (or as a status in transport error mode).
+    Code(ErrorCode),
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        Self::Code(e.code())
+    }
+}
+
+impl From<ErrorCode> for ApiError {
+    fn from(code: ErrorCode) -> Self {
+        Self::Code(code)
+    }
+}
+
+pub type ApiResult = Result<Value, ApiError>;
+
+/// Decodes a method's parameters (kept raw until here so `data` stays byte-exact).
+fn params<T: DeserializeOwned>(body: &RawValue) -> Result<T, ApiError> {
+    serde_json::from_str(body.get()).map_err(|e| ApiError::Malformed(format!("invalid parameters: {e}")))
+}
+
+/// Runs one API method. `batch` calls this for each of its commands.
+pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiResult {
+    metrics::counter!("herald_api_requests_total", "method" => method.to_owned()).increment(1);
+    match method {
+        "publish" => publish::publish(broker, params(body)?).await,
+        "broadcast" => publish::broadcast(broker, params(body)?).await,
+        "subscribe" => users::subscribe(broker, params(body)?),
+        "unsubscribe" => users::unsubscribe(broker, params(body)?),
+        "disconnect" => users::disconnect(broker, params(body)?),
+        "refresh" => users::refresh(broker, params(body)?),
+        "presence" => presence::presence(broker, params(body)?),
+        "presence_stats" => presence::presence_stats(broker, params(body)?),
+        "history" => history::history(broker, params(body)?).await,
+        "history_remove" => history::history_remove(broker, params(body)?).await,
+        "channels" => server::channels(broker, params(body)?),
+        "info" => server::info(broker),
+        "batch" => Box::pin(server::batch(broker, params(body)?)).await,
+        _ => Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
+    }
+}
+
+/// `POST /api/{method}`.
+pub async fn handler(
+    State(broker): State<Arc<Broker>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&headers, broker.config().api.key.as_deref()) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized: missing or wrong API key").into_response();
+    }
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        &body[..]
+    };
+    let body: &RawValue = match serde_json::from_slice(text) {
+        Ok(raw) => raw,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed body: {e}")).into_response(),
+    };
+    if !body.get().trim_start().starts_with('{') {
+        return (StatusCode::BAD_REQUEST, "malformed body: expected a JSON object").into_response();
+    }
+    let transport_errors = ["x-herald-error-mode", "x-centrifugo-error-mode"].iter().any(|h| {
+        headers
+            .get(*h)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport"))
+    });
+    match call(&broker, &method, body).await {
+        Ok(result) => json_response(StatusCode::OK, &serde_json::json!({ "result": result })),
+        Err(ApiError::Malformed(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
+        Err(ApiError::Code(code)) if transport_errors => (
+            status_of(code),
+            serde_json::json!({"error": error_json(code)}).to_string(),
+        )
+            .into_response(),
+        Err(ApiError::Code(code)) => json_response(StatusCode::OK, &serde_json::json!({ "error": error_json(code) })),
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+pub(crate) fn error_json(code: ErrorCode) -> Value {
+    serde_json::json!({"code": code.code, "message": code.message})
+}
+
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code.code {
+        102 | 104 => StatusCode::NOT_FOUND,
+        107 | 108 => StatusCode::BAD_REQUEST,
+        112 => StatusCode::RANGE_NOT_SATISFIABLE,
+        113 => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn authorized(headers: &HeaderMap, key: Option<&str>) -> bool {
+    let Some(key) = key else { return false };
+    let given = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("apikey "))
+    });
+    given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,379 @@
+//! The node's engine: the one API that sessions, the HTTP API and (later) cluster links call.
+//!
+//! Promises:
+//! - A publish that returns `Ok` on a channel with history is appended to its stream and durable
+//!   per `storage.durability`; its `(epoch, offset)` names it and nothing else, ever.
+//! - Per channel, subscribers receive publications in offset order; a subscriber that cannot be
+//!   kept contiguous is told (unsubscribe 2500 / disconnect 3010), never silently skipped.
+//! - Presence belongs to live subscriptions: an entry disappears with its connection.
+//!
+//! Callers never assume the channel's owner is this node: today it always is; the cluster will
+//! route inside these methods without changing their signatures.
+
+mod registry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::auth::ChannelName;
+use crate::config::{ChannelOptions, Config};
+use crate::hub::{Hub, Prepared};
+use crate::protocol::proto::{ClientInfo, Publication};
+use crate::protocol::ErrorCode;
+use crate::session::SessionShared;
+use crate::store::{Position, ReadRange, Retention, Store, StoreError};
+
+pub use registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unknown channel")]
+    UnknownChannel,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("not available")]
+    NotAvailable,
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl BrokerError {
+    /// The protocol code for this error: the one place broker errors become codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownChannel => ErrorCode::UNKNOWN_CHANNEL,
+            Self::BadRequest(_) => ErrorCode::BAD_REQUEST,
+            Self::NotAvailable => ErrorCode::NOT_AVAILABLE,
+            Self::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
+            Self::Store(e) => {
+                tracing::error!(error = %e, "store error");
+                ErrorCode::INTERNAL
+            }
+        }
+    }
+}
+
+impl From<ErrorCode> for BrokerError {
+    fn from(code: ErrorCode) -> Self {
+        match code {
+            ErrorCode::UNKNOWN_CHANNEL => Self::UnknownChannel,
+            ErrorCode::NOT_AVAILABLE => Self::NotAvailable,
+            _ => Self::BadRequest("invalid channel"),
+        }
+    }
+}
+
+/// What to publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishRequest {
+    pub channel: String,
+    pub data: Bytes,
+    /// The publishing client, for client publications.
+    pub info: Option<ClientInfo>,
+    pub tags: HashMap<String, String>,
+    pub skip_history: bool,
+}
+
+/// A publication's position; empty for channels without history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishResult {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A page of history and the stream's current position.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub publications: Vec<Publication>,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// The result of a recovery attempt.
+pub struct Recovery {
+    pub publications: Vec<Publication>,
+    pub recovered: bool,
+}
+
+pub struct Broker {
+    config: Arc<Config>,
+    hub: Arc<Hub>,
+    store: Store,
+    sessions: Registry,
+    started: Instant,
+}
+
+impl Broker {
+    pub fn new(config: Arc<Config>, hub: Arc<Hub>, store: Store) -> Self {
+        Self {
+            config,
+            hub,
+            store,
+            sessions: Registry::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    pub fn sessions(&self) -> &Registry {
+        &self.sessions
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// The options of the channel's namespace; 102 for an unknown namespace, 107 for a bad name.
+    pub fn options(&self, channel: &str) -> Result<&ChannelOptions, BrokerError> {
+        let name = ChannelName::parse(channel).map_err(|_| BrokerError::BadRequest("invalid channel name"))?;
+        self.config.namespace(name.namespace).ok_or(BrokerError::UnknownChannel)
+    }
+
+    /// Publishes to a channel: appended to its stream when it keeps history, then delivered to
+    /// every subscriber.
+    pub async fn publish(&self, request: PublishRequest) -> Result<PublishResult, BrokerError> {
+        let options = self.options(&request.channel)?;
+        metrics::counter!("herald_publications_in_total").increment(1);
+        let publication = Publication {
+            data: request.data,
+            info: request.info,
+            tags: request.tags,
+            time: crate::store::now_ms(),
+            ..Default::default()
+        };
+        if options.history_enabled() && !request.skip_history {
+            // Delivery happens in the store's commit hook, in offset order, once durable.
+            let position = self
+                .store
+                .append(&request.channel, publication, retention(options))
+                .await?;
+            return Ok(PublishResult {
+                offset: position.offset,
+                epoch: position.epoch.to_string(),
+            });
+        }
+        self.deliver(
+            &request.channel,
+            Prepared::publication(&request.channel, Arc::from(""), publication),
+        );
+        Ok(PublishResult::default())
+    }
+
+    /// Hands a push to the channel's local subscribers.
+    pub fn deliver(&self, channel: &str, push: Arc<Prepared>) {
+        let delivered = self.hub.broadcast(channel, &push);
+        metrics::counter!("herald_publications_out_total").increment(delivered as u64);
+    }
+
+    /// The current position of a channel's stream (creating it if needed).
+    pub async fn position(&self, channel: &str) -> Result<Position, BrokerError> {
+        Ok(self.store.position(channel).await?)
+    }
+
+    /// What a client that last saw `(epoch, offset)` missed, if all of it is still retained:
+    /// all or nothing, never a partial recovery.
+    pub async fn recover(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        epoch: &str,
+        offset: u64,
+        position: &Position,
+    ) -> Result<Recovery, BrokerError> {
+        let not_recovered = Ok(Recovery {
+            publications: Vec::new(),
+            recovered: false,
+        });
+        if !epoch.is_empty() && epoch != &*position.epoch {
+            return not_recovered;
+        }
+        if offset > position.offset {
+            return not_recovered;
+        }
+        let missed = position.offset - offset;
+        if missed == 0 {
+            return Ok(Recovery {
+                publications: Vec::new(),
+                recovered: true,
+            });
+        }
+        if missed > self.config.client.recovery_max_publication_limit as u64 {
+            return not_recovered;
+        }
+        let range = ReadRange {
+            after: Some(offset),
+            limit: missed as usize,
+            ..Default::default()
+        };
+        let publications = self.store.read(channel, position, range, retention(options)).await?;
+        let contiguous = publications.len() as u64 == missed
+            && publications.first().is_some_and(|p| p.offset == offset + 1)
+            && publications.last().is_some_and(|p| p.offset == position.offset);
+        if contiguous {
+            Ok(Recovery {
+                publications,
+                recovered: true,
+            })
+        } else {
+            not_recovered
+        }
+    }
+
+    /// History of a channel. `limit` 0 returns only the position, negative means "as many as
+    /// allowed"; `since` continues after (or, reversed, before) a position of the same epoch.
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: i64,
+        since: Option<(String, u64)>,
+        reverse: bool,
+    ) -> Result<History, BrokerError> {
+        let options = self.options(channel)?;
+        if !options.history_enabled() {
+            return Err(BrokerError::NotAvailable);
+        }
+        let position = self.store.position(channel).await?;
+        let max = self.config.client.history_max_publication_limit;
+        let limit = match limit {
+            0 => 0,
+            l if l < 0 => max,
+            l => (l as usize).min(max),
+        };
+        let mut range = ReadRange {
+            limit,
+            reverse,
+            ..Default::default()
+        };
+        if let Some((epoch, offset)) = since {
+            if !epoch.is_empty() && epoch != *position.epoch {
+                return Err(BrokerError::UnrecoverablePosition);
+            }
+            if reverse {
+                if offset == 0 {
+                    return Err(BrokerError::BadRequest("reverse history since offset 0"));
+                }
+                range.before = Some(offset);
+            } else {
+                range.after = Some(offset);
+            }
+        }
+        let publications = self.store.read(channel, &position, range, retention(options)).await?;
+        Ok(History {
+            publications,
+            epoch: position.epoch.to_string(),
+            offset: position.offset,
+        })
+    }
+
+    /// Drops a channel's history; its stream starts a new epoch.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
+        let options = self.options(channel)?;
+        if !options.history_enabled() {
+            return Err(BrokerError::NotAvailable);
+        }
+        self.store.remove_history(channel).await?;
+        Ok(())
+    }
+
+    /// Adds a session to a channel and announces the join when the namespace wants it.
+    pub fn join(&self, channel: &str, options: &ChannelOptions, session: Arc<SessionShared>, info: ClientInfo) {
+        self.hub.subscribe(channel, session, info.clone());
+        if options.join_leave {
+            self.deliver(channel, Prepared::join(channel, info));
+        }
+    }
+
+    /// Removes a session from a channel and announces the leave when the namespace wants it.
+    pub fn leave(&self, channel: &str, client: &str) {
+        if let Some(info) = self.hub.unsubscribe(channel, client) {
+            if self.options(channel).is_ok_and(|o| o.join_leave) {
+                self.deliver(channel, Prepared::leave(channel, info));
+            }
+        }
+    }
+
+    pub fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
+        if !self.options(channel)?.presence {
+            return Err(BrokerError::NotAvailable);
+        }
+        Ok(self.hub.presence(channel))
+    }
+
+    pub fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
+        if !self.options(channel)?.presence {
+            return Err(BrokerError::NotAvailable);
+        }
+        Ok(self.hub.presence_stats(channel))
+    }
+
+    /// Channels with subscribers, filtered by a glob pattern (`*` wildcard).
+    pub fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
+        self.hub
+            .channels()
+            .into_iter()
+            .filter(|(name, _)| pattern.is_empty() || glob_match(pattern, name))
+            .collect()
+    }
+
+    /// Flushes the store (shutdown).
+    pub async fn flush(&self) -> Result<(), BrokerError> {
+        Ok(self.store.flush().await?)
+    }
+}
+
+fn retention(options: &ChannelOptions) -> Retention {
+    Retention {
+        size: options.history_size,
+        ttl: options.history_ttl,
+    }
+}
+
+/// Glob matching with `*` (any run of characters) and `?` (one character).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(!glob_match("chat:*", "news"));
+        assert!(glob_match("https://*.example.com", "https://app.example.com"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "abbc"));
+    }
+}

@@ -1,0 +1,110 @@
+//! `HERALD_<SECTION>_<KEY>` environment overrides, merged into the TOML table before it is typed.
+//!
+//! `HERALD_CLIENT_PING_INTERVAL=10s` sets `client.ping_interval`;
+//! `HERALD_CHANNELS_DEFAULT_PRESENCE=true` sets `channels.default.presence`;
+//! `HERALD_CHANNELS_NAMESPACES_CHAT_HISTORY_SIZE=10` sets `channels.namespaces.chat.history_size`
+//! (namespace names are lowercased). Values are TOML values (`true`, `10`, `["a","b"]`), or
+//! strings when they do not parse as one.
+
+use super::ConfigError;
+
+const PREFIX: &str = "HERALD_";
+const SECTIONS: &[&str] = &["http", "client", "api", "storage", "log"];
+/// Keys whose values are always strings, even when they look like numbers.
+const STRING_KEYS: &[&str] = &["token_hmac_secret", "key", "path", "listen", "tls_cert", "tls_key"];
+/// Every namespace option: the env name's suffix is matched against these.
+const CHANNEL_KEYS: &[&str] = &[
+    "presence",
+    "join_leave",
+    "force_push_join_leave",
+    "history_size",
+    "history_ttl",
+    "force_recovery",
+    "allow_subscribe_for_client",
+    "allow_subscribe_for_anonymous",
+    "allow_publish_for_client",
+    "allow_publish_for_anonymous",
+    "allow_publish_for_subscriber",
+    "allow_presence_for_client",
+    "allow_presence_for_subscriber",
+    "allow_history_for_client",
+    "allow_history_for_subscriber",
+    "allow_user_limited_channels",
+];
+
+/// Merges the `HERALD_…` variables into `table`. Returns which dotted key each variable set, so
+/// an error about that key can name the variable.
+pub(super) fn apply(table: &mut toml::Table, env: &[(String, String)]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut problems = Vec::new();
+    let mut applied = Vec::new();
+    let mut vars: Vec<_> = env.iter().filter(|(k, _)| k.starts_with(PREFIX)).collect();
+    vars.sort();
+    for (name, raw) in vars {
+        match key_path(&name[PREFIX.len()..].to_ascii_lowercase()) {
+            Some(path) => {
+                let leaf = path.last().expect("paths are never empty");
+                let value = parse_value(leaf, raw);
+                insert(table, &path, value);
+                applied.push((path.join("."), name.clone()));
+            }
+            None => problems.push(format!("environment variable {name}: no such configuration key")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(applied)
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+fn key_path(rest: &str) -> Option<Vec<String>> {
+    if let Some(channels) = rest.strip_prefix("channels_") {
+        if let Some(key) = channels.strip_prefix("default_") {
+            return CHANNEL_KEYS
+                .contains(&key)
+                .then(|| vec!["channels".into(), "default".into(), key.into()]);
+        }
+        let ns_and_key = channels.strip_prefix("namespaces_")?;
+        let key = CHANNEL_KEYS
+            .iter()
+            .filter(|k| ns_and_key.ends_with(&format!("_{k}")))
+            .max_by_key(|k| k.len())?;
+        let namespace = &ns_and_key[..ns_and_key.len() - key.len() - 1];
+        return Some(vec![
+            "channels".into(),
+            "namespaces".into(),
+            namespace.into(),
+            (*key).into(),
+        ]);
+    }
+    let (section, key) = SECTIONS
+        .iter()
+        .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|key| (*s, key)))?;
+    // An unknown key inside a known section is reported by the typed model, naming the variable.
+    Some(vec![section.into(), key.into()])
+}
+
+fn parse_value(key: &str, raw: &str) -> toml::Value {
+    if STRING_KEYS.contains(&key) {
+        return toml::Value::String(raw.to_owned());
+    }
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn insert(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (leaf, parents) = path.split_last().expect("paths are never empty");
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+    current.insert(leaf.clone(), value);
+}

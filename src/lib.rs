@@ -1,0 +1,31 @@
+//! Herald: a real-time messaging broker speaking the Centrifugo client protocol v2.
+//!
+//! The modules follow the path of a publication (see `docs/ARCHITECTURE.md`):
+//!
+//! - [`config`]: one typed model from TOML, `HERALD_…` environment variables and flags.
+//! - [`transport`]: listeners, TLS, HTTP routing, the WebSocket upgrade. Knows nothing of channels.
+//! - [`protocol`]: pure decode/encode of client frames (JSON and Protobuf) and every code.
+//! - [`session`]: one client connection: its state machine, subscriptions, pings, bounded queue.
+//! - [`auth`]: JWT verification and channel permission rules.
+//! - [`hub`]: the local index channel → sessions; fan-out encodes once per format.
+//! - [`broker`]: the node's engine that the API and sessions call: publish, subscribe with
+//!   recovery, history, presence. Callers never assume which node owns a channel.
+//! - [`store`]: the only code that touches sled: per-channel streams with offset and epoch.
+//! - [`api`]: the HTTP server API on top of the broker.
+//! - [`server`]: wires everything together and runs until shutdown.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod transport;
+
+/// The version reported to clients and by `herald --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

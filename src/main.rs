@@ -1,0 +1,153 @@
+//! The `herald` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herald::config::{Config, LogFormat, Sources};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Real-time messaging broker (Centrifugo protocol v2)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no flags: the embedded default config, on 127.0.0.1:8000.
+    Serve {
+        /// TOML config file (default: the embedded config/herald.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding http.listen.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a config file; exits 1 naming every bad key.
+    CheckConfig { file: PathBuf },
+    /// Print an HS256 connection token, or a subscription token with --channel.
+    Token {
+        #[arg(long)]
+        user: String,
+        /// Make a subscription token for this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Lifetime, e.g. 1h, 30m; 0 for a token that never expires.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn load(file: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Config> {
+    Config::load(Sources {
+        file: file.map(|p| p.as_path()),
+        env: env_vars(),
+        listen,
+    })
+    .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let config = load(config.as_ref(), listen)?;
+            init_tracing(config.log.format);
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(serve(config))
+        }
+        Command::CheckConfig { file } => {
+            let config = load(Some(&file), None)?;
+            herald::auth::Verifier::from_config(&config.client)
+                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Token {
+            user,
+            channel,
+            ttl,
+            config,
+        } => {
+            let config = load(config.as_ref(), None)?;
+            let secret = config
+                .client
+                .token_hmac_secret
+                .context("client.token_hmac_secret is not set in the config")?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let mut claims = serde_json::json!({ "sub": user, "iat": now });
+            let ttl: Duration = ttl.into();
+            if !ttl.is_zero() {
+                claims["exp"] = (now + ttl.as_secs()).into();
+            }
+            if let Some(channel) = channel {
+                claims["channel"] = channel.into();
+            }
+            println!("{}", herald::auth::token::mint_hs256(&secret, &claims));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    herald::server::run(config, shutdown, |addr| {
+        // A stable line for scripts and tests to wait on.
+        println!("herald listening on {addr}");
+    })
+    .await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

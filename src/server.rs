@@ -1,0 +1,137 @@
+//! Wires the node together and runs it until shutdown.
+//!
+//! Startup: keys, store, hub, broker, listener — any failure is an error naming what failed.
+//! Shutdown (the `shutdown` token): stop accepting, close every client with 3001 (they reconnect
+//! and recover elsewhere or later), wait for the sessions briefly, flush the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Verifier;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::hub::{Hub, Prepared};
+use crate::session::SessionContext;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Key(#[from] crate::auth::token::KeyError),
+    #[error("{0}")]
+    Tls(#[from] crate::transport::tls::TlsError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr} (http.listen): {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Runs a node. `ready` is called with the bound address once clients can connect.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let metrics = crate::metrics::install();
+    let config = Arc::new(config);
+    let verifier = Verifier::from_config(&config.client)?;
+    if !verifier.has_keys() && !config.client.insecure && !config.client.allow_anonymous {
+        tracing::warn!("no token key configured (client.token_hmac_secret, …): every connection will be refused");
+    }
+    if config.uses_dev_secrets() {
+        tracing::warn!("running with the DEVELOPMENT secrets of the embedded config: anyone can mint tokens and call the API; set your own for production");
+    }
+    let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::transport::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+
+    let hub = Arc::new(Hub::default());
+    let commit_hub = hub.clone();
+    let store = Store::open(
+        &config.storage.path,
+        config.storage.durability,
+        config.storage.flush_interval,
+        Box::new(move |c| {
+            let push = Prepared::publication(&c.channel, c.epoch, c.publication);
+            commit_hub.broadcast(&c.channel, &push);
+        }),
+    )?;
+    let broker = Arc::new(Broker::new(config.clone(), hub, store));
+    let session_ctx = Arc::new(SessionContext {
+        broker: broker.clone(),
+        verifier,
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    let app = Router::new()
+        .route(
+            "/connection/websocket",
+            any(crate::transport::websocket::handler).with_state(session_ctx),
+        )
+        .route("/api/{method}", post(crate::api::handler))
+        .route("/health", get(health))
+        .route("/metrics", get(move || std::future::ready(metrics.render())))
+        .with_state(broker.clone());
+
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Listen {
+        addr: config.http.listen,
+        source,
+    })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %local, %scheme, storage = %config.storage.path.display(), "herald listening");
+    ready(local);
+
+    let tracker = TaskTracker::new();
+    crate::transport::accept_loop(listener, tls, app, shutdown.clone(), tracker.clone()).await;
+
+    tracing::info!("shutting down: closing clients with 3001");
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close within 5s");
+    }
+    // Sessions spawned from upgrades finish on their own once they see the shutdown token; give
+    // them a moment to send their close frames before the store is flushed.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match broker.flush().await {
+        Ok(()) => tracing::info!("store flushed"),
+        Err(e) => tracing::error!(error = %e, "store flush failed at shutdown"),
+    }
+    Ok(())
+}
+
+/// `/health`: 200 when the delivery path works (the store's writer answers and can flush),
+/// 503 otherwise.
+async fn health(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    match tokio::time::timeout(Duration::from_secs(2), broker.flush()).await {
+        Ok(Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "error", "store": e.to_string()})),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "error", "store": "writer not answering"})),
+        ),
+    }
+}

@@ -1,0 +1,421 @@
+//! Client commands: decoding a frame, dispatching each command, and one handler per command.
+//! Handlers return their result or a [`Failure`]; errors become error replies and disconnects
+//! become close codes here, in one place.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::connection::{ttl_of, Connected, Connection, State};
+use super::subscribe::Setup;
+use super::Identity;
+use crate::auth::{rules, ChannelName, TokenError};
+use crate::broker::{BrokerError, PublishRequest};
+use crate::protocol::codec::{decode_commands, Format};
+use crate::protocol::proto::{self, Command, Reply};
+use crate::protocol::{DisconnectCode, ErrorCode};
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Answer with an error reply; the connection stays.
+    Error(ErrorCode),
+    /// Close the connection.
+    Disconnect(DisconnectCode),
+}
+
+impl From<ErrorCode> for Failure {
+    fn from(code: ErrorCode) -> Self {
+        Self::Error(code)
+    }
+}
+
+impl From<BrokerError> for Failure {
+    fn from(e: BrokerError) -> Self {
+        Self::Error(e.code())
+    }
+}
+
+/// What a handler leaves to send.
+enum Answer {
+    Reply(Box<Reply>),
+    /// The handler queued its reply itself (ordering with buffered pushes).
+    Sent,
+}
+
+impl Connection {
+    pub(crate) async fn handle_message(&mut self, data: Bytes, binary: bool) -> Result<(), DisconnectCode> {
+        metrics::counter!("herald_bytes_in_total").increment(data.len() as u64);
+        if binary != (self.shared.format == Format::Protobuf) {
+            return Err(DisconnectCode::INAPPROPRIATE_PROTOCOL);
+        }
+        let limit = self.ctx.config.client.max_message_size;
+        let commands = decode_commands(self.shared.format, &data, limit).map_err(|e| {
+            tracing::debug!(client = %self.shared.id, error = %e, "undecodable frame");
+            DisconnectCode::BAD_REQUEST
+        })?;
+        for command in commands {
+            self.handle_command(command).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, command: Command) -> Result<(), DisconnectCode> {
+        let id = command.id;
+        if id == 0 && command.send.is_none() {
+            return self.on_pong();
+        }
+        let connected = matches!(self.state, State::Connected(_));
+        if !connected && command.connect.is_none() {
+            return Err(DisconnectCode::BAD_REQUEST);
+        }
+        let started = Instant::now();
+        let (name, outcome) = self.dispatch(id, command).await;
+        metrics::histogram!("herald_command_duration_seconds", "command" => name)
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Answer::Reply(reply)) => {
+                let mut reply = *reply;
+                reply.id = id;
+                self.shared.send_reply(&reply);
+                Ok(())
+            }
+            Ok(Answer::Sent) => Ok(()),
+            Err(Failure::Error(code)) => {
+                metrics::counter!("herald_command_errors_total", "code" => code.code.to_string()).increment(1);
+                self.shared.send_reply(&Reply {
+                    id,
+                    error: Some(code.to_proto()),
+                    ..Default::default()
+                });
+                Ok(())
+            }
+            Err(Failure::Disconnect(code)) => Err(code),
+        }
+    }
+
+    async fn dispatch(&mut self, id: u32, c: Command) -> (&'static str, Result<Answer, Failure>) {
+        if let Some(req) = c.connect {
+            return ("connect", self.connect(id, req).await.map(|()| Answer::Sent));
+        }
+        if let Some(req) = c.subscribe {
+            return ("subscribe", self.subscribe(id, req).await.map(|()| Answer::Sent));
+        }
+        let answer = |r: Reply| Answer::Reply(Box::new(r));
+        if let Some(req) = c.unsubscribe {
+            self.drop_subscription(&req.channel);
+            return (
+                "unsubscribe",
+                Ok(answer(Reply {
+                    unsubscribe: Some(Default::default()),
+                    ..Default::default()
+                })),
+            );
+        }
+        if let Some(req) = c.publish {
+            let result = self.publish(req).await;
+            return (
+                "publish",
+                result.map(|()| {
+                    answer(Reply {
+                        publish: Some(Default::default()),
+                        ..Default::default()
+                    })
+                }),
+            );
+        }
+        if let Some(req) = c.presence {
+            let result = self.presence(req);
+            return (
+                "presence",
+                result.map(|p| {
+                    answer(Reply {
+                        presence: Some(p),
+                        ..Default::default()
+                    })
+                }),
+            );
+        }
+        if let Some(req) = c.presence_stats {
+            let result = self.presence_stats(req);
+            return (
+                "presence_stats",
+                result.map(|p| {
+                    answer(Reply {
+                        presence_stats: Some(p),
+                        ..Default::default()
+                    })
+                }),
+            );
+        }
+        if let Some(req) = c.history {
+            let result = self.history(req).await;
+            return (
+                "history",
+                result.map(|h| {
+                    answer(Reply {
+                        history: Some(h),
+                        ..Default::default()
+                    })
+                }),
+            );
+        }
+        if let Some(req) = c.refresh {
+            let result = self.refresh(req);
+            return (
+                "refresh",
+                result.map(|r| {
+                    answer(Reply {
+                        refresh: Some(r),
+                        ..Default::default()
+                    })
+                }),
+            );
+        }
+        if let Some(req) = c.sub_refresh {
+            let result = self.sub_refresh(req);
+            return (
+                "sub_refresh",
+                result.map(|r| {
+                    answer(Reply {
+                        sub_refresh: Some(r),
+                        ..Default::default()
+                    })
+                }),
+            );
+        }
+        if c.ping.is_some() {
+            return (
+                "ping",
+                Ok(answer(Reply {
+                    ping: Some(Default::default()),
+                    ..Default::default()
+                })),
+            );
+        }
+        if c.rpc.is_some() {
+            // No RPC handler is configured on this node.
+            return ("rpc", Err(ErrorCode::NOT_AVAILABLE.into()));
+        }
+        if c.send.is_some() {
+            // Asynchronous messages need an application handler, which Herald does not have.
+            return ("send", Err(Failure::Disconnect(DisconnectCode::NOT_AVAILABLE)));
+        }
+        ("unknown", Err(Failure::Disconnect(DisconnectCode::BAD_REQUEST)))
+    }
+
+    fn on_pong(&mut self) -> Result<(), DisconnectCode> {
+        match &mut self.state {
+            State::Connected(c) if c.pong_due.is_some() => {
+                c.pong_due = None;
+                Ok(())
+            }
+            // A pong nobody asked for, or an empty command before connect.
+            _ => Err(DisconnectCode::BAD_REQUEST),
+        }
+    }
+
+    async fn connect(&mut self, id: u32, req: proto::ConnectRequest) -> Result<(), Failure> {
+        if matches!(self.state, State::Connected(_)) {
+            return Err(Failure::Disconnect(DisconnectCode::BAD_REQUEST));
+        }
+        let client = &self.ctx.config.client;
+        let claims = if req.token.is_empty() {
+            if !(client.insecure || client.allow_anonymous) {
+                return Err(Failure::Disconnect(DisconnectCode::BAD_REQUEST));
+            }
+            Default::default()
+        } else {
+            match self.ctx.verifier.verify_connect(&req.token) {
+                Ok(claims) => claims,
+                Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(reason)) => {
+                    tracing::debug!(%reason, "invalid connection token");
+                    return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN));
+                }
+            }
+        };
+        let _ = self.shared.identity.set(Identity {
+            user: claims.user.clone(),
+            info: claims.info.clone(),
+        });
+        self.ctx.broker.sessions().add(&claims.user, self.shared.clone());
+        let now = tokio::time::Instant::now();
+        self.state = State::Connected(Connected {
+            user: claims.user.clone(),
+            expires_at: claims.expires_at,
+            next_ping_at: now + self.ctx.config.client.ping_interval,
+            pong_due: None,
+        });
+
+        let mut channels = claims.channels;
+        if client.subscribe_to_personal_channel && !claims.user.is_empty() {
+            channels.push(crate::auth::channel::personal_channel(&claims.user));
+        }
+        let (subs, readies) = self.connect_subscriptions(channels, &req.subs).await;
+        let client = &self.ctx.config.client;
+        let result = proto::ConnectResult {
+            client: self.shared.id.to_string(),
+            version: crate::VERSION.to_owned(),
+            expires: claims.expires_at.is_some(),
+            ttl: claims.expires_at.map_or(0, ttl_of),
+            subs,
+            ping: client.ping_interval.as_secs().max(1) as u32,
+            pong: !client.pong_timeout.is_zero(),
+            ..Default::default()
+        };
+        self.activate(
+            &Reply {
+                id,
+                connect: Some(result),
+                ..Default::default()
+            },
+            readies,
+        );
+        Ok(())
+    }
+
+    fn asker(&self, channel: &str) -> rules::Asker<'_> {
+        rules::Asker {
+            user: self.user(),
+            insecure: self.ctx.config.client.insecure,
+            subscribed: self.shared.is_subscribed(channel),
+        }
+    }
+
+    async fn subscribe(&mut self, id: u32, req: proto::SubscribeRequest) -> Result<(), Failure> {
+        let broker = self.ctx.broker.clone();
+        let options = broker.options(&req.channel)?;
+        let name = ChannelName::parse(&req.channel)?;
+        let (chan_info, expires_at) = if req.token.is_empty() {
+            rules::subscribe(options, &name, self.asker(&req.channel))?;
+            (Bytes::new(), None)
+        } else {
+            match self.ctx.verifier.verify_subscribe(&req.token) {
+                Ok(claims) => {
+                    let wrong_client = claims.client.as_deref().is_some_and(|c| c != &*self.shared.id);
+                    if claims.channel != req.channel || claims.user != self.user() || wrong_client {
+                        return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN));
+                    }
+                    (claims.info, claims.expires_at)
+                }
+                Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
+                Err(TokenError::Invalid(_)) => return Err(ErrorCode::PERMISSION_DENIED.into()),
+            }
+        };
+        let setup = Setup {
+            channel: &req.channel,
+            options,
+            recover: req.recover.then(|| (req.epoch.clone(), req.offset)),
+            server_side: false,
+            join_leave_requested: req.join_leave,
+            chan_info,
+            expires_at,
+        };
+        let (result, ready) = self.setup_subscription(setup).await?;
+        self.activate(
+            &Reply {
+                id,
+                subscribe: Some(result),
+                ..Default::default()
+            },
+            vec![ready],
+        );
+        Ok(())
+    }
+
+    async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), Failure> {
+        let broker = self.ctx.broker.clone();
+        let options = broker.options(&req.channel)?;
+        rules::publish(options, self.asker(&req.channel))?;
+        let identity = self.shared.identity().cloned();
+        let info = identity.map(|i| proto::ClientInfo {
+            user: i.user,
+            client: self.shared.id.to_string(),
+            conn_info: i.info,
+            chan_info: Bytes::new(),
+        });
+        broker
+            .publish(PublishRequest {
+                channel: req.channel,
+                data: req.data,
+                info,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn presence(&self, req: proto::PresenceRequest) -> Result<proto::PresenceResult, Failure> {
+        let broker = &self.ctx.broker;
+        rules::presence(broker.options(&req.channel)?, self.asker(&req.channel))?;
+        Ok(proto::PresenceResult {
+            presence: broker.presence(&req.channel)?,
+        })
+    }
+
+    fn presence_stats(&self, req: proto::PresenceStatsRequest) -> Result<proto::PresenceStatsResult, Failure> {
+        let broker = &self.ctx.broker;
+        rules::presence(broker.options(&req.channel)?, self.asker(&req.channel))?;
+        let (clients, users) = broker.presence_stats(&req.channel)?;
+        Ok(proto::PresenceStatsResult {
+            num_clients: clients as u32,
+            num_users: users as u32,
+        })
+    }
+
+    async fn history(&self, req: proto::HistoryRequest) -> Result<proto::HistoryResult, Failure> {
+        let broker = self.ctx.broker.clone();
+        rules::history(broker.options(&req.channel)?, self.asker(&req.channel))?;
+        let since = req.since.map(|s| (s.epoch, s.offset));
+        let history = broker
+            .history(&req.channel, req.limit.into(), since, req.reverse)
+            .await?;
+        Ok(proto::HistoryResult {
+            publications: history.publications,
+            epoch: history.epoch,
+            offset: history.offset,
+        })
+    }
+
+    fn refresh(&mut self, req: proto::RefreshRequest) -> Result<proto::RefreshResult, Failure> {
+        let claims = match self.ctx.verifier.verify_connect(&req.token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN)),
+        };
+        let State::Connected(c) = &mut self.state else {
+            return Err(Failure::Disconnect(DisconnectCode::BAD_REQUEST));
+        };
+        if claims.user != c.user {
+            return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN));
+        }
+        c.expires_at = claims.expires_at;
+        Ok(proto::RefreshResult {
+            client: self.shared.id.to_string(),
+            version: crate::VERSION.to_owned(),
+            expires: claims.expires_at.is_some(),
+            ttl: claims.expires_at.map_or(0, ttl_of),
+        })
+    }
+
+    fn sub_refresh(&mut self, req: proto::SubRefreshRequest) -> Result<proto::SubRefreshResult, Failure> {
+        let claims = match self.ctx.verifier.verify_subscribe(&req.token) {
+            Ok(claims) => claims,
+            Err(TokenError::Expired) => return Err(ErrorCode::TOKEN_EXPIRED.into()),
+            Err(TokenError::Invalid(_)) => return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN)),
+        };
+        if claims.channel != req.channel || claims.user != self.user() {
+            return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN));
+        }
+        let mut subs = self.shared.subs.lock();
+        let Some(sub) = subs.get_mut(req.channel.as_str()) else {
+            return Err(ErrorCode::BAD_REQUEST.into());
+        };
+        sub.expires_at = claims.expires_at;
+        Ok(proto::SubRefreshResult {
+            expires: claims.expires_at.is_some(),
+            ttl: claims.expires_at.map_or(0, ttl_of),
+        })
+    }
+}

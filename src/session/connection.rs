@@ -1,0 +1,238 @@
+//! The task that owns one connection: a plain state machine (connecting → connected → closing)
+//! driven by three inputs: client frames, server control messages, and timers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::transport::{Incoming, Transport};
+use super::{Control, SessionShared};
+use crate::auth::Verifier;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::protocol::codec::{join_replies, ping, Format};
+use crate::protocol::DisconnectCode;
+
+/// What every session of the node shares.
+pub struct SessionContext {
+    pub broker: Arc<Broker>,
+    pub verifier: Verifier,
+    pub config: Arc<Config>,
+    pub shutdown: CancellationToken,
+}
+
+/// Where the connection is in its life.
+pub(crate) enum State {
+    /// Waiting for `connect`; closed as stale after `stale_close_delay`.
+    Connecting {
+        stale_at: Instant,
+    },
+    Connected(Connected),
+}
+
+pub(crate) struct Connected {
+    pub user: String,
+    /// Unix seconds when the connection's credentials expire.
+    pub expires_at: Option<i64>,
+    pub next_ping_at: Instant,
+    /// Set while a ping awaits its pong.
+    pub pong_due: Option<Instant>,
+}
+
+/// The connection task's own state; only this task touches it.
+pub struct Connection {
+    pub(crate) ctx: Arc<SessionContext>,
+    pub(crate) shared: Arc<SessionShared>,
+    pub(crate) state: State,
+}
+
+/// Runs a session over a transport until either side ends it.
+pub async fn run<T, S>(ctx: Arc<SessionContext>, format: Format, transport: T, mut incoming: S)
+where
+    T: Transport,
+    S: Stream<Item = Incoming> + Unpin + Send,
+{
+    let (shared, control_rx) = SessionShared::new(format, ctx.config.client.max_queue_bytes);
+    let mut writer = tokio::spawn(write_loop(shared.clone(), transport));
+    let stale_at = Instant::now() + ctx.config.client.stale_close_delay;
+    let mut connection = Connection {
+        ctx,
+        shared: shared.clone(),
+        state: State::Connecting { stale_at },
+    };
+    let code = connection.serve(&mut incoming, control_rx).await;
+    shared.queue().close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));
+    connection.cleanup();
+    // Let the writer send what is queued and the close frame, but not forever.
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
+}
+
+async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) {
+    loop {
+        let drained = shared.queue().drain().await;
+        if !drained.items.is_empty() {
+            let payload = join_replies(shared.format, &drained.items);
+            metrics::counter!("herald_bytes_out_total").increment(payload.len() as u64);
+            if transport.send(payload).await.is_err() {
+                shared.queue().close(DisconnectCode::WRITE_ERROR);
+                return;
+            }
+        }
+        if let Some(code) = drained.close {
+            metrics::counter!("herald_disconnects_total", "code" => code.code.to_string()).increment(1);
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(&code)).await;
+            return;
+        }
+    }
+}
+
+impl Connection {
+    /// Returns the code to close with, or `None` when the client went away or the close was
+    /// already decided elsewhere (slow consumer, stream gap).
+    async fn serve<S>(
+        &mut self,
+        incoming: &mut S,
+        mut control_rx: mpsc::UnboundedReceiver<Control>,
+    ) -> Option<DisconnectCode>
+    where
+        S: Stream<Item = Incoming> + Unpin + Send,
+    {
+        let closing = self.shared.queue().closing().clone();
+        let shutdown = self.ctx.shutdown.clone();
+        loop {
+            let deadline = self.next_deadline();
+            let outcome = tokio::select! {
+                biased;
+                _ = closing.cancelled() => return None,
+                _ = shutdown.cancelled() => Err(DisconnectCode::SHUTDOWN),
+                Some(control) = control_rx.recv() => self.handle_control(control).await,
+                item = incoming.next() => match item {
+                    Some(Incoming::Message { data, binary }) => self.handle_message(data, binary).await,
+                    Some(Incoming::TooLarge) => Err(DisconnectCode::custom(1009, "message too big")),
+                    Some(Incoming::Closed) | None => return None,
+                },
+                _ = tokio::time::sleep_until(deadline) => self.on_timer(Instant::now()),
+            };
+            if let Err(code) = outcome {
+                return Some(code);
+            }
+        }
+    }
+
+    /// The earliest moment a timer needs attention.
+    fn next_deadline(&self) -> Instant {
+        match &self.state {
+            State::Connecting { stale_at } => *stale_at,
+            State::Connected(c) => {
+                let mut at = c.pong_due.map_or(c.next_ping_at, |due| due.min(c.next_ping_at));
+                let grace = self.ctx.config.client.expired_close_delay;
+                if let Some(exp) = c.expires_at {
+                    at = at.min(instant_of(exp) + grace);
+                }
+                if let Some(exp) = self.earliest_subscription_expiry() {
+                    at = at.min(instant_of(exp));
+                }
+                at
+            }
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant) -> Result<(), DisconnectCode> {
+        let client = &self.ctx.config.client;
+        match &mut self.state {
+            State::Connecting { stale_at } => {
+                if now >= *stale_at {
+                    return Err(DisconnectCode::STALE);
+                }
+            }
+            State::Connected(c) => {
+                if c.pong_due.is_some_and(|due| now >= due) {
+                    return Err(DisconnectCode::NO_PONG);
+                }
+                if now >= c.next_ping_at {
+                    self.shared.queue().push(ping(self.shared.format));
+                    c.next_ping_at = now + client.ping_interval;
+                    if !client.pong_timeout.is_zero() {
+                        c.pong_due = Some(now + client.pong_timeout);
+                    }
+                }
+                if c.expires_at
+                    .is_some_and(|exp| now >= instant_of(exp) + client.expired_close_delay)
+                {
+                    return Err(DisconnectCode::EXPIRED);
+                }
+            }
+        }
+        self.expire_subscriptions();
+        Ok(())
+    }
+
+    async fn handle_control(&mut self, control: Control) -> Result<(), DisconnectCode> {
+        match control {
+            Control::Disconnect(code) => Err(code),
+            Control::Unsubscribe { channel, code } => {
+                self.unsubscribe_with_push(&channel, code);
+                Ok(())
+            }
+            Control::Subscribe { channel } => self.server_subscribe(&channel).await,
+            Control::Refresh { expired, expire_at } => {
+                if expired {
+                    return Err(DisconnectCode::EXPIRED);
+                }
+                if let State::Connected(c) = &mut self.state {
+                    c.expires_at = expire_at;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Leaves every channel and the registry. Presence and join/leave stay truthful: nothing of
+    /// a closed connection remains.
+    fn cleanup(&mut self) {
+        let broker = &self.ctx.broker;
+        let channels: Vec<_> = self.shared.subs.lock().drain().map(|(channel, _)| channel).collect();
+        for channel in &channels {
+            broker.leave(channel, &self.shared.id);
+        }
+        metrics::gauge!("herald_subscriptions").decrement(channels.len() as f64);
+        if let State::Connected(c) = &self.state {
+            broker.sessions().remove(&c.user, &self.shared.id);
+        }
+    }
+
+    pub(crate) fn user(&self) -> &str {
+        match &self.state {
+            State::Connected(c) => &c.user,
+            State::Connecting { .. } => "",
+        }
+    }
+}
+
+/// The `Instant` of a Unix time in seconds (in the past if it has passed).
+pub(crate) fn instant_of(unix_seconds: i64) -> Instant {
+    let delta_ms = unix_seconds.saturating_mul(1000) - crate::store::now_ms();
+    let now = Instant::now();
+    if delta_ms <= 0 {
+        now.checked_sub(Duration::from_millis(delta_ms.unsigned_abs()))
+            .unwrap_or(now)
+    } else {
+        now + Duration::from_millis(delta_ms as u64)
+    }
+}
+
+/// Seconds from now until a Unix time, at least 1 (the protocol's `ttl`).
+pub(crate) fn ttl_of(unix_seconds: i64) -> u32 {
+    let left = unix_seconds - crate::store::now_ms() / 1000;
+    left.clamp(1, u32::MAX as i64) as u32
+}
+
+/// Builds `ConnectResult.subs` and similar maps.
+pub(crate) type SubResults = HashMap<String, crate::protocol::proto::SubscribeResult>;

@@ -1,0 +1,175 @@
+//! One client connection.
+//!
+//! - [`SessionShared`]: the part other tasks may touch: the bounded outbound [`queue`], the
+//!   subscription table the hub consults on delivery, and a control channel for server-initiated
+//!   actions (API disconnect/unsubscribe/subscribe/refresh).
+//! - [`connection`]: the task that owns the connection: reads and dispatches commands, runs
+//!   timers (stale, ping/pong, token expiry), and cleans up.
+//! - [`transport`]: the small trait WebSocket (and later SSE) implement.
+
+pub mod commands;
+pub mod connection;
+pub mod queue;
+pub mod subscribe;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::hub::{Prepared, PushKind};
+use crate::protocol::codec::{encode_reply, Format};
+use crate::protocol::proto::Reply;
+use crate::protocol::{DisconnectCode, UnsubscribeCode};
+use queue::Outbound;
+
+pub use connection::{run, SessionContext};
+
+/// Server-initiated actions, handled by the connection's task.
+#[derive(Debug)]
+pub enum Control {
+    Disconnect(DisconnectCode),
+    Unsubscribe {
+        channel: Arc<str>,
+        code: UnsubscribeCode,
+    },
+    /// Server-side subscribe (API `subscribe`).
+    Subscribe {
+        channel: String,
+    },
+    /// API `refresh`: new expiry (None = never) or expired now.
+    Refresh {
+        expired: bool,
+        expire_at: Option<i64>,
+    },
+}
+
+/// Who a connected session is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    pub info: Bytes,
+}
+
+/// The shared half of a session.
+pub struct SessionShared {
+    pub id: Arc<str>,
+    pub format: Format,
+    identity: OnceLock<Identity>,
+    queue: Outbound,
+    subs: Mutex<HashMap<Arc<str>, Subscription>>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// One channel subscription of a session, as the hub's delivery sees it.
+pub(crate) struct Subscription {
+    pub phase: Phase,
+    /// Publications must arrive in offset order without gaps.
+    pub positioned: bool,
+    pub epoch: Arc<str>,
+    /// Offset of the last publication sent (or the position the client holds).
+    pub offset: u64,
+    /// Receives join/leave pushes.
+    pub join_leave: bool,
+    /// Made by the server (token `channels`, personal channel, API): a gap is a disconnect.
+    pub server_side: bool,
+    /// Unix seconds when the subscription token expires, if it does.
+    pub expires_at: Option<i64>,
+}
+
+pub(crate) enum Phase {
+    /// The subscribe reply is not queued yet: pushes wait here, in order.
+    Subscribing(Vec<Arc<Prepared>>),
+    Active,
+    /// A gap was seen; the connection task is unsubscribing it.
+    Broken,
+}
+
+enum Admit {
+    Send,
+    Skip,
+    Gap,
+}
+
+impl Subscription {
+    fn admit(&mut self, push: &Prepared) -> Admit {
+        match &push.kind {
+            PushKind::JoinLeave if self.join_leave => Admit::Send,
+            PushKind::JoinLeave => Admit::Skip,
+            PushKind::Publication { offset: 0, .. } => Admit::Send,
+            PushKind::Publication { .. } if !self.positioned => Admit::Send,
+            PushKind::Publication { epoch, offset } => {
+                if **epoch != *self.epoch {
+                    Admit::Gap
+                } else if *offset <= self.offset {
+                    // Already sent (recovered, or buffered while subscribing).
+                    Admit::Skip
+                } else if *offset != self.offset + 1 {
+                    Admit::Gap
+                } else {
+                    self.offset = *offset;
+                    Admit::Send
+                }
+            }
+        }
+    }
+}
+
+impl SessionShared {
+    pub fn new(format: Format, max_queue_bytes: usize) -> (Arc<Self>, mpsc::UnboundedReceiver<Control>) {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Self {
+            id: Arc::from(uuid::Uuid::new_v4().to_string()),
+            format,
+            identity: OnceLock::new(),
+            queue: Outbound::new(max_queue_bytes),
+            subs: Mutex::new(HashMap::new()),
+            control,
+        });
+        (shared, control_rx)
+    }
+
+    /// The user, once connected.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.get()
+    }
+
+    pub fn queue(&self) -> &Outbound {
+        &self.queue
+    }
+
+    /// Sends a server-initiated action to the connection's task. Never blocks.
+    pub fn control(&self, control: Control) {
+        let _ = self.control.send(control);
+    }
+
+    /// Queues a reply for the client.
+    pub fn send_reply(&self, reply: &Reply) {
+        self.queue.push(encode_reply(self.format, reply));
+    }
+
+    /// Called by the hub for every push to a channel this session is in. Never blocks.
+    pub fn deliver(&self, channel: &str, push: &Arc<Prepared>) {
+        let mut subs = self.subs.lock();
+        let Some(sub) = subs.get_mut(channel) else { return };
+        match &mut sub.phase {
+            Phase::Subscribing(buffer) => buffer.push(push.clone()),
+            Phase::Broken => {}
+            Phase::Active => self.deliver_to(channel, sub, push),
+        }
+    }
+
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subs
+            .lock()
+            .get(channel)
+            .is_some_and(|s| !matches!(s.phase, Phase::Broken))
+    }
+
+    pub fn subscribed_channels(&self) -> Vec<Arc<str>> {
+        self.subs.lock().keys().cloned().collect()
+    }
+}

@@ -1,0 +1,137 @@
+//! The outbound queue of one connection, bounded in bytes.
+//!
+//! Producers (command replies, the hub's fan-out) never wait: a push that would exceed the bound
+//! marks the client slow (3008) and drops what is queued. One writer task drains everything queued
+//! at once and writes it as one WebSocket message.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::DisconnectCode;
+
+pub struct Outbound {
+    state: Mutex<State>,
+    notify: Notify,
+    limit: usize,
+    /// Cancelled as soon as the connection must end, whoever decided it.
+    closing: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    items: Vec<Bytes>,
+    bytes: usize,
+    close: Option<DisconnectCode>,
+}
+
+/// What the writer takes in one go.
+pub struct Drained {
+    pub items: Vec<Bytes>,
+    pub close: Option<DisconnectCode>,
+}
+
+impl Outbound {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limit,
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Queues one encoded reply or push. Returns false if the connection is closing (or just
+    /// became slow because of this push).
+    pub fn push(&self, bytes: Bytes) -> bool {
+        let mut state = self.state.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        if state.bytes + bytes.len() > self.limit {
+            // A slow client loses its queue, not the server its memory.
+            state.items.clear();
+            state.bytes = 0;
+            state.close = Some(DisconnectCode::SLOW);
+            drop(state);
+            metrics::counter!("herald_slow_disconnects_total").increment(1);
+            self.closing.cancel();
+            self.notify.notify_one();
+            return false;
+        }
+        state.bytes += bytes.len();
+        state.items.push(bytes);
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Asks for the connection to close with `code` once what is queued has been written.
+    /// The first code wins.
+    pub fn close(&self, code: DisconnectCode) {
+        let mut state = self.state.lock();
+        if state.close.is_none() {
+            state.close = Some(code);
+        }
+        drop(state);
+        self.closing.cancel();
+        self.notify.notify_one();
+    }
+
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Waits for something to write (or a close) and takes all of it.
+    pub async fn drain(&self) -> Drained {
+        loop {
+            {
+                let mut state = self.state.lock();
+                if !state.items.is_empty() || state.close.is_some() {
+                    state.bytes = 0;
+                    return Drained {
+                        items: std::mem::take(&mut state.items),
+                        close: state.close.clone(),
+                    };
+                }
+            }
+            // notify_one stores a permit when nobody waits, so a push between the check and
+            // this await is not lost.
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflow_marks_slow_and_drops_the_queue() {
+        let q = Outbound::new(10);
+        assert!(q.push(Bytes::from_static(b"12345")));
+        assert!(q.push(Bytes::from_static(b"12345")));
+        assert!(!q.push(Bytes::from_static(b"1")));
+        assert!(q.closing().is_cancelled());
+        let drained = q.drain().await;
+        assert!(drained.items.is_empty());
+        assert_eq!(drained.close, Some(DisconnectCode::SLOW));
+        assert!(!q.push(Bytes::from_static(b"1")), "nothing is queued after close");
+    }
+
+    #[tokio::test]
+    async fn close_keeps_what_is_queued() {
+        let q = Outbound::new(100);
+        q.push(Bytes::from_static(b"a"));
+        q.close(DisconnectCode::SHUTDOWN);
+        q.close(DisconnectCode::NO_PONG);
+        let drained = q.drain().await;
+        assert_eq!(drained.items.len(), 1);
+        assert_eq!(drained.close, Some(DisconnectCode::SHUTDOWN));
+    }
+}

@@ -1,0 +1,297 @@
+//! Subscribing: client subscriptions, server-side subscriptions (token `channels`, personal
+//! channel, API), recovery, and the hand-over from "subscribing" to "active".
+//!
+//! While a subscription is being set up, the hub already delivers to it and the pushes wait in
+//! its buffer; [`Connection::activate`] then queues the reply first and the buffered pushes after
+//! it, skipping those the reply already covers. No publication is lost or sent twice in between.
+
+use std::mem;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::connection::{ttl_of, Connection, State, SubResults};
+use super::{Phase, Subscription};
+use crate::config::ChannelOptions;
+use crate::protocol::proto::{self, ClientInfo, Push, Reply, SubscribeResult};
+use crate::protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
+use crate::session::commands::Failure;
+
+/// How to set up one subscription.
+pub(crate) struct Setup<'a> {
+    pub channel: &'a str,
+    pub options: &'a ChannelOptions,
+    /// `(epoch, offset)` the client last saw, when it asks to recover.
+    pub recover: Option<(String, u64)>,
+    pub server_side: bool,
+    pub join_leave_requested: bool,
+    pub chan_info: Bytes,
+    pub expires_at: Option<i64>,
+}
+
+/// A subscription set up and waiting for [`Connection::activate`].
+pub(crate) struct Ready {
+    channel: Arc<str>,
+    epoch: Arc<str>,
+    offset: u64,
+}
+
+impl Connection {
+    fn client_info(&self, chan_info: Bytes) -> ClientInfo {
+        let identity = self.shared.identity().cloned().unwrap_or_else(|| super::Identity {
+            user: String::new(),
+            info: Bytes::new(),
+        });
+        ClientInfo {
+            user: identity.user,
+            client: self.shared.id.to_string(),
+            conn_info: identity.info,
+            chan_info,
+        }
+    }
+
+    /// Registers the subscription (buffering pushes), finds its position and recovers.
+    pub(crate) async fn setup_subscription(&mut self, setup: Setup<'_>) -> Result<(SubscribeResult, Ready), Failure> {
+        let channel: Arc<str> = Arc::from(setup.channel);
+        let options = setup.options;
+        let positioned = options.force_recovery && options.history_enabled();
+        {
+            let mut subs = self.shared.subs.lock();
+            if subs.contains_key(&channel) {
+                return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
+            }
+            subs.insert(
+                channel.clone(),
+                Subscription {
+                    phase: Phase::Subscribing(Vec::new()),
+                    positioned,
+                    epoch: Arc::from(""),
+                    offset: 0,
+                    join_leave: options.join_leave && (options.force_push_join_leave || setup.join_leave_requested),
+                    server_side: setup.server_side,
+                    expires_at: setup.expires_at,
+                },
+            );
+        }
+        metrics::gauge!("herald_subscriptions").increment(1.0);
+        let info = self.client_info(setup.chan_info);
+        self.ctx.broker.join(&channel, options, self.shared.clone(), info);
+
+        let mut result = SubscribeResult::default();
+        let mut ready = Ready {
+            channel: channel.clone(),
+            epoch: Arc::from(""),
+            offset: 0,
+        };
+        if let Some(exp) = setup.expires_at {
+            result.expires = true;
+            result.ttl = ttl_of(exp);
+        }
+        if !positioned {
+            return Ok((result, ready));
+        }
+        let broker = self.ctx.broker.clone();
+        let position = match broker.position(&channel).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.drop_subscription(&channel);
+                return Err(e.into());
+            }
+        };
+        result.recoverable = true;
+        result.positioned = true;
+        result.epoch = position.epoch.to_string();
+        result.offset = position.offset;
+        ready.epoch = position.epoch.clone();
+        ready.offset = position.offset;
+        if let Some((epoch, offset)) = setup.recover {
+            result.was_recovering = true;
+            match broker.recover(&channel, options, &epoch, offset, &position).await {
+                Ok(recovery) => {
+                    result.recovered = recovery.recovered;
+                    result.publications = recovery.publications;
+                }
+                Err(e) => {
+                    self.drop_subscription(&channel);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok((result, ready))
+    }
+
+    /// Queues `reply`, then makes the subscriptions active and releases what they buffered.
+    pub(crate) fn activate(&self, reply: &Reply, ready: Vec<Ready>) {
+        let mut subs = self.shared.subs.lock();
+        // Under the subscription lock: no delivery can slip in before the reply.
+        self.shared.send_reply(reply);
+        for r in ready {
+            let Some(sub) = subs.get_mut(&r.channel) else { continue };
+            let Phase::Subscribing(buffer) = mem::replace(&mut sub.phase, Phase::Active) else {
+                continue;
+            };
+            sub.epoch = r.epoch;
+            sub.offset = r.offset;
+            for push in buffer {
+                self.shared.deliver_to(&r.channel, sub, &push);
+            }
+        }
+    }
+
+    /// Removes a subscription without telling the client (it asked, or setup failed).
+    pub(crate) fn drop_subscription(&self, channel: &str) -> bool {
+        let removed = self.shared.subs.lock().remove(channel).is_some();
+        if removed {
+            metrics::gauge!("herald_subscriptions").decrement(1.0);
+            self.ctx.broker.leave(channel, &self.shared.id);
+        }
+        removed
+    }
+
+    /// Ends a subscription on the server's initiative and tells the client with an unsubscribe push.
+    pub(crate) fn unsubscribe_with_push(&self, channel: &str, code: UnsubscribeCode) {
+        if self.drop_subscription(channel) {
+            self.shared.send_reply(&Reply {
+                push: Some(Push {
+                    channel: channel.to_owned(),
+                    unsubscribe: Some(proto::Unsubscribe {
+                        code: code.code,
+                        reason: code.reason.to_owned(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Subscriptions made at connect: the token's `channels` and the personal channel.
+    /// `positions` are what the client sent in `connect.subs` to recover them.
+    pub(crate) async fn connect_subscriptions(
+        &mut self,
+        channels: Vec<String>,
+        positions: &std::collections::HashMap<String, proto::SubscribeRequest>,
+    ) -> (SubResults, Vec<Ready>) {
+        let mut results = SubResults::new();
+        let mut readies = Vec::new();
+        let broker = self.ctx.broker.clone();
+        for channel in channels {
+            let Ok(options) = broker.options(&channel) else {
+                tracing::warn!(channel = %channel, "server-side subscription to an unknown channel skipped");
+                continue;
+            };
+            let recover = positions
+                .get(&channel)
+                .filter(|p| p.recover)
+                .map(|p| (p.epoch.clone(), p.offset));
+            let setup = Setup {
+                channel: &channel,
+                options,
+                recover,
+                server_side: true,
+                join_leave_requested: false,
+                chan_info: Bytes::new(),
+                expires_at: None,
+            };
+            match self.setup_subscription(setup).await {
+                Ok((result, ready)) => {
+                    results.insert(channel, result);
+                    readies.push(ready);
+                }
+                Err(_) => tracing::warn!(channel = %channel, "server-side subscription failed"),
+            }
+        }
+        (results, readies)
+    }
+
+    /// API `subscribe`: a server-side subscription of a live connection, announced with a
+    /// `subscribe` push.
+    pub(crate) async fn server_subscribe(&mut self, channel: &str) -> Result<(), DisconnectCode> {
+        if !matches!(self.state, State::Connected(_)) || self.shared.is_subscribed(channel) {
+            return Ok(());
+        }
+        let broker = self.ctx.broker.clone();
+        let Ok(options) = broker.options(channel) else {
+            return Ok(());
+        };
+        let setup = Setup {
+            channel,
+            options,
+            recover: None,
+            server_side: true,
+            join_leave_requested: false,
+            chan_info: Bytes::new(),
+            expires_at: None,
+        };
+        match self.setup_subscription(setup).await {
+            Ok((result, ready)) => {
+                let push = Push {
+                    channel: channel.to_owned(),
+                    subscribe: Some(proto::Subscribe {
+                        recoverable: result.recoverable,
+                        epoch: result.epoch,
+                        offset: result.offset,
+                        positioned: result.positioned,
+                        data: Bytes::new(),
+                    }),
+                    ..Default::default()
+                };
+                self.activate(
+                    &Reply {
+                        push: Some(push),
+                        ..Default::default()
+                    },
+                    vec![ready],
+                );
+                Ok(())
+            }
+            Err(Failure::Disconnect(code)) => Err(code),
+            Err(Failure::Error(_)) => Ok(()),
+        }
+    }
+
+    pub(crate) fn earliest_subscription_expiry(&self) -> Option<i64> {
+        self.shared.subs.lock().values().filter_map(|s| s.expires_at).min()
+    }
+
+    /// Ends client subscriptions whose token expired without a sub_refresh (2501: the SDK
+    /// resubscribes with a fresh token).
+    pub(crate) fn expire_subscriptions(&self) {
+        let now = crate::store::now_ms() / 1000;
+        let expired: Vec<Arc<str>> = self
+            .shared
+            .subs
+            .lock()
+            .iter()
+            .filter(|(_, s)| s.expires_at.is_some_and(|exp| exp <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in expired {
+            self.unsubscribe_with_push(&channel, UnsubscribeCode::EXPIRED);
+        }
+    }
+}
+
+impl super::SessionShared {
+    /// Delivers one push to one subscription whose lock the caller holds.
+    pub(crate) fn deliver_to(&self, channel: &str, sub: &mut Subscription, push: &Arc<crate::hub::Prepared>) {
+        match sub.admit(push) {
+            super::Admit::Send => {
+                self.queue.push(push.bytes(self.format).clone());
+            }
+            super::Admit::Skip => {}
+            super::Admit::Gap => {
+                sub.phase = Phase::Broken;
+                metrics::counter!("herald_stream_gaps_total").increment(1);
+                if sub.server_side {
+                    self.queue.close(DisconnectCode::INSUFFICIENT_STATE);
+                } else {
+                    self.control(super::Control::Unsubscribe {
+                        channel: Arc::from(channel),
+                        code: UnsubscribeCode::INSUFFICIENT_STATE,
+                    });
+                }
+            }
+        }
+    }
+}

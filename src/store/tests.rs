@@ -1,0 +1,221 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::*;
+
+fn retention(size: usize) -> Retention {
+    Retention {
+        size,
+        ttl: Duration::from_secs(3600),
+    }
+}
+
+fn publication(data: &'static str) -> Publication {
+    Publication {
+        data: Bytes::from_static(data.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn open(path: &Path) -> (Store, Arc<Mutex<Vec<Committed>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let store = Store::open(
+        path,
+        Durability::Flush,
+        Duration::from_millis(50),
+        Box::new(move |c| hook_seen.lock().push(c)),
+    )
+    .unwrap();
+    (store, seen)
+}
+
+#[tokio::test]
+async fn offsets_are_contiguous_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch;
+    {
+        let (store, seen) = open(dir.path());
+        let mut handles = Vec::new();
+        for _ in 0..50 {
+            let store = store.clone();
+            handles.push(tokio::spawn(async move {
+                store.append("news", publication("1"), retention(100)).await.unwrap()
+            }));
+        }
+        let mut offsets: Vec<u64> = Vec::new();
+        for h in handles {
+            offsets.push(h.await.unwrap().offset);
+        }
+        offsets.sort();
+        assert_eq!(offsets, (1..=50).collect::<Vec<_>>());
+        let hooked: Vec<u64> = seen.lock().iter().map(|c| c.publication.offset).collect();
+        assert_eq!(
+            hooked,
+            (1..=50).collect::<Vec<_>>(),
+            "the hook sees appends in offset order"
+        );
+        epoch = store.position("news").await.unwrap().epoch;
+    }
+    // sled allows one open handle per path; the writer thread drops it once the channel closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, _) = open(dir.path());
+    let position = store.position("news").await.unwrap();
+    assert_eq!(position, Position { epoch, offset: 50 });
+    let next = store.append("news", publication("2"), retention(100)).await.unwrap();
+    assert_eq!(next.offset, 51);
+}
+
+#[tokio::test]
+async fn read_honours_size_limit_after_and_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    for _ in 0..10 {
+        store.append("c", publication("{}"), retention(4)).await.unwrap();
+    }
+    let pos = store.position("c").await.unwrap();
+    let offsets = |v: Vec<Publication>| v.iter().map(|p| p.offset).collect::<Vec<_>>();
+    let all = store
+        .read(
+            "c",
+            &pos,
+            ReadRange {
+                limit: 100,
+                ..Default::default()
+            },
+            retention(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(all), vec![7, 8, 9, 10]);
+    let two = store
+        .read(
+            "c",
+            &pos,
+            ReadRange {
+                limit: 2,
+                ..Default::default()
+            },
+            retention(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(two), vec![7, 8]);
+    let after = store
+        .read(
+            "c",
+            &pos,
+            ReadRange {
+                after: Some(8),
+                limit: 100,
+                ..Default::default()
+            },
+            retention(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(after), vec![9, 10]);
+    let rev = store
+        .read(
+            "c",
+            &pos,
+            ReadRange {
+                limit: 3,
+                reverse: true,
+                ..Default::default()
+            },
+            retention(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(rev), vec![10, 9, 8]);
+    let before = store
+        .read(
+            "c",
+            &pos,
+            ReadRange {
+                before: Some(9),
+                limit: 100,
+                reverse: true,
+                ..Default::default()
+            },
+            retention(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(before), vec![8, 7]);
+    // Size trimming removed the old keys from disk, not just from reads.
+    assert_eq!(store.tree.scan_prefix(keys::publication_prefix("c")).count(), 4);
+}
+
+#[tokio::test]
+async fn expired_publications_are_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut old = publication("{}");
+    old.time = now_ms() - 10_000;
+    store.append("c", old, retention(10)).await.unwrap();
+    store.append("c", publication("{}"), retention(10)).await.unwrap();
+    let pos = store.position("c").await.unwrap();
+    let short = Retention {
+        size: 10,
+        ttl: Duration::from_secs(5),
+    };
+    let got = store
+        .read(
+            "c",
+            &pos,
+            ReadRange {
+                limit: 10,
+                ..Default::default()
+            },
+            short,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![2]);
+}
+
+#[tokio::test]
+async fn remove_history_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let first = store.append("c", publication("{}"), retention(10)).await.unwrap();
+    let reset = store.remove_history("c").await.unwrap();
+    assert_ne!(reset.epoch, first.epoch);
+    assert_eq!(reset.offset, 0);
+    let next = store.append("c", publication("{}"), retention(10)).await.unwrap();
+    assert_eq!(
+        next,
+        Position {
+            epoch: reset.epoch,
+            offset: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn unknown_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(VERSION_KEY, b"99".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(
+        dir.path(),
+        Durability::Flush,
+        Duration::from_millis(50),
+        Box::new(|_| {}),
+    )
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("99") && text.contains(&dir.path().display().to_string()),
+        "{text}"
+    );
+}

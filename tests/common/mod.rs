@@ -1,0 +1,535 @@
+//! The one test harness: start a real `herald serve` process on an ephemeral loopback port,
+//! talk to it with real WebSocket clients (JSON or Protobuf) and the HTTP API.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald::protocol::proto::{Command, Reply};
+use herald::protocol::Format;
+use prost::Message as _;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const API_KEY: &str = "test-api-key";
+
+/// A config most tests use: history, presence and join/leave on the default namespace.
+pub const CONFIG: &str = r#"
+[client]
+token_hmac_secret = "test-secret"
+[api]
+key = "test-api-key"
+[channels.default]
+presence = true
+join_leave = true
+force_push_join_leave = true
+history_size = 10
+history_ttl = "300s"
+force_recovery = true
+allow_subscribe_for_client = true
+allow_publish_for_subscriber = true
+allow_presence_for_subscriber = true
+allow_history_for_subscriber = true
+allow_user_limited_channels = true
+[channels.namespaces.closed]
+presence = true
+history_size = 10
+history_ttl = "300s"
+[channels.namespaces.open]
+allow_subscribe_for_client = true
+allow_publish_for_client = true
+allow_presence_for_client = true
+[channels.namespaces.tiny]
+history_size = 2
+history_ttl = "300s"
+force_recovery = true
+allow_subscribe_for_client = true
+allow_history_for_subscriber = true
+"#;
+
+/// A running `herald serve` child process; killed on drop.
+pub struct Node {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    config: String,
+    env: Vec<(String, String)>,
+}
+
+impl Node {
+    pub fn start(config: &str) -> Node {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut node = Node {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            config: config.to_owned(),
+            env,
+        };
+        node.spawn();
+        node
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("herald.toml")
+    }
+
+    pub fn storage_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        std::fs::write(self.config_path(), &self.config).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("herald.log"))
+            .unwrap();
+        let mut child = Process::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("HERALD_STORAGE_PATH", self.storage_path())
+            .env("RUST_LOG", "herald=debug")
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawning herald");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("herald listening on ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("herald did not start:\n{}", self.log()));
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// The server's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("herald.log")).unwrap_or_default()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGTERM, and wait for the process to exit. Returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Process::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("herald did not exit after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops gracefully and starts again on the same storage (the port changes).
+    pub fn restart(&mut self) {
+        assert!(self.terminate(), "herald exited with an error:\n{}", self.log());
+        self.spawn();
+    }
+
+    /// Calls the server API with the test key; returns the HTTP status and the JSON body (or
+    /// the text as a JSON string).
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        self.api_with(method, body.to_string(), &[("X-API-Key", API_KEY)]).await
+    }
+
+    pub async fn api_with(&self, method: &str, body: String, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .post(self.http(&format!("/api/{method}")))
+            .body(body);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Publishes through the API and returns the result object.
+    pub async fn publish(&self, channel: &str, data: Value) -> Value {
+        let (status, body) = self.api("publish", json!({"channel": channel, "data": data})).await;
+        assert_eq!(status, 200, "{body}");
+        body.get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("publish failed: {body}"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn token(claims: Value) -> String {
+    herald::auth::token::mint_hs256(SECRET, &claims)
+}
+
+pub fn user_token(user: &str) -> String {
+    token(json!({ "sub": user }))
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A protocol client over a real WebSocket.
+pub struct Client {
+    ws: Socket,
+    pub format: Format,
+    /// Pushes (and replies nobody waited for) in arrival order.
+    inbox: VecDeque<Reply>,
+    pub pings: usize,
+    next_id: u32,
+    pub closed: Option<(u16, String)>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    pub async fn open(node: &Node, format: Format) -> Client {
+        let url = match format {
+            Format::Json => node.ws_url(),
+            Format::Protobuf => node.ws_url(),
+        };
+        let mut request = url.into_client_request().unwrap();
+        if format == Format::Protobuf {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "centrifuge-protobuf".parse().unwrap());
+        }
+        let (ws, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("WebSocket handshake");
+        if format == Format::Protobuf {
+            assert_eq!(
+                response.headers().get("sec-websocket-protocol").unwrap(),
+                "centrifuge-protobuf"
+            );
+        }
+        Client::over(ws, format)
+    }
+
+    pub fn over(ws: Socket, format: Format) -> Client {
+        Client {
+            ws,
+            format,
+            inbox: VecDeque::new(),
+            pings: 0,
+            next_id: 0,
+            closed: None,
+        }
+    }
+
+    /// Opens and connects with a token for `user`.
+    pub async fn connected(node: &Node, format: Format, user: &str) -> Client {
+        let mut client = Client::open(node, format).await;
+        let reply = client.connect(&user_token(user)).await;
+        assert!(reply.error.is_none(), "connect failed: {reply:?}");
+        client
+    }
+
+    pub async fn connect(&mut self, token: &str) -> Reply {
+        self.call(Command {
+            connect: Some(herald::protocol::proto::ConnectRequest {
+                token: token.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub fn encode(&self, command: &Command) -> Message {
+        match self.format {
+            Format::Json => Message::text(serde_json::to_string(command).unwrap()),
+            Format::Protobuf => Message::binary(command.encode_length_delimited_to_vec()),
+        }
+    }
+
+    pub async fn send(&mut self, command: &Command) {
+        let message = self.encode(command);
+        self.ws.send(message).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        let _ = self.ws.send(message).await;
+    }
+
+    /// Sends a command with the next id and waits for its reply; pushes go to the inbox.
+    pub async fn call(&mut self, mut command: Command) -> Reply {
+        self.next_id += 1;
+        command.id = self.next_id;
+        let id = command.id;
+        self.send(&command).await;
+        loop {
+            let reply = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for reply {id}: {:?}", self.closed));
+            if reply.id == id {
+                return reply;
+            }
+            self.inbox.push_back(reply);
+        }
+    }
+
+    /// Reads the next reply or push from the socket (not the inbox). `None` when closed.
+    async fn read(&mut self) -> Option<Reply> {
+        loop {
+            let message = match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(_))) | Ok(None) => return None,
+                Err(_) => panic!("nothing received within {WAIT:?}"),
+            };
+            let replies: Vec<Reply> = match message {
+                Message::Text(text) => {
+                    assert_eq!(self.format, Format::Json, "text frame on a Protobuf connection");
+                    text.as_str()
+                        .split('\n')
+                        .map(|line| serde_json::from_str(line).unwrap())
+                        .collect()
+                }
+                Message::Binary(data) => {
+                    assert_eq!(self.format, Format::Protobuf, "binary frame on a JSON connection");
+                    let mut buf = Bytes::from(data);
+                    let mut out = Vec::new();
+                    while !buf.is_empty() {
+                        out.push(Reply::decode_length_delimited(&mut buf).unwrap());
+                    }
+                    out
+                }
+                Message::Close(frame) => {
+                    self.closed = Some(
+                        frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new())),
+                    );
+                    return None;
+                }
+                _ => continue,
+            };
+            for reply in replies {
+                if reply.id == 0 && reply.push.is_none() {
+                    self.pings += 1;
+                    continue;
+                }
+                self.inbox.push_back(reply);
+            }
+            if let Some(reply) = self.inbox.pop_front() {
+                return Some(reply);
+            }
+        }
+    }
+
+    /// The next push (from the inbox first).
+    pub async fn push(&mut self) -> herald::protocol::proto::Push {
+        let reply = match self.inbox.pop_front() {
+            Some(r) => r,
+            None => self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("closed while waiting for a push: {:?}", self.closed)),
+        };
+        match reply.push {
+            Some(push) => push,
+            None => panic!(
+                "expected a push, got a reply with id {} and error {:?}",
+                reply.id, reply.error
+            ),
+        }
+    }
+
+    /// Waits until the server closes the connection; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        while self.closed.is_none() {
+            if self.read().await.is_none() && self.closed.is_none() {
+                return (1006, String::new());
+            }
+        }
+        self.closed.clone().unwrap()
+    }
+
+    /// Whether nothing arrives within `wait` (pings aside).
+    pub async fn silent_for(&mut self, wait: Duration) -> bool {
+        if !self.inbox.is_empty() {
+            return false;
+        }
+        match tokio::time::timeout(wait, self.ws.next()).await {
+            Err(_) => true,
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "{}" => true,
+            Ok(_) => false,
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Command builders.
+pub mod cmd {
+    use bytes::Bytes;
+    use herald::protocol::proto::*;
+
+    pub fn subscribe(channel: &str) -> Command {
+        Command {
+            subscribe: Some(SubscribeRequest {
+                channel: channel.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn subscribe_with(request: SubscribeRequest) -> Command {
+        Command {
+            subscribe: Some(request),
+            ..Default::default()
+        }
+    }
+
+    pub fn unsubscribe(channel: &str) -> Command {
+        Command {
+            unsubscribe: Some(UnsubscribeRequest {
+                channel: channel.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn publish(channel: &str, data: &str) -> Command {
+        Command {
+            publish: Some(PublishRequest {
+                channel: channel.into(),
+                data: Bytes::from(data.to_owned()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn presence(channel: &str) -> Command {
+        Command {
+            presence: Some(PresenceRequest {
+                channel: channel.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn presence_stats(channel: &str) -> Command {
+        Command {
+            presence_stats: Some(PresenceStatsRequest {
+                channel: channel.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn history(channel: &str, limit: i32, since: Option<(u64, &str)>, reverse: bool) -> Command {
+        Command {
+            history: Some(HistoryRequest {
+                channel: channel.into(),
+                limit,
+                since: since.map(|(offset, epoch)| StreamPosition {
+                    offset,
+                    epoch: epoch.into(),
+                }),
+                reverse,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// Both wire formats, for tests that must hold in each.
+pub const FORMATS: [Format; 2] = [Format::Json, Format::Protobuf];
+
+pub fn data_of(publication: &herald::protocol::proto::Publication) -> Value {
+    serde_json::from_slice(&publication.data).unwrap()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
+
+impl Client {
+    /// The next reply or push, whatever it is.
+    pub async fn push_or_reply(&mut self) -> Reply {
+        match self.inbox.pop_front() {
+            Some(r) => r,
+            None => self.read().await.unwrap_or_else(|| panic!("closed: {:?}", self.closed)),
+        }
+    }
+}
