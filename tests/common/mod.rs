@@ -334,23 +334,33 @@ impl Client {
         let id = command.id;
         self.send(&command).await;
         loop {
-            let reply = self
-                .read()
-                .await
-                .unwrap_or_else(|| panic!("closed while waiting for reply {id}: {:?}", self.closed));
-            if reply.id == id {
-                return reply;
+            if let Some(i) = self.inbox.iter().position(|r| r.id == id) {
+                return self.inbox.remove(i).unwrap();
             }
-            self.inbox.push_back(reply);
+            if !self.read_socket().await {
+                panic!("closed while waiting for reply {id}: {:?}", self.closed);
+            }
         }
     }
 
-    /// Reads the next reply or push from the socket (not the inbox). `None` when closed.
+    /// The next reply or push: from the inbox, else from the socket. `None` when closed.
     async fn read(&mut self) -> Option<Reply> {
+        loop {
+            if let Some(reply) = self.inbox.pop_front() {
+                return Some(reply);
+            }
+            if !self.read_socket().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads one WebSocket message into the inbox (pings are counted, not kept). False when closed.
+    async fn read_socket(&mut self) -> bool {
         loop {
             let message = match tokio::time::timeout(WAIT, self.ws.next()).await {
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(_))) | Ok(None) => return None,
+                Ok(Some(Err(_))) | Ok(None) => return false,
                 Err(_) => panic!("nothing received within {WAIT:?}"),
             };
             let replies: Vec<Reply> = match message {
@@ -376,20 +386,18 @@ impl Client {
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
                             .unwrap_or((1005, String::new())),
                     );
-                    return None;
+                    return false;
                 }
                 _ => continue,
             };
             for reply in replies {
                 if reply.id == 0 && reply.push.is_none() {
                     self.pings += 1;
-                    continue;
+                } else {
+                    self.inbox.push_back(reply);
                 }
-                self.inbox.push_back(reply);
             }
-            if let Some(reply) = self.inbox.pop_front() {
-                return Some(reply);
-            }
+            return true;
         }
     }
 
@@ -527,9 +535,31 @@ pub fn path_exists(p: &Path) -> bool {
 impl Client {
     /// The next reply or push, whatever it is.
     pub async fn push_or_reply(&mut self) -> Reply {
-        match self.inbox.pop_front() {
-            Some(r) => r,
-            None => self.read().await.unwrap_or_else(|| panic!("closed: {:?}", self.closed)),
+        self.read().await.unwrap_or_else(|| panic!("closed: {:?}", self.closed))
+    }
+}
+
+impl Client {
+    /// Reads frames until a ping arrives or `deadline` passes; returns false on a ping.
+    pub async fn silent_for_ping(&mut self, deadline: tokio::time::Instant) -> bool {
+        let before = self.pings;
+        while self.pings == before {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return true,
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "{}" => self.pings += 1,
+                Ok(Some(Ok(Message::Binary(b)))) if b.as_ref() == [0] => self.pings += 1,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    self.closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return true;
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return true,
+            }
         }
+        false
     }
 }
