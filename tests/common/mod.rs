@@ -563,3 +563,11 @@ impl Client {
         false
     }
 }
+
+impl Node {
+    /// Starts again on the same storage after `kill()`.
+    pub fn restart_after_kill(&mut self) {
+        assert!(self.child.is_none(), "kill() first");
+        self.spawn();
+    }
+}

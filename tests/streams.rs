@@ -1,0 +1,315 @@
+//! Streams, history, recovery and presence against a real node: offsets in order without gaps,
+//! recovery all-or-nothing, epochs and offsets kept across a restart.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{cmd, eventually, token, Client, Node, CONFIG, FORMATS};
+use herald::protocol::proto::{Command, ConnectRequest, SubscribeRequest, SubscribeResult};
+use herald::protocol::Format;
+use serde_json::json;
+
+fn recover(channel: &str, epoch: &str, offset: u64) -> Command {
+    cmd::subscribe_with(SubscribeRequest {
+        channel: channel.into(),
+        recover: true,
+        epoch: epoch.into(),
+        offset,
+        ..Default::default()
+    })
+}
+
+/// Reads pushes until a publication arrives, skipping joins/leaves.
+async fn next_publication(c: &mut Client) -> herald::protocol::proto::Publication {
+    loop {
+        if let Some(p) = c.push().await.r#pub {
+            return p;
+        }
+    }
+}
+
+async fn subscribed(c: &mut Client, channel: &str) -> SubscribeResult {
+    let reply = c.call(cmd::subscribe(channel)).await;
+    match reply.subscribe {
+        Some(result) => result,
+        None => panic!("subscribe failed: {:?}", reply.error),
+    }
+}
+
+#[tokio::test]
+async fn recovery_after_resubscribe_is_exact() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("recover-{format:?}");
+        let mut c = Client::connected(&node, format, "1").await;
+        node.publish(&channel, json!({"n": 0})).await;
+        let first = subscribed(&mut c, &channel).await;
+        assert_eq!(first.offset, 1);
+        assert!(!first.recovered && !first.was_recovering);
+        c.call(cmd::unsubscribe(&channel)).await;
+        for n in 1..=3 {
+            node.publish(&channel, json!({ "n": n })).await;
+        }
+        let result = c
+            .call(recover(&channel, &first.epoch, first.offset))
+            .await
+            .subscribe
+            .unwrap();
+        assert!(result.recovered && result.was_recovering, "{result:?}");
+        assert_eq!(result.epoch, first.epoch);
+        let offsets: Vec<u64> = result.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![2, 3, 4]);
+        assert_eq!(common::data_of(&result.publications[0]), json!({"n": 1}));
+        // Live delivery continues after the recovered ones, without duplicates.
+        node.publish(&channel, json!({"n": 4})).await;
+        assert_eq!(next_publication(&mut c).await.offset, 5);
+    }
+}
+
+#[tokio::test]
+async fn too_much_missed_is_not_recovered_and_live_continues() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("tiny:{format:?}");
+        let mut c = Client::connected(&node, format, "1").await;
+        let first = subscribed(&mut c, &channel).await;
+        c.call(cmd::unsubscribe(&channel)).await;
+        for n in 0..4 {
+            node.publish(&channel, json!({ "n": n })).await;
+        }
+        let result = c
+            .call(recover(&channel, &first.epoch, first.offset))
+            .await
+            .subscribe
+            .unwrap();
+        assert!(!result.recovered && result.was_recovering, "{result:?}");
+        assert!(result.publications.is_empty(), "never a partial recovery");
+        assert_eq!(result.offset, first.offset + 4);
+        node.publish(&channel, json!({"n": 4})).await;
+        assert_eq!(next_publication(&mut c).await.offset, first.offset + 5);
+        // A wrong epoch is not recovered either.
+        c.call(cmd::unsubscribe(&channel)).await;
+        let result = c
+            .call(recover(&channel, "other-epoch", result.offset))
+            .await
+            .subscribe
+            .unwrap();
+        assert!(!result.recovered && result.was_recovering);
+    }
+}
+
+#[tokio::test]
+async fn reconnect_recovers_server_side_subscriptions() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("feed-{format:?}");
+        let connect_token = token(json!({"sub": "9", "channels": [channel]}));
+        let mut c = Client::open(&node, format).await;
+        let subs = c.connect(&connect_token).await.connect.unwrap().subs;
+        let position = subs[&channel].clone();
+        c.close().await;
+        node.publish(&channel, json!({"missed": 1})).await;
+        node.publish(&channel, json!({"missed": 2})).await;
+        let mut c = Client::open(&node, format).await;
+        let request = SubscribeRequest {
+            recover: true,
+            epoch: position.epoch.clone(),
+            offset: position.offset,
+            ..Default::default()
+        };
+        let reply = c
+            .call(Command {
+                connect: Some(ConnectRequest {
+                    token: connect_token.clone(),
+                    subs: HashMap::from([(channel.clone(), request)]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await;
+        let result = &reply.connect.unwrap().subs[&channel];
+        assert!(result.recovered && result.was_recovering, "{result:?}");
+        assert_eq!(result.publications.len(), 2);
+        assert_eq!(common::data_of(&result.publications[1]), json!({"missed": 2}));
+    }
+}
+
+#[tokio::test]
+async fn streams_survive_a_restart_with_the_same_epoch() {
+    let mut node = Node::start(CONFIG);
+    let mut epoch = String::new();
+    for n in 1..=3 {
+        let result = node.publish("durable", json!({ "n": n })).await;
+        assert_eq!(result["offset"], n);
+        epoch = result["epoch"].as_str().unwrap().to_owned();
+    }
+    node.restart();
+    let (_, history) = node.api("history", json!({"channel": "durable", "limit": -1})).await;
+    let history = &history["result"];
+    assert_eq!(history["epoch"], epoch.as_str());
+    assert_eq!(history["offset"], 3);
+    let offsets: Vec<u64> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, vec![1, 2, 3]);
+    // A client that saw offset 1 before the restart recovers the rest after it.
+    let mut c = Client::connected(&node, Format::Json, "1").await;
+    let result = c.call(recover("durable", &epoch, 1)).await.subscribe.unwrap();
+    assert!(result.recovered);
+    assert_eq!(result.publications.len(), 2);
+    assert_eq!(node.publish("durable", json!({"n": 4})).await["offset"], 4);
+}
+
+#[tokio::test]
+async fn acknowledged_publications_survive_sigkill() {
+    let mut node = Node::start(CONFIG);
+    let mut last = serde_json::Value::Null;
+    for n in 1..=20 {
+        last = node.publish("crash", json!({ "n": n })).await;
+    }
+    node.kill();
+    node.restart_after_kill();
+    let (_, history) = node.api("history", json!({"channel": "crash", "limit": -1})).await;
+    assert_eq!(history["result"]["epoch"], last["epoch"]);
+    assert_eq!(history["result"]["offset"], 20);
+    assert_eq!(
+        history["result"]["publications"].as_array().unwrap().len(),
+        10,
+        "history_size is 10"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_publishers_are_delivered_in_offset_order() {
+    let node = Node::start(CONFIG);
+    let mut c = Client::connected(&node, Format::Protobuf, "1").await;
+    subscribed(&mut c, "ordered").await;
+    let node = std::sync::Arc::new(node);
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let node = node.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                node.publish("ordered", json!({ "w": worker, "i": i })).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for expected in 1..=200u64 {
+        assert_eq!(next_publication(&mut c).await.offset, expected);
+    }
+}
+
+#[tokio::test]
+async fn subscribing_while_publishing_loses_and_duplicates_nothing() {
+    let config = CONFIG.replace("history_size = 10\n", "history_size = 1000\n");
+    let node = std::sync::Arc::new(Node::start(&config));
+    let first = node.publish("busy", json!({"n": 0})).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    let publisher = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            for n in 1..300 {
+                node.publish("busy", json!({ "n": n })).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut c = Client::connected(&node, Format::Json, "1").await;
+    let result = c.call(recover("busy", &epoch, 0)).await.subscribe.unwrap();
+    assert!(result.recovered, "{result:?}");
+    let mut seen: Vec<u64> = result.publications.iter().map(|p| p.offset).collect();
+    publisher.await.unwrap();
+    while seen.last() != Some(&300) {
+        seen.push(next_publication(&mut c).await.offset);
+    }
+    assert_eq!(seen, (1..=300).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn history_limit_since_reverse() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("hist-{format:?}");
+        for n in 1..=5 {
+            node.publish(&channel, json!({ "n": n })).await;
+        }
+        let mut c = Client::connected(&node, format, "1").await;
+        subscribed(&mut c, &channel).await;
+        let offsets =
+            |h: &herald::protocol::proto::HistoryResult| h.publications.iter().map(|p| p.offset).collect::<Vec<_>>();
+        let h = c.call(cmd::history(&channel, 2, None, false)).await.history.unwrap();
+        assert_eq!(offsets(&h), vec![1, 2]);
+        assert_eq!(h.offset, 5);
+        let epoch = h.epoch.clone();
+        let h = c
+            .call(cmd::history(&channel, -1, Some((2, &epoch)), false))
+            .await
+            .history
+            .unwrap();
+        assert_eq!(offsets(&h), vec![3, 4, 5]);
+        let h = c.call(cmd::history(&channel, 2, None, true)).await.history.unwrap();
+        assert_eq!(offsets(&h), vec![5, 4]);
+        let h = c
+            .call(cmd::history(&channel, -1, Some((4, &epoch)), true))
+            .await
+            .history
+            .unwrap();
+        assert_eq!(offsets(&h), vec![3, 2, 1]);
+        let h = c.call(cmd::history(&channel, 0, None, false)).await.history.unwrap();
+        assert!(h.publications.is_empty());
+        assert_eq!((h.offset, h.epoch.as_str()), (5, epoch.as_str()));
+        let h = c.call(cmd::history(&channel, -1, None, false)).await.history.unwrap();
+        assert_eq!(offsets(&h), vec![1, 2, 3, 4, 5]);
+        let wrong = c.call(cmd::history(&channel, 1, Some((1, "nope")), false)).await;
+        assert_eq!(wrong.error.unwrap().code, 112);
+    }
+}
+
+#[tokio::test]
+async fn presence_and_join_leave_follow_live_connections() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("lobby-{format:?}");
+        let mut a = Client::connected(&node, format, "ann").await;
+        subscribed(&mut a, &channel).await;
+        assert_eq!(a.push().await.join.unwrap().info.unwrap().user, "ann");
+        let mut b = Client::connected(&node, format, "ann").await;
+        subscribed(&mut b, &channel).await;
+        let join = a.push().await.join.unwrap().info.unwrap();
+        assert_eq!(join.user, "ann");
+        assert!(!join.client.is_empty());
+        let stats = a.call(cmd::presence_stats(&channel)).await.presence_stats.unwrap();
+        assert_eq!((stats.num_clients, stats.num_users), (2, 1));
+        let presence = a.call(cmd::presence(&channel)).await.presence.unwrap().presence;
+        assert!(presence.contains_key(&join.client));
+        // Unsubscribe: a leave push, and the entry is gone.
+        b.call(cmd::unsubscribe(&channel)).await;
+        let leave = a.push().await.leave.unwrap().info.unwrap();
+        assert_eq!(leave.client, join.client);
+        let stats = a.call(cmd::presence_stats(&channel)).await.presence_stats.unwrap();
+        assert_eq!(stats.num_clients, 1);
+        // Disconnect: the same, without any command from the client.
+        let mut c = Client::connected(&node, format, "cid").await;
+        subscribed(&mut c, &channel).await;
+        assert_eq!(a.push().await.join.unwrap().info.unwrap().user, "cid");
+        c.close().await;
+        assert_eq!(a.push().await.leave.unwrap().info.unwrap().user, "cid");
+        let node_ref = &node;
+        let channel_ref = &channel;
+        assert!(
+            eventually(Duration::from_secs(2), || async move {
+                let (_, v) = node_ref.api("presence_stats", json!({ "channel": channel_ref })).await;
+                v["result"]["num_clients"] == 1
+            })
+            .await
+        );
+    }
+}
