@@ -1,5 +1,7 @@
 //! The `herald` command line.
 
+mod tools;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +46,35 @@ enum Command {
         /// Lifetime, e.g. 1h, 30m; 0 for a token that never expires.
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Subscribe to a channel of a running node and print each publication's data.
+    Sub {
+        channel: String,
+        /// WebSocket endpoint.
+        #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
+        url: String,
+        /// User to connect as (the token is minted with the config's HMAC secret).
+        #[arg(long, default_value = "herald-cli")]
+        user: String,
+        /// Exit after this many publications (0: never).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        /// Give up after this long.
+        #[arg(long, default_value = "1h")]
+        timeout: humantime::Duration,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish JSON data to a channel through a running node's server API.
+    Publish {
+        channel: String,
+        /// JSON data, e.g. '{"text":"hi"}'.
+        data: String,
+        /// Base URL of the node's HTTP listener.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        api: String,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -112,6 +143,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("{}", herald::auth::token::mint_hs256(&secret, &claims));
             Ok(())
+        }
+        Command::Sub {
+            channel,
+            url,
+            user,
+            count,
+            timeout,
+            config,
+        } => {
+            let config = load(config.as_ref(), None)?;
+            let secret = config
+                .client
+                .token_hmac_secret
+                .context("client.token_hmac_secret is not set in the config")?;
+            let token = herald::auth::token::mint_hs256(&secret, &serde_json::json!({ "sub": user }));
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(tools::sub(&url, &token, &channel, count, timeout.into()))
+        }
+        Command::Publish {
+            channel,
+            data,
+            api,
+            config,
+        } => {
+            let config = load(config.as_ref(), None)?;
+            let key = config.api.key.context("api.key is not set in the config")?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(tools::publish(&api, &key, &channel, &data))
         }
     }
 }

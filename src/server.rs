@@ -26,14 +26,14 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{0}")]
+    #[error(transparent)]
     Key(#[from] crate::auth::token::KeyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] crate::transport::tls::TlsError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("cannot listen on {addr} (http.listen): {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on {addr} (http.listen): {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
 }
 
 /// Runs a node. `ready` is called with the bound address once clients can connect.
@@ -87,13 +87,13 @@ pub async fn run(
 
     let listener = TcpListener::bind(config.http.listen)
         .await
-        .map_err(|source| ServerError::Listen {
+        .map_err(|error| ServerError::Listen {
             addr: config.http.listen,
-            source,
+            error,
         })?;
-    let local = listener.local_addr().map_err(|source| ServerError::Listen {
+    let local = listener.local_addr().map_err(|error| ServerError::Listen {
         addr: config.http.listen,
-        source,
+        error,
     })?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %local, %scheme, storage = %config.storage.path.display(), "herald listening");

@@ -9,7 +9,6 @@ use futures_util::{SinkExt, StreamExt};
 use herald::protocol::proto::{Command, ConnectRequest, RpcRequest, SendRequest};
 use herald::protocol::Format;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]

@@ -173,8 +173,7 @@ impl Broker {
 
     /// Hands a push to the channel's local subscribers.
     pub fn deliver(&self, channel: &str, push: Arc<Prepared>) {
-        let delivered = self.hub.broadcast(channel, &push);
-        metrics::counter!("herald_publications_out_total").increment(delivered as u64);
+        self.hub.broadcast(channel, &push);
     }
 
     /// The current position of a channel's stream (creating it if needed).

@@ -158,6 +158,9 @@ impl Hub {
         for subscriber in subscribers.values() {
             subscriber.session.deliver(channel, push);
         }
+        if matches!(push.kind, PushKind::Publication { .. }) {
+            metrics::counter!("herald_publications_out_total").increment(subscribers.len() as u64);
+        }
         subscribers.len()
     }
 

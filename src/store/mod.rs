@@ -37,8 +37,8 @@ const STREAMS_TREE: &str = "streams";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open store at {path}: {source}")]
-    Open { path: PathBuf, source: sled::Error },
+    #[error("cannot open store at {path}: {error}")]
+    Open { path: PathBuf, error: sled::Error },
     #[error("store at {path} has format version {found}, this herald reads version {expected}")]
     Version {
         path: PathBuf,
@@ -101,9 +101,9 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .open()
-            .map_err(|source| StoreError::Open {
+            .map_err(|error| StoreError::Open {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
         match db.get(VERSION_KEY)? {
             None => {

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use herald::protocol::proto::{Command, Reply};
 use herald::protocol::Format;
@@ -373,7 +372,7 @@ impl Client {
                 }
                 Message::Binary(data) => {
                     assert_eq!(self.format, Format::Protobuf, "binary frame on a JSON connection");
-                    let mut buf = Bytes::from(data);
+                    let mut buf = data;
                     let mut out = Vec::new();
                     while !buf.is_empty() {
                         out.push(Reply::decode_length_delimited(&mut buf).unwrap());

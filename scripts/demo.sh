@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Starts Herald on its embedded default config (config/herald.toml, development secrets) at
+# http://127.0.0.1:8000 and shows it working: a WebSocket subscriber on `chat:lobby` receives
+# three messages published through the HTTP API. Herald keeps running afterwards; Ctrl-C stops it.
+# Set HERALD_DEMO_EXIT=1 to stop it right after the demonstration.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+cargo build --release --bin herald
+bin=target/release/herald
+tmp=$(mktemp -d)
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$tmp"' EXIT
+
+"$bin" serve &
+server=$!
+for _ in $(seq 100); do
+  curl -fs http://127.0.0.1:8000/health >/dev/null 2>&1 && break
+  kill -0 $server 2>/dev/null || { echo "herald failed to start (is port 8000 taken?)" >&2; exit 1; }
+  sleep 0.1
+done
+
+echo "--- subscribing to chat:lobby over WebSocket"
+"$bin" sub chat:lobby --count 3 --timeout 30s 2>"$tmp/sub.err" >"$tmp/sub.out" &
+sub=$!
+for _ in $(seq 100); do grep -q subscribed "$tmp/sub.err" && break; sleep 0.1; done
+
+echo "--- publishing three messages through POST /api/publish"
+for i in 1 2 3; do
+  "$bin" publish chat:lobby "{\"text\":\"hello $i\"}"
+done
+
+wait $sub
+echo "--- the subscriber received:"
+cat "$tmp/sub.out"
+
+if [ "${HERALD_DEMO_EXIT:-0}" = 1 ]; then
+  exit 0
+fi
+echo "--- Herald is running at http://127.0.0.1:8000 (Ctrl-C to stop)"
+wait $server

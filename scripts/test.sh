@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of the project, on a fresh machine as on a developer's:
+#   1. formatting and lints (cargo fmt --check, clippy -D warnings);
+#   2. unit and integration tests (cargo test: real `herald` processes on 127.0.0.1);
+#   3. the SDK conformance suites (tests/sdk/run.sh: npm `centrifuge`, PyPI `centrifuge-python`
+#      and `cent`, installed into tests/sdk/js/node_modules and tests/sdk/python/.venv).
+# Needs: the Rust toolchain, node >= 20 with npm, python3 >= 3.9. Network: crates.io, npm, PyPI.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --all-targets
+
+step "SDK conformance suites"
+HERALD_BIN="$PWD/target/debug/herald" tests/sdk/run.sh

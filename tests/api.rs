@@ -1,0 +1,649 @@
+//! The HTTP server API (`POST /api/<method>`) against a real `herald serve` process: auth, body
+//! validation, every method's result shape, and its effect on live WebSocket clients.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{cmd, eventually, user_token, Client, Node, API_KEY, CONFIG};
+use herald::protocol::proto::Push;
+use herald::protocol::Format;
+use serde_json::{json, Value};
+
+const TRANSPORT: (&str, &str) = ("X-Herald-Error-Mode", "transport");
+
+/// Opens and connects a client; returns it with its client id.
+async fn connect_with_id(node: &Node, format: Format, user: &str) -> (Client, String) {
+    let mut client = Client::open(node, format).await;
+    let reply = client.connect(&user_token(user)).await;
+    assert!(reply.error.is_none(), "connect failed: {reply:?}");
+    let id = reply.connect.expect("connect result").client;
+    assert!(!id.is_empty());
+    (client, id)
+}
+
+/// A connected client subscribed to `channel`.
+async fn subscribed(node: &Node, format: Format, user: &str, channel: &str) -> Client {
+    let mut client = Client::connected(node, format, user).await;
+    let reply = client.call(cmd::subscribe(channel)).await;
+    assert!(reply.error.is_none(), "subscribe to {channel} failed: {reply:?}");
+    client
+}
+
+/// The next push that is not a join or leave.
+async fn next_event(client: &mut Client) -> Push {
+    loop {
+        let push = client.push().await;
+        if push.join.is_none() && push.leave.is_none() {
+            return push;
+        }
+    }
+}
+
+async fn api_raw(node: &Node, method: &str, body: &str) -> (u16, Value) {
+    node.api_with(method, body.to_owned(), &[("X-API-Key", API_KEY)]).await
+}
+
+/// Calls a method that must succeed; returns its `result`.
+async fn ok(node: &Node, method: &str, body: Value) -> Value {
+    let (status, reply) = node.api(method, body).await;
+    assert_eq!(status, 200, "{method}: {reply}");
+    reply
+        .get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("{method} did not succeed: {reply}"))
+}
+
+/// Calls a method that must fail with a protocol error in the body; returns the error code.
+async fn error_code(node: &Node, method: &str, body: Value) -> u64 {
+    let (status, reply) = node.api(method, body).await;
+    assert_eq!(status, 200, "{method}: {reply}");
+    assert!(reply.get("result").is_none(), "{method}: {reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or("");
+    assert!(!message.is_empty(), "error without a message: {reply}");
+    reply["error"]["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{method}: expected an error, got {reply}"))
+}
+
+fn offsets(history: &Value) -> Vec<u64> {
+    history
+        .get("publications")
+        .and_then(Value::as_array)
+        .map(|pubs| pubs.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+        .unwrap_or_default()
+}
+
+fn datas(history: &Value) -> Vec<Value> {
+    history
+        .get("publications")
+        .and_then(Value::as_array)
+        .map(|pubs| pubs.iter().map(|p| p["data"].clone()).collect())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auth and body validation
+
+#[tokio::test]
+async fn api_key_is_required_and_accepted_in_both_headers() {
+    let node = Node::start(CONFIG);
+    let (status, body) = node.api_with("info", "{}".into(), &[]).await;
+    assert_eq!(status, 401, "no key: {body}");
+    let (status, body) = node.api_with("info", "{}".into(), &[("X-API-Key", "wrong")]).await;
+    assert_eq!(status, 401, "wrong key: {body}");
+    let (status, body) = node
+        .api_with("info", "{}".into(), &[("Authorization", "apikey wrong")])
+        .await;
+    assert_eq!(status, 401, "wrong key in Authorization: {body}");
+    let (status, body) = node
+        .api_with("info", "{}".into(), &[("Authorization", &format!("Bearer {API_KEY}"))])
+        .await;
+    assert_eq!(status, 401, "not the apikey scheme: {body}");
+
+    let (status, body) = node.api_with("info", "{}".into(), &[("X-API-Key", API_KEY)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["result"]["nodes"].is_array(), "{body}");
+    let (status, body) = node
+        .api_with("info", "{}".into(), &[("Authorization", &format!("apikey {API_KEY}"))])
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["result"]["nodes"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn without_a_configured_key_every_call_is_unauthorized() {
+    let config = r#"
+[client]
+token_hmac_secret = "test-secret"
+[channels.default]
+presence = true
+"#;
+    let node = Node::start(config);
+    for method in ["info", "publish", "channels"] {
+        let body = json!({"channel": "news", "data": {}}).to_string();
+        let (status, reply) = node.api_with(method, body.clone(), &[("X-API-Key", API_KEY)]).await;
+        assert_eq!(status, 401, "{method}: {reply}");
+        let (status, reply) = node.api_with(method, body.clone(), &[("X-API-Key", "")]).await;
+        assert_eq!(status, 401, "{method} with an empty key: {reply}");
+        let (status, reply) = node.api_with(method, body, &[]).await;
+        assert_eq!(status, 401, "{method} without a key: {reply}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_with_a_message() {
+    let node = Node::start(CONFIG);
+    let cases = [
+        ("publish", "{not json"),
+        ("publish", r#"[{"channel": "news", "data": {}}]"#),
+        ("publish", r#""just a string""#),
+        ("publish", r#"{"channel": 5, "data": {}}"#),
+        ("history", r#"{"channel": "news", "limit": "ten"}"#),
+        ("disconnect", r#"{"user": ["42"]}"#),
+        ("publish", r#"{"channel": "news", "b64data": "***not base64***"}"#),
+    ];
+    for (method, body) in cases {
+        let (status, reply) = api_raw(&node, method, body).await;
+        assert_eq!(status, 400, "{method} {body}: {reply}");
+        let message = reply
+            .as_str()
+            .unwrap_or_else(|| panic!("400 body is not text: {reply}"));
+        assert!(!message.trim().is_empty(), "{method} {body}: empty 400 message");
+    }
+    // No history was written by any of them.
+    let history = ok(&node, "history", json!({"channel": "news", "limit": -1})).await;
+    assert_eq!(offsets(&history), Vec::<u64>::new());
+    assert_eq!(history["offset"].as_u64().unwrap_or(0), 0, "{history}");
+
+    // An empty body is an empty object: fine for `info`.
+    let (status, reply) = api_raw(&node, "info", "").await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["result"]["nodes"].is_array(), "{reply}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// publish / broadcast
+
+#[tokio::test]
+async fn publish_returns_growing_offsets_with_a_stable_epoch() {
+    let node = Node::start(CONFIG);
+    let first = ok(&node, "publish", json!({"channel": "news", "data": {"n": 1}})).await;
+    assert_eq!(first["offset"], 1, "{first}");
+    let epoch = first["epoch"].as_str().expect("epoch").to_owned();
+    assert!(!epoch.is_empty());
+    for n in 2..=4u64 {
+        let result = ok(&node, "publish", json!({"channel": "news", "data": {"n": n}})).await;
+        assert_eq!(result["offset"], n, "{result}");
+        assert_eq!(result["epoch"], epoch.as_str(), "{result}");
+    }
+    // Another channel has its own stream.
+    let other = ok(&node, "publish", json!({"channel": "sport", "data": 1})).await;
+    assert_eq!(other["offset"], 1, "{other}");
+}
+
+#[tokio::test]
+async fn publish_without_history_returns_an_empty_result() {
+    let node = Node::start(CONFIG);
+    let mut client = subscribed(&node, Format::Json, "1", "open:lobby").await;
+    let (status, body) = node
+        .api("publish", json!({"channel": "open:lobby", "data": {"hi": true}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"result": {}}));
+    let push = next_event(&mut client).await;
+    assert_eq!(push.channel, "open:lobby");
+    let publication = push.r#pub.expect("publication");
+    assert_eq!(publication.offset, 0);
+    assert_eq!(common::data_of(&publication), json!({"hi": true}));
+}
+
+#[tokio::test]
+async fn publish_errors_in_body_and_transport_mode() {
+    let node = Node::start(CONFIG);
+    let publish = json!({"channel": "nope:x", "data": {}});
+    assert_eq!(error_code(&node, "publish", publish.clone()).await, 102);
+    let (status, body) = node.api("no_such_method", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["error"]["code"], 104, "{body}");
+
+    let headers = [("X-API-Key", API_KEY), TRANSPORT];
+    let (status, body) = node.api_with("publish", publish.to_string(), &headers).await;
+    assert_eq!(status, 404, "unknown namespace in transport mode: {body}");
+    let (status, body) = node.api_with("no_such_method", "{}".into(), &headers).await;
+    assert_eq!(status, 404, "unknown method in transport mode: {body}");
+    // A success is still 200 with a result in transport mode.
+    let (status, body) = node
+        .api_with("publish", json!({"channel": "news", "data": 1}).to_string(), &headers)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["offset"], 1, "{body}");
+}
+
+#[tokio::test]
+async fn b64data_reaches_a_protobuf_subscriber_byte_exact() {
+    let node = Node::start(CONFIG);
+    let mut client = subscribed(&node, Format::Protobuf, "1", "bin").await;
+    let bytes: Vec<u8> = vec![0, 1, 2, 0xff, 0xfe, b'\n', b'{', 0x80];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let result = ok(&node, "publish", json!({"channel": "bin", "b64data": b64})).await;
+    assert_eq!(result["offset"], 1, "{result}");
+    let push = next_event(&mut client).await;
+    assert_eq!(push.channel, "bin");
+    let publication = push.r#pub.expect("publication");
+    assert_eq!(&publication.data[..], &bytes[..]);
+    assert_eq!(publication.offset, 1);
+}
+
+#[tokio::test]
+async fn a_json_subscriber_receives_the_published_data_verbatim() {
+    let node = Node::start(CONFIG);
+    let mut client = subscribed(&node, Format::Json, "1", "verbatim").await;
+    let data = r#"{"z":1, "a" : [true,null,"é\"x"], "n": 1.50}"#;
+    let body = format!(r#"{{"channel": "verbatim", "data": {data}}}"#);
+    let (status, reply) = api_raw(&node, "publish", &body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["result"]["offset"], 1, "{reply}");
+    let push = next_event(&mut client).await;
+    let publication = push.r#pub.expect("publication");
+    assert_eq!(std::str::from_utf8(&publication.data).unwrap(), data);
+}
+
+#[tokio::test]
+async fn broadcast_publishes_to_every_channel() {
+    let node = Node::start(CONFIG);
+    let mut a = subscribed(&node, Format::Json, "1", "room-a").await;
+    let mut b = subscribed(&node, Format::Protobuf, "2", "room-b").await;
+    let result = ok(
+        &node,
+        "broadcast",
+        json!({"channels": ["room-a", "room-b"], "data": {"all": 1}}),
+    )
+    .await;
+    let responses = result["responses"].as_array().expect("responses");
+    assert_eq!(responses.len(), 2, "{result}");
+    for response in responses {
+        assert_eq!(response["result"]["offset"], 1, "{result}");
+        assert!(response["result"]["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    for (client, channel) in [(&mut a, "room-a"), (&mut b, "room-b")] {
+        let push = next_event(client).await;
+        assert_eq!(push.channel, channel);
+        assert_eq!(common::data_of(&push.r#pub.expect("publication")), json!({"all": 1}));
+    }
+    // One unknown channel fails in its own slot only.
+    let result = ok(&node, "broadcast", json!({"channels": ["room-a", "nope:x"], "data": 2})).await;
+    let responses = result["responses"].as_array().expect("responses");
+    assert_eq!(responses[0]["result"]["offset"], 2, "{result}");
+    assert_eq!(responses[1]["error"]["code"], 102, "{result}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// history
+
+#[tokio::test]
+async fn history_limit_since_and_reverse() {
+    let node = Node::start(CONFIG);
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = node.publish("feed", json!({"n": n})).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let history = |body: Value| ok(&node, "history", body);
+
+    let oldest = history(json!({"channel": "feed", "limit": 2})).await;
+    assert_eq!(offsets(&oldest), [1, 2], "{oldest}");
+    assert_eq!(datas(&oldest), [json!({"n": 1}), json!({"n": 2})]);
+    assert_eq!(oldest["epoch"], epoch.as_str());
+    assert_eq!(oldest["offset"], 5);
+
+    let after = history(json!({"channel": "feed", "limit": -1, "since": {"offset": 2, "epoch": epoch}})).await;
+    assert_eq!(offsets(&after), [3, 4, 5], "{after}");
+    let after_limited = history(json!({"channel": "feed", "limit": 1, "since": {"offset": 2, "epoch": epoch}})).await;
+    assert_eq!(offsets(&after_limited), [3], "{after_limited}");
+
+    let newest = history(json!({"channel": "feed", "limit": 2, "reverse": true})).await;
+    assert_eq!(offsets(&newest), [5, 4], "{newest}");
+    let before =
+        history(json!({"channel": "feed", "limit": 2, "reverse": true, "since": {"offset": 4, "epoch": epoch}})).await;
+    assert_eq!(offsets(&before), [3, 2], "{before}");
+
+    let all = history(json!({"channel": "feed", "limit": -1})).await;
+    assert_eq!(offsets(&all), [1, 2, 3, 4, 5], "{all}");
+
+    let position = history(json!({"channel": "feed", "limit": 0})).await;
+    assert_eq!(offsets(&position), Vec::<u64>::new(), "{position}");
+    assert_eq!(position["offset"], 5, "{position}");
+    assert_eq!(position["epoch"], epoch.as_str(), "{position}");
+    let default_limit = history(json!({"channel": "feed"})).await;
+    assert_eq!(
+        offsets(&default_limit),
+        Vec::<u64>::new(),
+        "no limit means 0: {default_limit}"
+    );
+
+    // A position from another epoch is unrecoverable.
+    let wrong = json!({"channel": "feed", "limit": -1, "since": {"offset": 2, "epoch": "not-the-epoch"}});
+    assert_eq!(error_code(&node, "history", wrong.clone()).await, 112);
+    let (status, body) = node
+        .api_with("history", wrong.to_string(), &[("X-API-Key", API_KEY), TRANSPORT])
+        .await;
+    assert_eq!(status, 416, "{body}");
+
+    // No history in this namespace.
+    assert_eq!(
+        error_code(&node, "history", json!({"channel": "open:x", "limit": -1})).await,
+        108
+    );
+    assert_eq!(error_code(&node, "history", json!({"channel": "nope:x"})).await, 102);
+}
+
+#[tokio::test]
+async fn history_remove_starts_a_new_epoch() {
+    let node = Node::start(CONFIG);
+    node.publish("gone", json!(1)).await;
+    let before = node.publish("gone", json!(2)).await;
+    assert_eq!(before["offset"], 2);
+    assert_eq!(ok(&node, "history_remove", json!({"channel": "gone"})).await, json!({}));
+    let history = ok(&node, "history", json!({"channel": "gone", "limit": -1})).await;
+    assert_eq!(offsets(&history), Vec::<u64>::new(), "{history}");
+    let after = node.publish("gone", json!(3)).await;
+    assert_eq!(after["offset"], 1, "{after}");
+    assert_ne!(after["epoch"], before["epoch"], "history_remove must change the epoch");
+    assert_eq!(
+        error_code(&node, "history_remove", json!({"channel": "open:x"})).await,
+        108
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// presence, channels, info
+
+#[tokio::test]
+async fn presence_and_stats_count_clients_and_users() {
+    let node = Node::start(CONFIG);
+    let (mut a, id_a) = connect_with_id(&node, Format::Json, "7").await;
+    let (mut b, id_b) = connect_with_id(&node, Format::Protobuf, "7").await;
+    for client in [&mut a, &mut b] {
+        let reply = client.call(cmd::subscribe("lobby")).await;
+        assert!(reply.error.is_none(), "{reply:?}");
+    }
+    let stats = ok(&node, "presence_stats", json!({"channel": "lobby"})).await;
+    assert_eq!(stats, json!({"num_clients": 2, "num_users": 1}));
+
+    let presence = ok(&node, "presence", json!({"channel": "lobby"})).await;
+    let map = presence["presence"].as_object().unwrap_or_else(|| panic!("{presence}"));
+    let ids: BTreeSet<&str> = map.keys().map(String::as_str).collect();
+    assert_eq!(ids, BTreeSet::from([id_a.as_str(), id_b.as_str()]));
+    for (id, info) in map {
+        assert_eq!(info["user"], "7", "{presence}");
+        assert_eq!(info["client"], id.as_str(), "{presence}");
+    }
+
+    // Leaving updates presence.
+    b.close().await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            node.api("presence_stats", json!({"channel": "lobby"})).await.1["result"]
+                == json!({"num_clients": 1, "num_users": 1})
+        })
+        .await
+    );
+
+    // An empty channel has empty presence.
+    let stats = ok(&node, "presence_stats", json!({"channel": "empty"})).await;
+    assert_eq!(stats, json!({"num_clients": 0, "num_users": 0}));
+
+    assert_eq!(error_code(&node, "presence", json!({"channel": "open:x"})).await, 108);
+    assert_eq!(
+        error_code(&node, "presence_stats", json!({"channel": "open:x"})).await,
+        108
+    );
+    assert_eq!(error_code(&node, "presence", json!({"channel": "nope:x"})).await, 102);
+    drop(a);
+}
+
+#[tokio::test]
+async fn channels_lists_subscribed_channels_with_client_counts() {
+    let node = Node::start(CONFIG);
+    let _a1 = subscribed(&node, Format::Json, "1", "room-1").await;
+    let _a2 = subscribed(&node, Format::Json, "2", "room-1").await;
+    let _b = subscribed(&node, Format::Protobuf, "3", "room-2").await;
+    let _c = subscribed(&node, Format::Json, "4", "open:hall").await;
+
+    let all = ok(&node, "channels", json!({})).await;
+    assert_eq!(
+        all["channels"],
+        json!({"room-1": {"num_clients": 2}, "room-2": {"num_clients": 1}, "open:hall": {"num_clients": 1}}),
+        "{all}"
+    );
+    let rooms = ok(&node, "channels", json!({"pattern": "room-*"})).await;
+    assert_eq!(
+        rooms["channels"],
+        json!({"room-1": {"num_clients": 2}, "room-2": {"num_clients": 1}}),
+        "{rooms}"
+    );
+    let none = ok(&node, "channels", json!({"pattern": "zzz*"})).await;
+    assert_eq!(none["channels"], json!({}), "{none}");
+}
+
+#[tokio::test]
+async fn info_describes_the_node() {
+    let node = Node::start(CONFIG);
+    let _a = Client::connected(&node, Format::Json, "1").await;
+    let _b = Client::connected(&node, Format::Protobuf, "2").await;
+    let info = ok(&node, "info", json!({})).await;
+    let nodes = info["nodes"].as_array().unwrap_or_else(|| panic!("{info}"));
+    assert_eq!(nodes.len(), 1, "{info}");
+    let me = &nodes[0];
+    assert_eq!(me["num_clients"], 2, "{info}");
+    assert_eq!(me["num_users"], 2, "{info}");
+    assert!(me["version"].as_str().is_some_and(|v| !v.is_empty()), "{info}");
+    assert!(me["uptime"].is_u64(), "{info}");
+    assert!(me["uid"].as_str().is_some_and(|v| !v.is_empty()), "{info}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// batch
+
+#[tokio::test]
+async fn batch_runs_commands_in_order_with_per_command_errors() {
+    let node = Node::start(CONFIG);
+    let _subscriber = subscribed(&node, Format::Json, "1", "batched").await;
+    let body = json!({"commands": [
+        {"publish": {"channel": "batched", "data": {"n": 1}}},
+        {"presence_stats": {"channel": "batched"}},
+        {"publish": {"channel": "nope:x", "data": {}}},
+        {"publish": {"channel": "batched", "data": {"n": 2}}},
+    ]});
+    let result = ok(&node, "batch", body).await;
+    let replies = result["replies"].as_array().unwrap_or_else(|| panic!("{result}"));
+    assert_eq!(replies.len(), 4, "{result}");
+    assert_eq!(replies[0]["publish"]["offset"], 1, "{result}");
+    assert!(replies[0]["publish"]["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(
+        replies[1]["presence_stats"],
+        json!({"num_clients": 1, "num_users": 1}),
+        "{result}"
+    );
+    assert_eq!(replies[2]["error"]["code"], 102, "{result}");
+    assert!(replies[2].get("publish").is_none(), "{result}");
+    assert_eq!(replies[3]["publish"]["offset"], 2, "{result}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Methods acting on live connections
+
+#[tokio::test]
+async fn disconnect_closes_every_connection_of_the_user_with_3503() {
+    let node = Node::start(CONFIG);
+    let mut a = Client::connected(&node, Format::Json, "bad").await;
+    let mut b = Client::connected(&node, Format::Protobuf, "bad").await;
+    let mut other = Client::connected(&node, Format::Json, "good").await;
+    assert_eq!(ok(&node, "disconnect", json!({"user": "bad"})).await, json!({}));
+    assert_eq!(a.closed().await.0, 3503);
+    assert_eq!(b.closed().await.0, 3503);
+    // Another user is untouched.
+    let reply = other.call(cmd::subscribe("still-here")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ok(&node, "info", json!({})).await["nodes"][0]["num_clients"] == 1
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn disconnect_with_a_custom_code_and_reason() {
+    let node = Node::start(CONFIG);
+    let mut client = Client::connected(&node, Format::Json, "u").await;
+    ok(
+        &node,
+        "disconnect",
+        json!({"user": "u", "disconnect": {"code": 4000, "reason": "x"}}),
+    )
+    .await;
+    assert_eq!(client.closed().await, (4000, "x".to_owned()));
+}
+
+#[tokio::test]
+async fn disconnect_whitelist_and_client_target_one_connection() {
+    let node = Node::start(CONFIG);
+    let (mut a, id_a) = connect_with_id(&node, Format::Json, "u").await;
+    let (mut b, id_b) = connect_with_id(&node, Format::Protobuf, "u").await;
+    let (mut c, id_c) = connect_with_id(&node, Format::Json, "u").await;
+
+    // Whitelist spares a: b and c are closed.
+    ok(&node, "disconnect", json!({"user": "u", "whitelist": [id_a]})).await;
+    assert_eq!(b.closed().await.0, 3503);
+    assert_eq!(c.closed().await.0, 3503);
+    let reply = a.call(cmd::subscribe("alive")).await;
+    assert!(reply.error.is_none(), "the whitelisted client must stay: {reply:?}");
+
+    // `client` targets one connection only.
+    let (mut d, id_d) = connect_with_id(&node, Format::Json, "u").await;
+    ok(&node, "disconnect", json!({"user": "u", "client": id_d})).await;
+    assert_eq!(d.closed().await.0, 3503);
+    let reply = a.call(cmd::subscribe("alive-2")).await;
+    assert!(reply.error.is_none(), "the other client must stay: {reply:?}");
+    let presence = ok(&node, "presence", json!({"channel": "alive"})).await;
+    let ids: Vec<&String> = presence["presence"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, [&id_a]);
+    assert_ne!(id_b, id_c);
+}
+
+#[tokio::test]
+async fn unsubscribe_sends_a_2000_push_and_clears_presence() {
+    let node = Node::start(CONFIG);
+    let (mut target, id_target) = connect_with_id(&node, Format::Json, "t").await;
+    let (mut bystander, id_bystander) = connect_with_id(&node, Format::Protobuf, "b").await;
+    for client in [&mut target, &mut bystander] {
+        let reply = client.call(cmd::subscribe("stage")).await;
+        assert!(reply.error.is_none(), "{reply:?}");
+    }
+    assert_eq!(
+        ok(&node, "unsubscribe", json!({"user": "t", "channel": "stage"})).await,
+        json!({})
+    );
+    let push = next_event(&mut target).await;
+    assert_eq!(push.channel, "stage");
+    let unsubscribe = push
+        .unsubscribe
+        .clone()
+        .unwrap_or_else(|| panic!("expected unsubscribe: {push:?}"));
+    assert_eq!(unsubscribe.code, 2000);
+
+    let presence = ok(&node, "presence", json!({"channel": "stage"})).await;
+    let ids: Vec<&String> = presence["presence"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, [&id_bystander], "{presence}");
+    assert_ne!(id_target, id_bystander);
+
+    // The unsubscribed client no longer receives publications; the bystander does.
+    node.publish("stage", json!({"after": true})).await;
+    let push = next_event(&mut bystander).await;
+    assert_eq!(
+        common::data_of(&push.r#pub.expect("publication")),
+        json!({"after": true})
+    );
+    let reply = target.call(cmd::subscribe("open:elsewhere")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    // The publication would have been queued before that reply; nothing arrived.
+    assert!(
+        target.silent_for(Duration::from_millis(200)).await,
+        "the unsubscribed client still got something"
+    );
+}
+
+#[tokio::test]
+async fn server_side_subscribe_pushes_subscribe_then_publications() {
+    let node = Node::start(CONFIG);
+    let mut client = Client::connected(&node, Format::Json, "s").await;
+    let mut proto_client = Client::connected(&node, Format::Protobuf, "s").await;
+    // `closed` does not let clients subscribe themselves; the API can.
+    let reply = client.call(cmd::subscribe("closed:vip")).await;
+    assert_eq!(reply.error.expect("client subscribe refused").code, 103);
+    assert_eq!(
+        ok(&node, "subscribe", json!({"user": "s", "channel": "closed:vip"})).await,
+        json!({})
+    );
+    for c in [&mut client, &mut proto_client] {
+        let push = next_event(c).await;
+        assert_eq!(push.channel, "closed:vip");
+        assert!(push.subscribe.is_some(), "expected a subscribe push: {push:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            ok(&node, "presence_stats", json!({"channel": "closed:vip"})).await["num_clients"] == 2
+        })
+        .await
+    );
+    let result = node.publish("closed:vip", json!({"vip": 1})).await;
+    assert_eq!(result["offset"], 1);
+    for c in [&mut client, &mut proto_client] {
+        let push = next_event(c).await;
+        assert_eq!(push.channel, "closed:vip");
+        let publication = push.r#pub.expect("publication");
+        assert_eq!(common::data_of(&publication), json!({"vip": 1}));
+    }
+    // An unknown namespace is refused.
+    assert_eq!(
+        error_code(&node, "subscribe", json!({"user": "s", "channel": "nope:x"})).await,
+        102
+    );
+}
+
+#[tokio::test]
+async fn server_side_subscribe_of_a_positioned_channel_reports_its_position() {
+    let node = Node::start(CONFIG);
+    let first = node.publish("positioned", json!(1)).await;
+    node.publish("positioned", json!(2)).await;
+    let mut client = Client::connected(&node, Format::Protobuf, "p").await;
+    ok(&node, "subscribe", json!({"user": "p", "channel": "positioned"})).await;
+    let push = next_event(&mut client).await;
+    let subscribe = push.subscribe.expect("subscribe push");
+    assert!(subscribe.positioned && subscribe.recoverable, "{subscribe:?}");
+    assert_eq!(subscribe.offset, 2);
+    assert_eq!(subscribe.epoch, first["epoch"].as_str().unwrap());
+    node.publish("positioned", json!(3)).await;
+    let publication = next_event(&mut client).await.r#pub.expect("publication");
+    assert_eq!(publication.offset, 3);
+}
+
+#[tokio::test]
+async fn refresh_expired_closes_with_3005() {
+    let node = Node::start(CONFIG);
+    let mut client = Client::connected(&node, Format::Json, "r").await;
+    let mut other = Client::connected(&node, Format::Protobuf, "other").await;
+    assert_eq!(
+        ok(&node, "refresh", json!({"user": "r", "expired": true})).await,
+        json!({})
+    );
+    assert_eq!(client.closed().await.0, 3005);
+    let reply = other.call(cmd::subscribe("fine")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+}
