@@ -68,6 +68,9 @@ pub async fn run(
         }),
     )?;
     let broker = Arc::new(Broker::new(config.clone(), hub, store));
+    let retention = broker.clone();
+    let retention_shutdown = shutdown.clone();
+    tokio::spawn(async move { retention.run_retention(retention_shutdown).await });
     let session_ctx = Arc::new(SessionContext {
         broker: broker.clone(),
         verifier,

@@ -27,6 +27,8 @@ pub struct Body {
     skip_history: bool,
     #[serde(default)]
     tags: HashMap<String, String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 impl Body {
@@ -48,6 +50,7 @@ impl Body {
             info: None,
             tags: self.tags.clone(),
             skip_history: self.skip_history,
+            idempotency_key: self.idempotency_key.clone(),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::hub::{Hub, Prepared};
 use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
 use crate::session::SessionShared;
-use crate::store::{Position, ReadRange, Retention, Store, StoreError};
+use crate::store::{Idempotency, Position, ReadRange, Retention, Store, StoreError};
 
 pub use registry::Registry;
 
@@ -77,6 +77,8 @@ pub struct PublishRequest {
     pub info: Option<ClientInfo>,
     pub tags: HashMap<String, String>,
     pub skip_history: bool,
+    /// A repeat within `storage.idempotency_window` returns the first result, delivers nothing.
+    pub idempotency_key: Option<String>,
 }
 
 /// A publication's position; empty for channels without history.
@@ -153,15 +155,24 @@ impl Broker {
             time: crate::store::now_ms(),
             ..Default::default()
         };
-        if options.history_enabled() && !request.skip_history {
-            // Delivery happens in the store's commit hook, in offset order, once durable.
-            let position = self
+        let history = (options.history_enabled() && !request.skip_history).then(|| retention(options));
+        let idempotency = request
+            .idempotency_key
+            .filter(|k| !k.is_empty())
+            .map(|key| Idempotency {
+                key,
+                window: self.config.storage.idempotency_window,
+            });
+        if history.is_some() || idempotency.is_some() {
+            // Delivery happens in the store's commit hook, in offset order, once durable; a
+            // repeated idempotency key is answered without delivery.
+            let appended = self
                 .store
-                .append(&request.channel, publication, retention(options))
+                .append(&request.channel, publication, history, idempotency)
                 .await?;
             return Ok(PublishResult {
-                offset: position.offset,
-                epoch: position.epoch.to_string(),
+                offset: appended.position.offset,
+                epoch: appended.position.epoch.to_string(),
             });
         }
         self.deliver(
@@ -329,6 +340,38 @@ impl Broker {
     /// Flushes the store (shutdown).
     pub async fn flush(&self) -> Result<(), BrokerError> {
         Ok(self.store.flush().await?)
+    }
+
+    /// One retention pass: trims every stream by its namespace's size and age, forgets streams
+    /// idle past `history_meta_ttl`, and expires idempotency keys. Streams of namespaces no
+    /// longer configured are left alone (a config mistake must not erase data).
+    pub async fn retain(&self) -> Result<usize, BrokerError> {
+        let mut removed = 0;
+        for channel in self.store.channels().await? {
+            let Ok(options) = self.options(&channel) else { continue };
+            let history = options.history_enabled().then(|| retention(options));
+            removed += self.store.trim(&channel, history, options.history_meta_ttl).await?;
+        }
+        removed += self.store.expire_idempotency().await?;
+        metrics::counter!("herald_retention_removed_total").increment(removed as u64);
+        Ok(removed)
+    }
+
+    /// Runs [`Broker::retain`] every `storage.retention_interval` until `shutdown`.
+    pub async fn run_retention(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.storage.retention_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.retain().await {
+                Ok(n) if n > 0 => tracing::debug!(removed = n, "retention pass"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "retention pass failed"),
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "force_push_join_leave",
     "history_size",
     "history_ttl",
+    "history_meta_ttl",
     "force_recovery",
     "allow_subscribe_for_client",
     "allow_subscribe_for_anonymous",

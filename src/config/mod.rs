@@ -131,6 +131,13 @@ pub struct StorageConfig {
     pub durability: Durability,
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// How long a publish's idempotency key is remembered (and its first result returned).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// How often retention runs: trimming history by size and age, forgetting idle streams,
+    /// expiring idempotency keys.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
 }
 
 impl Default for StorageConfig {
@@ -139,6 +146,8 @@ impl Default for StorageConfig {
             path: PathBuf::from("herald-data"),
             durability: Durability::Flush,
             flush_interval: Duration::from_millis(100),
+            idempotency_window: Duration::from_secs(300),
+            retention_interval: Duration::from_secs(30),
         }
     }
 }
@@ -178,7 +187,7 @@ pub struct ChannelsConfig {
 }
 
 /// What clients may do in one namespace. Everything is off unless enabled.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelOptions {
     pub presence: bool,
@@ -188,6 +197,10 @@ pub struct ChannelOptions {
     pub history_size: usize,
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// How long an idle stream's position (epoch, offset) outlives its publications; after it the
+    /// stream is forgotten and a later publish starts a new epoch.
+    #[serde(with = "humantime_serde")]
+    pub history_meta_ttl: Duration,
     /// Every subscription is positioned and recoverable.
     pub force_recovery: bool,
     pub allow_subscribe_for_client: bool,
@@ -201,6 +214,30 @@ pub struct ChannelOptions {
     pub allow_history_for_subscriber: bool,
     /// Channels like `dialog#42,43` are open to the listed users only.
     pub allow_user_limited_channels: bool,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            presence: false,
+            join_leave: false,
+            force_push_join_leave: false,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            history_meta_ttl: Duration::from_secs(30 * 24 * 3600),
+            force_recovery: false,
+            allow_subscribe_for_client: false,
+            allow_subscribe_for_anonymous: false,
+            allow_publish_for_client: false,
+            allow_publish_for_anonymous: false,
+            allow_publish_for_subscriber: false,
+            allow_presence_for_client: false,
+            allow_presence_for_subscriber: false,
+            allow_history_for_client: false,
+            allow_history_for_subscriber: false,
+            allow_user_limited_channels: false,
+        }
+    }
 }
 
 impl ChannelOptions {
@@ -364,6 +401,9 @@ fn check_options(key: &str, options: &ChannelOptions, problems: &mut Vec<String>
         problems.push(format!(
             "key `{key}.history_size`: history needs both history_size and history_ttl greater than zero"
         ));
+    }
+    if options.history_enabled() && options.history_meta_ttl < options.history_ttl {
+        problems.push(format!("key `{key}.history_meta_ttl`: must be at least history_ttl"));
     }
     if options.force_recovery && !options.history_enabled() {
         problems.push(format!(

@@ -2,12 +2,14 @@
 //!
 //! - `m` ++ channel                              → `StreamMeta` (epoch, top offset, last append)
 //! - `p` ++ len(channel) as u8 ++ channel ++ offset as u64 big-endian → `Publication`
+//! - `i` ++ len(channel) as u8 ++ channel ++ idempotency key → `IdempotencyRecord`
 //!
 //! The length prefix keeps one channel's publications contiguous and never mixed with a channel
 //! whose name extends another's; big-endian offsets sort numerically.
 
 pub const META: u8 = b'm';
 pub const PUBLICATION: u8 = b'p';
+pub const IDEMPOTENCY: u8 = b'i';
 
 pub fn meta(channel: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + channel.len());
@@ -16,14 +18,29 @@ pub fn meta(channel: &str) -> Vec<u8> {
     key
 }
 
-/// Prefix of every publication key of `channel`.
-pub fn publication_prefix(channel: &str) -> Vec<u8> {
+fn channel_key(kind: u8, channel: &str, extra: usize) -> Vec<u8> {
     debug_assert!(channel.len() <= u8::MAX as usize, "channel names are at most 255 bytes");
-    let mut key = Vec::with_capacity(2 + channel.len() + 8);
-    key.push(PUBLICATION);
+    let mut key = Vec::with_capacity(2 + channel.len() + extra);
+    key.push(kind);
     key.push(channel.len() as u8);
     key.extend_from_slice(channel.as_bytes());
     key
+}
+
+/// Prefix of every publication key of `channel`.
+pub fn publication_prefix(channel: &str) -> Vec<u8> {
+    channel_key(PUBLICATION, channel, 8)
+}
+
+pub fn idempotency(channel: &str, key: &str) -> Vec<u8> {
+    let mut k = channel_key(IDEMPOTENCY, channel, key.len());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The channel of a meta key.
+pub fn channel_of_meta(key: &[u8]) -> Option<&str> {
+    std::str::from_utf8(key.strip_prefix(&[META])?).ok()
 }
 
 pub fn publication(channel: &str, offset: u64) -> Vec<u8> {

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
 
-pub use writer::Committed;
+pub use writer::{Appended, Committed, Idempotency};
 
 /// Messages of `proto/store.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -38,7 +38,7 @@ const STREAMS_TREE: &str = "streams";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open store at {path}: {error}")]
-    Open { path: PathBuf, error: sled::Error },
+    Open { path: PathBuf, error: String },
     #[error("store at {path} has format version {found}, this herald reads version {expected}")]
     Version {
         path: PathBuf,
@@ -98,13 +98,29 @@ impl Store {
         flush_interval: Duration,
         on_commit: CommitHook,
     ) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|error| StoreError::Open {
-                path: path.to_owned(),
-                error,
-            })?;
+        // sled may panic on a torn file instead of returning an error: either way the operator
+        // gets an error naming the path, never a crash and never a silently empty store.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled::Config::new().path(path).open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(error)) => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    error: error.to_string(),
+                })
+            }
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unreadable store");
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    error: format!("the store is damaged: {reason}"),
+                });
+            }
+        };
         match db.get(VERSION_KEY)? {
             None => {
                 db.insert(VERSION_KEY, FORMAT_VERSION.to_string().as_bytes())?;
@@ -134,20 +150,60 @@ impl Store {
     }
 
     /// Appends a publication (its offset is assigned here) and returns its position once it is
-    /// durable per the configured durability.
+    /// durable per the configured durability. Without `history` nothing is stored but the
+    /// idempotency key; delivery goes through the commit hook either way. A repeated
+    /// idempotency key within its window returns the first result and appends nothing.
     pub async fn append(
         &self,
         channel: &str,
         publication: Publication,
-        retention: Retention,
-    ) -> Result<Position, StoreError> {
+        history: Option<Retention>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Appended, StoreError> {
         self.call(|reply| writer::Op::Append {
             channel: channel.into(),
             publication: Box::new(publication),
-            retention,
+            history,
+            idempotency,
             reply,
         })
         .await
+    }
+
+    /// Removes what retention no longer keeps from one stream, and forgets the stream entirely
+    /// when it has been idle for longer than `meta_ttl`. Returns how many records went.
+    pub async fn trim(
+        &self,
+        channel: &str,
+        history: Option<Retention>,
+        meta_ttl: Duration,
+    ) -> Result<usize, StoreError> {
+        self.call(|reply| writer::Op::Trim {
+            channel: channel.into(),
+            history,
+            meta_ttl,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes idempotency keys whose window has passed.
+    pub async fn expire_idempotency(&self) -> Result<usize, StoreError> {
+        self.call(|reply| writer::Op::ExpireIdempotency { reply }).await
+    }
+
+    /// Every channel with a stream.
+    pub async fn channels(&self) -> Result<Vec<String>, StoreError> {
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || {
+            tree.scan_prefix([keys::META])
+                .keys()
+                .map(|k| k.map(|k| keys::channel_of_meta(&k).unwrap_or_default().to_owned()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::from)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
     }
 
     /// The current position of a stream, starting a new stream (new epoch, offset 0) if there is none.

@@ -43,7 +43,11 @@ async fn offsets_are_contiguous_and_survive_reopen() {
         for _ in 0..50 {
             let store = store.clone();
             handles.push(tokio::spawn(async move {
-                store.append("news", publication("1"), retention(100)).await.unwrap()
+                store
+                    .append("news", publication("1"), Some(retention(100)), None)
+                    .await
+                    .unwrap()
+                    .position
             }));
         }
         let mut offsets: Vec<u64> = Vec::new();
@@ -65,7 +69,11 @@ async fn offsets_are_contiguous_and_survive_reopen() {
     let (store, _) = open(dir.path());
     let position = store.position("news").await.unwrap();
     assert_eq!(position, Position { epoch, offset: 50 });
-    let next = store.append("news", publication("2"), retention(100)).await.unwrap();
+    let next = store
+        .append("news", publication("2"), Some(retention(100)), None)
+        .await
+        .unwrap()
+        .position;
     assert_eq!(next.offset, 51);
 }
 
@@ -74,7 +82,10 @@ async fn read_honours_size_limit_after_and_reverse() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
     for _ in 0..10 {
-        store.append("c", publication("{}"), retention(4)).await.unwrap();
+        store
+            .append("c", publication("{}"), Some(retention(4)), None)
+            .await
+            .unwrap();
     }
     let pos = store.position("c").await.unwrap();
     let offsets = |v: Vec<Publication>| v.iter().map(|p| p.offset).collect::<Vec<_>>();
@@ -157,8 +168,11 @@ async fn expired_publications_are_not_read() {
     let (store, _) = open(dir.path());
     let mut old = publication("{}");
     old.time = now_ms() - 10_000;
-    store.append("c", old, retention(10)).await.unwrap();
-    store.append("c", publication("{}"), retention(10)).await.unwrap();
+    store.append("c", old, Some(retention(10)), None).await.unwrap();
+    store
+        .append("c", publication("{}"), Some(retention(10)), None)
+        .await
+        .unwrap();
     let pos = store.position("c").await.unwrap();
     let short = Retention {
         size: 10,
@@ -183,11 +197,19 @@ async fn expired_publications_are_not_read() {
 async fn remove_history_starts_a_new_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
-    let first = store.append("c", publication("{}"), retention(10)).await.unwrap();
+    let first = store
+        .append("c", publication("{}"), Some(retention(10)), None)
+        .await
+        .unwrap()
+        .position;
     let reset = store.remove_history("c").await.unwrap();
     assert_ne!(reset.epoch, first.epoch);
     assert_eq!(reset.offset, 0);
-    let next = store.append("c", publication("{}"), retention(10)).await.unwrap();
+    let next = store
+        .append("c", publication("{}"), Some(retention(10)), None)
+        .await
+        .unwrap()
+        .position;
     assert_eq!(
         next,
         Position {
@@ -217,5 +239,167 @@ async fn unknown_format_version_is_refused() {
     assert!(
         text.contains("99") && text.contains(&dir.path().display().to_string()),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_return_the_first_result_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = || {
+        Some(Idempotency {
+            key: "k1".into(),
+            window: Duration::from_secs(60),
+        })
+    };
+    {
+        let (store, seen) = open(dir.path());
+        let first = store
+            .append("c", publication("1"), Some(retention(10)), key())
+            .await
+            .unwrap();
+        assert!(!first.duplicate);
+        let again = store
+            .append("c", publication("2"), Some(retention(10)), key())
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.position, first.position);
+        // Two repeats in one batch are caught too.
+        let (a, b) = tokio::join!(
+            store.append(
+                "c",
+                publication("3"),
+                Some(retention(10)),
+                Some(Idempotency {
+                    key: "k2".into(),
+                    window: Duration::from_secs(60)
+                })
+            ),
+            store.append(
+                "c",
+                publication("4"),
+                Some(retention(10)),
+                Some(Idempotency {
+                    key: "k2".into(),
+                    window: Duration::from_secs(60)
+                })
+            ),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.position, b.position);
+        assert!(a.duplicate != b.duplicate);
+        assert_eq!(seen.lock().len(), 2, "repeats are not delivered");
+        // The same key on another channel is another key.
+        let other = store
+            .append("d", publication("5"), Some(retention(10)), key())
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        // Without history the key is still remembered.
+        let plain = store.append("e", publication("6"), None, key()).await.unwrap();
+        assert_eq!((plain.duplicate, plain.position.offset), (false, 0));
+        assert!(
+            store
+                .append("e", publication("7"), None, key())
+                .await
+                .unwrap()
+                .duplicate
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, _) = open(dir.path());
+    let again = store
+        .append("c", publication("8"), Some(retention(10)), key())
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.position.offset, 1);
+}
+
+#[tokio::test]
+async fn expired_idempotency_keys_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let short = || {
+        Some(Idempotency {
+            key: "k".into(),
+            window: Duration::from_millis(50),
+        })
+    };
+    store
+        .append("c", publication("1"), Some(retention(10)), short())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.expire_idempotency().await.unwrap(), 1);
+    let next = store
+        .append("c", publication("2"), Some(retention(10)), short())
+        .await
+        .unwrap();
+    assert_eq!((next.duplicate, next.position.offset), (false, 2));
+}
+
+#[tokio::test]
+async fn trim_by_age_and_forget_idle_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let mut old = publication("{}");
+    old.time = now_ms() - 60_000;
+    store.append("c", old.clone(), Some(retention(10)), None).await.unwrap();
+    store.append("c", old, Some(retention(10)), None).await.unwrap();
+    store
+        .append("c", publication("{}"), Some(retention(10)), None)
+        .await
+        .unwrap();
+    let short = Retention {
+        size: 10,
+        ttl: Duration::from_secs(30),
+    };
+    assert_eq!(
+        store.trim("c", Some(short), Duration::from_secs(3600)).await.unwrap(),
+        2
+    );
+    assert_eq!(store.tree.scan_prefix(keys::publication_prefix("c")).count(), 1);
+    let epoch = store.position("c").await.unwrap().epoch;
+    // Idle longer than the meta ttl: the stream is forgotten and starts over in a new epoch.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.trim("c", Some(short), Duration::from_millis(1)).await.unwrap();
+    assert_eq!(store.channels().await.unwrap(), Vec::<String>::new());
+    let fresh = store
+        .append("c", publication("{}"), Some(retention(10)), None)
+        .await
+        .unwrap()
+        .position;
+    assert_eq!(fresh.offset, 1);
+    assert_ne!(fresh.epoch, epoch);
+}
+
+#[tokio::test]
+async fn an_unreadable_stream_position_starts_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = open(dir.path());
+        store
+            .append("c", publication("{}"), Some(retention(10)), None)
+            .await
+            .unwrap();
+        store
+            .tree
+            .insert(keys::meta("c"), &b"\xff\xff\xff garbage"[..])
+            .unwrap();
+        store.tree.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, _) = open(dir.path());
+    let position = store
+        .append("c", publication("{}"), Some(retention(10)), None)
+        .await
+        .unwrap()
+        .position;
+    assert_eq!(position.offset, 1, "the lost stream restarts in a new epoch");
+    assert_eq!(
+        store.tree.scan_prefix(keys::publication_prefix("c")).count(),
+        1,
+        "old publications are dropped"
     );
 }

@@ -3,9 +3,9 @@
 //! It takes all queued operations at once, applies them as one sled batch, flushes (in `flush`
 //! durability) and only then answers the callers and reports each append to the commit hook, in
 //! the order the offsets were assigned. Offsets are contiguous within an epoch because nothing
-//! else assigns them.
+//! else assigns them; idempotency keys are checked and recorded here for the same reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use prost::Message;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
-use super::records::StreamMeta;
+use super::records::{IdempotencyRecord, StreamMeta};
 use super::{keys, now_ms, CommitHook, Position, Retention, StoreError};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
@@ -25,12 +25,31 @@ const QUEUE: usize = 16 * 1024;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// An idempotency key and how long it holds.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub window: Duration,
+}
+
+/// The answer to an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub position: Position,
+    /// The idempotency key was seen within its window: nothing was appended or delivered, and
+    /// `position` is the first publish's.
+    pub duplicate: bool,
+}
+
 pub(super) enum Op {
     Append {
         channel: Arc<str>,
         publication: Box<Publication>,
-        retention: Retention,
-        reply: Reply<Position>,
+        /// `None` for a channel without history: nothing is stored but the idempotency key, and
+        /// delivery still goes through the commit hook.
+        history: Option<Retention>,
+        idempotency: Option<Idempotency>,
+        reply: Reply<Appended>,
     },
     Position {
         channel: Arc<str>,
@@ -39,6 +58,15 @@ pub(super) enum Op {
     Reset {
         channel: Arc<str>,
         reply: Reply<Position>,
+    },
+    Trim {
+        channel: Arc<str>,
+        history: Option<Retention>,
+        meta_ttl: Duration,
+        reply: Reply<usize>,
+    },
+    ExpireIdempotency {
+        reply: Reply<usize>,
     },
     Flush {
         reply: Reply<()>,
@@ -49,8 +77,9 @@ pub(super) enum Op {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub channel: Arc<str>,
+    /// Empty for channels without history.
     pub epoch: Arc<str>,
-    /// The publication with its offset set.
+    /// The publication with its offset set (0 without history).
     pub publication: Publication,
 }
 
@@ -87,9 +116,35 @@ pub(super) fn spawn(
 
 /// What to tell whom once the batch is applied.
 enum Done {
-    Append(Reply<Position>, Box<Committed>),
+    Append(Reply<Appended>, Box<Committed>),
+    Duplicate(Reply<Appended>, Position),
     Position(Reply<Position>, Position),
+    Count(Reply<usize>, usize),
     Flush(Reply<()>),
+}
+
+impl Done {
+    fn fail(self, error: &str) {
+        let err = || StoreError::Corrupt(format!("batch failed: {error}"));
+        match self {
+            Done::Append(r, _) | Done::Duplicate(r, _) => drop(r.send(Err(err()))),
+            Done::Position(r, _) => drop(r.send(Err(err()))),
+            Done::Count(r, _) => drop(r.send(Err(err()))),
+            Done::Flush(r) => drop(r.send(Err(err()))),
+        }
+    }
+}
+
+/// State of the batch being built.
+#[derive(Default)]
+struct Staging {
+    batch: sled::Batch,
+    wrote: bool,
+    flush_requested: bool,
+    /// Idempotency keys recorded in this batch (not yet visible in the tree).
+    idempotency: HashMap<Vec<u8>, Position>,
+    /// Streams forgotten in this batch: a later append starts them afresh.
+    forgotten: HashSet<Arc<str>>,
 }
 
 impl Writer {
@@ -126,38 +181,44 @@ impl Writer {
                 }
             }
             if dirty_since.is_some_and(|since| since.elapsed() >= flush_interval) {
-                if let Err(e) = self.db.flush() {
-                    tracing::error!(error = %e, "periodic store flush failed");
-                }
+                self.flush();
                 dirty_since = None;
             }
         }
-        if let Err(e) = self.db.flush() {
-            tracing::error!(error = %e, "final store flush failed");
+        self.flush();
+    }
+
+    fn flush(&self) -> bool {
+        metrics::counter!("herald_store_flushes_total").increment(1);
+        match self.db.flush() {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "store flush failed");
+                false
+            }
         }
     }
 
     /// Applies one batch of operations; returns whether anything was written.
     fn apply(&mut self, ops: &mut Vec<Op>) -> bool {
-        let mut batch = sled::Batch::default();
+        let mut staging = Staging::default();
         let mut done = Vec::with_capacity(ops.len());
-        let mut wrote = false;
-        let mut flush_requested = false;
-        let mut failed: Option<StoreError> = None;
         for op in ops.drain(..) {
-            match self.stage(op, &mut batch, &mut wrote, &mut flush_requested) {
-                Ok(d) => done.push(d),
-                Err((e, reply)) => {
-                    let _ = reply.send(Err(e));
-                }
+            if let Some(d) = self.stage(op, &mut staging) {
+                done.push(d);
             }
         }
+        let wrote = staging.wrote;
+        let mut failed: Option<StoreError> = None;
         if wrote {
-            if let Err(e) = self.tree.apply_batch(batch) {
+            metrics::counter!("herald_store_batches_total").increment(1);
+            if let Err(e) = self.tree.apply_batch(staging.batch) {
                 failed = Some(e.into());
             }
         }
-        if failed.is_none() && (flush_requested || (wrote && self.durability == Durability::Flush)) {
+        let must_flush = staging.flush_requested || (wrote && self.durability == Durability::Flush);
+        if failed.is_none() && must_flush {
+            metrics::counter!("herald_store_flushes_total").increment(1);
             if let Err(e) = self.db.flush() {
                 failed = Some(e.into());
             }
@@ -167,17 +228,8 @@ impl Writer {
             // reloaded from disk.
             tracing::error!(error = %e, "store batch failed");
             self.streams.clear();
-            for d in done {
-                let err = || StoreError::Corrupt(format!("batch failed: {e}"));
-                match d {
-                    Done::Append(reply, _) | Done::Position(reply, _) => {
-                        let _ = reply.send(Err(err()));
-                    }
-                    Done::Flush(reply) => {
-                        let _ = reply.send(Err(err()));
-                    }
-                }
-            }
+            let text = e.to_string();
+            done.into_iter().for_each(|d| d.fail(&text));
             return false;
         }
         for d in done {
@@ -188,128 +240,300 @@ impl Writer {
                         offset: committed.publication.offset,
                     };
                     (self.on_commit)(*committed);
-                    let _ = reply.send(Ok(position));
+                    let _ = reply.send(Ok(Appended {
+                        position,
+                        duplicate: false,
+                    }));
                 }
-                Done::Position(reply, position) => {
-                    let _ = reply.send(Ok(position));
+                Done::Duplicate(reply, position) => {
+                    metrics::counter!("herald_idempotent_duplicates_total").increment(1);
+                    let _ = reply.send(Ok(Appended {
+                        position,
+                        duplicate: true,
+                    }));
                 }
-                Done::Flush(reply) => {
-                    let _ = reply.send(Ok(()));
-                }
+                Done::Position(reply, position) => drop(reply.send(Ok(position))),
+                Done::Count(reply, n) => drop(reply.send(Ok(n))),
+                Done::Flush(reply) => drop(reply.send(Ok(()))),
             }
         }
         wrote
     }
 
-    #[allow(clippy::result_large_err)]
-    fn stage(
-        &mut self,
-        op: Op,
-        batch: &mut sled::Batch,
-        wrote: &mut bool,
-        flush_requested: &mut bool,
-    ) -> Result<Done, (StoreError, Reply<Position>)> {
+    /// Stages one operation; answers it at once (and returns `None`) when it fails.
+    fn stage(&mut self, op: Op, s: &mut Staging) -> Option<Done> {
         match op {
             Op::Append {
                 channel,
-                mut publication,
-                retention,
+                publication,
+                history,
+                idempotency,
                 reply,
-            } => {
-                let meta = match self.meta(&channel, batch, wrote) {
-                    Ok(m) => m,
-                    Err(e) => return Err((e, reply)),
-                };
-                meta.top_offset += 1;
-                meta.updated_at_ms = now_ms();
-                let offset = meta.top_offset;
-                let epoch: Arc<str> = meta.epoch.as_str().into();
-                let meta_bytes = meta.encode_to_vec();
-                publication.offset = 0; // the key holds the offset
-                if publication.time == 0 {
-                    publication.time = now_ms();
+            } => match self.stage_append(channel, *publication, history, idempotency, s) {
+                Ok(Ok(committed)) => Some(Done::Append(reply, Box::new(committed))),
+                Ok(Err(first)) => Some(Done::Duplicate(reply, first)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
                 }
-                batch.insert(keys::publication(&channel, offset), publication.encode_to_vec());
-                batch.insert(keys::meta(&channel), meta_bytes);
-                if offset > retention.size as u64 {
-                    batch.remove(keys::publication(&channel, offset - retention.size as u64));
-                }
-                *wrote = true;
-                publication.offset = offset;
-                Ok(Done::Append(
+            },
+            Op::Position { channel, reply } => match self.meta(&channel, s) {
+                Ok(meta) => Some(Done::Position(
                     reply,
-                    Box::new(Committed {
-                        channel,
-                        epoch,
-                        publication: *publication,
-                    }),
-                ))
-            }
-            Op::Position { channel, reply } => match self.meta(&channel, batch, wrote) {
-                Ok(meta) => {
-                    let position = Position {
+                    Position {
                         epoch: meta.epoch.as_str().into(),
                         offset: meta.top_offset,
-                    };
-                    Ok(Done::Position(reply, position))
+                    },
+                )),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
                 }
-                Err(e) => Err((e, reply)),
             },
-            Op::Reset { channel, reply } => {
-                let prefix = keys::publication_prefix(&channel);
-                for item in self.tree.scan_prefix(&prefix).keys() {
-                    match item {
-                        Ok(key) => batch.remove(key),
-                        Err(e) => return Err((e.into(), reply)),
-                    }
+            Op::Reset { channel, reply } => match self.reset(&channel, s) {
+                Ok(position) => {
+                    tracing::info!(channel = %channel, epoch = %position.epoch, "history removed, new epoch");
+                    Some(Done::Position(reply, position))
                 }
-                let meta = StreamMeta {
-                    epoch: new_epoch(),
-                    top_offset: 0,
-                    updated_at_ms: now_ms(),
-                };
-                batch.insert(keys::meta(&channel), meta.encode_to_vec());
-                let position = Position {
-                    epoch: meta.epoch.as_str().into(),
-                    offset: 0,
-                };
-                tracing::info!(channel = %channel, epoch = %meta.epoch, "history removed, new epoch");
-                self.streams.insert(channel, meta);
-                *wrote = true;
-                Ok(Done::Position(reply, position))
-            }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
+            Op::Trim {
+                channel,
+                history,
+                meta_ttl,
+                reply,
+            } => match self.trim(&channel, history, meta_ttl, s) {
+                Ok(n) => Some(Done::Count(reply, n)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
+            Op::ExpireIdempotency { reply } => match self.expire_idempotency(s) {
+                Ok(n) => Some(Done::Count(reply, n)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
             Op::Flush { reply } => {
-                *flush_requested = true;
-                Ok(Done::Flush(reply))
+                s.flush_requested = true;
+                Some(Done::Flush(reply))
             }
         }
     }
 
-    /// The position of a stream: cached, else read from disk, else a new stream.
-    fn meta(
+    /// `Ok(Ok(_))`: appended; `Ok(Err(first))`: a repeat of an idempotency key.
+    fn stage_append(
+        &mut self,
+        channel: Arc<str>,
+        mut publication: Publication,
+        history: Option<Retention>,
+        idempotency: Option<Idempotency>,
+        s: &mut Staging,
+    ) -> Result<Result<Committed, Position>, StoreError> {
+        let now = now_ms();
+        let idempotency_key = idempotency.as_ref().map(|i| keys::idempotency(&channel, &i.key));
+        if let Some(key) = &idempotency_key {
+            if let Some(first) = s.idempotency.get(key) {
+                return Ok(Err(first.clone()));
+            }
+            if let Some(bytes) = self.tree.get(key)? {
+                let record = IdempotencyRecord::decode(bytes.as_ref())
+                    .map_err(|e| StoreError::Corrupt(format!("idempotency record of {channel}: {e}")))?;
+                if record.expires_at_ms > now {
+                    return Ok(Err(Position {
+                        epoch: record.epoch.into(),
+                        offset: record.offset,
+                    }));
+                }
+            }
+        }
+        if publication.time == 0 {
+            publication.time = now;
+        }
+        let position = match history {
+            Some(retention) => {
+                let meta = self.meta(&channel, s)?;
+                meta.top_offset += 1;
+                meta.updated_at_ms = now;
+                let position = Position {
+                    epoch: meta.epoch.as_str().into(),
+                    offset: meta.top_offset,
+                };
+                let meta_bytes = meta.encode_to_vec();
+                publication.offset = 0; // the key holds the offset
+                s.batch.insert(
+                    keys::publication(&channel, position.offset),
+                    publication.encode_to_vec(),
+                );
+                s.batch.insert(keys::meta(&channel), meta_bytes);
+                if position.offset > retention.size as u64 {
+                    s.batch
+                        .remove(keys::publication(&channel, position.offset - retention.size as u64));
+                }
+                s.wrote = true;
+                position
+            }
+            None => Position {
+                epoch: Arc::from(""),
+                offset: 0,
+            },
+        };
+        if let (Some(key), Some(i)) = (idempotency_key, idempotency) {
+            let record = IdempotencyRecord {
+                epoch: position.epoch.to_string(),
+                offset: position.offset,
+                expires_at_ms: now + i.window.as_millis() as i64,
+            };
+            s.batch.insert(key.clone(), record.encode_to_vec());
+            s.idempotency.insert(key, position.clone());
+            s.wrote = true;
+        }
+        publication.offset = position.offset;
+        Ok(Ok(Committed {
+            channel,
+            epoch: position.epoch,
+            publication,
+        }))
+    }
+
+    /// Drops every publication of a stream and starts a new epoch at offset 0.
+    fn reset(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Position, StoreError> {
+        for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
+            s.batch.remove(key?);
+        }
+        let meta = StreamMeta {
+            epoch: new_epoch(),
+            top_offset: 0,
+            updated_at_ms: now_ms(),
+        };
+        s.batch.insert(keys::meta(channel), meta.encode_to_vec());
+        s.wrote = true;
+        s.forgotten.remove(channel);
+        let position = Position {
+            epoch: meta.epoch.as_str().into(),
+            offset: 0,
+        };
+        self.streams.insert(channel.clone(), meta);
+        Ok(position)
+    }
+
+    /// Removes what retention no longer keeps; forgets a stream idle for longer than `meta_ttl`.
+    fn trim(
         &mut self,
         channel: &Arc<str>,
-        batch: &mut sled::Batch,
-        wrote: &mut bool,
-    ) -> Result<&mut StreamMeta, StoreError> {
+        history: Option<Retention>,
+        meta_ttl: Duration,
+        s: &mut Staging,
+    ) -> Result<usize, StoreError> {
+        let meta = match self.streams.get(channel) {
+            Some(m) => m.clone(),
+            None => match self.tree.get(keys::meta(channel))? {
+                Some(bytes) => match StreamMeta::decode(bytes.as_ref()) {
+                    Ok(m) => m,
+                    Err(_) => return Ok(0), // left for `meta` to report when the stream is used
+                },
+                None => return Ok(0),
+            },
+        };
+        let now = now_ms();
+        let prefix = keys::publication_prefix(channel);
+        let mut removed = 0;
+        if now - meta.updated_at_ms > meta_ttl.as_millis() as i64 {
+            for key in self.tree.scan_prefix(&prefix).keys() {
+                s.batch.remove(key?);
+                removed += 1;
+            }
+            s.batch.remove(keys::meta(channel));
+            s.wrote = true;
+            self.streams.remove(channel);
+            s.forgotten.insert(channel.clone());
+            tracing::debug!(channel = %channel, "idle stream forgotten (history_meta_ttl)");
+            return Ok(removed + 1);
+        }
+        let (keep_from, oldest_time) = match history {
+            Some(r) => (
+                meta.top_offset.saturating_sub(r.size as u64) + 1,
+                now - r.ttl.as_millis() as i64,
+            ),
+            None => (u64::MAX, i64::MAX),
+        };
+        for item in self.tree.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let offset = keys::offset_of(&key).unwrap_or(0);
+            let expired =
+                offset < keep_from || Publication::decode(value.as_ref()).map_or(true, |p| p.time < oldest_time);
+            if !expired {
+                // Publications are in time order: the rest is younger.
+                break;
+            }
+            s.batch.remove(key);
+            removed += 1;
+        }
+        if removed > 0 {
+            s.wrote = true;
+        }
+        Ok(removed)
+    }
+
+    fn expire_idempotency(&mut self, s: &mut Staging) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut removed = 0;
+        for item in self.tree.scan_prefix([keys::IDEMPOTENCY]) {
+            let (key, value) = item?;
+            let expired = IdempotencyRecord::decode(value.as_ref()).map_or(true, |r| r.expires_at_ms <= now);
+            if expired && !s.idempotency.contains_key(key.as_ref()) {
+                s.batch.remove(key);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            s.wrote = true;
+        }
+        Ok(removed)
+    }
+
+    /// The position of a stream: cached, else read from disk, else a new stream.
+    fn meta(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
         if !self.streams.contains_key(channel) {
-            let meta = match self.tree.get(keys::meta(channel))? {
-                Some(bytes) => StreamMeta::decode(bytes.as_ref())
-                    .map_err(|e| StoreError::Corrupt(format!("stream meta of {channel}: {e}")))?,
-                None => {
-                    let meta = StreamMeta {
-                        epoch: new_epoch(),
-                        top_offset: 0,
-                        updated_at_ms: now_ms(),
-                    };
-                    batch.insert(keys::meta(channel), meta.encode_to_vec());
-                    *wrote = true;
-                    meta
+            let stored = if s.forgotten.contains(channel) {
+                None
+            } else {
+                self.tree.get(keys::meta(channel))?
+            };
+            let meta = match stored.map(|bytes| StreamMeta::decode(bytes.as_ref())) {
+                Some(Ok(meta)) => meta,
+                Some(Err(e)) => {
+                    // The position is unreadable: the stream is lost. Start a new epoch (so no
+                    // client mistakes new offsets for old ones) and drop what it held.
+                    tracing::error!(channel = %channel, error = %e, "stream position unreadable: stream lost, starting a new epoch");
+                    metrics::counter!("herald_streams_lost_total").increment(1);
+                    for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
+                        s.batch.remove(key?);
+                    }
+                    self.new_stream(channel, s)
                 }
+                None => self.new_stream(channel, s),
             };
             self.streams.insert(channel.clone(), meta);
         }
         Ok(self.streams.get_mut(channel).expect("inserted above"))
+    }
+
+    fn new_stream(&self, channel: &Arc<str>, s: &mut Staging) -> StreamMeta {
+        let meta = StreamMeta {
+            epoch: new_epoch(),
+            top_offset: 0,
+            updated_at_ms: now_ms(),
+        };
+        s.batch.insert(keys::meta(channel), meta.encode_to_vec());
+        s.wrote = true;
+        s.forgotten.remove(channel);
+        meta
     }
 }
 
