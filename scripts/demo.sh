@@ -2,7 +2,7 @@
 # Starts Herald on its embedded default config (config/herald.toml, development secrets) at
 # http://127.0.0.1:8000 and shows it working: a WebSocket subscriber on `chat:lobby` receives
 # three messages published through the HTTP API. Herald keeps running afterwards; Ctrl-C stops it.
-# Set HERALD_DEMO_EXIT=1 to stop it right after the demonstration.
+# Set DEMO_EXIT=1 to stop it right after the demonstration.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,7 +33,7 @@ wait $sub
 echo "--- the subscriber received:"
 cat "$tmp/sub.out"
 
-if [ "${HERALD_DEMO_EXIT:-0}" = 1 ]; then
+if [ "${DEMO_EXIT:-0}" = 1 ]; then
   exit 0
 fi
 echo "--- Herald is running at http://127.0.0.1:8000 (Ctrl-C to stop)"

@@ -12,6 +12,7 @@
 //!   recovery, history, presence. Callers never assume which node owns a channel.
 //! - [`store`]: the only code that touches sled: per-channel streams with offset and epoch.
 //! - [`api`]: the HTTP server API on top of the broker.
+//! - [`limits`]: token buckets for the rate limits.
 //! - [`server`]: wires everything together and runs until shutdown.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -76,6 +76,7 @@ pub async fn run(
         verifier,
         config: config.clone(),
         shutdown: shutdown.clone(),
+        connections: Arc::new(tokio::sync::Semaphore::new(config.client.max_connections)),
     });
 
     let app = Router::new()
@@ -83,7 +84,10 @@ pub async fn run(
             "/connection/websocket",
             any(crate::transport::websocket::handler).with_state(session_ctx),
         )
-        .route("/api/{method}", post(crate::api::handler))
+        .route(
+            "/api/{method}",
+            post(crate::api::handler).layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_size)),
+        )
         .route("/health", get(health))
         .route("/metrics", get(move || std::future::ready(metrics.render())))
         .with_state(broker.clone());
@@ -103,7 +107,9 @@ pub async fn run(
     ready(local);
 
     let tracker = TaskTracker::new();
-    crate::transport::accept_loop(listener, tls, app, shutdown.clone(), tracker.clone()).await;
+    let rate = (config.client.connection_rate_limit > 0)
+        .then(|| (config.client.connection_rate_limit, config.client.connection_burst));
+    crate::transport::accept_loop(listener, tls, app, rate, shutdown.clone(), tracker.clone()).await;
 
     tracing::info!("shutting down: closing clients with 3001");
     tracker.close();

@@ -20,15 +20,18 @@ struct Inner {
 }
 
 impl Registry {
-    pub fn add(&self, user: &str, session: Arc<SessionShared>) {
+    /// Registers a connected session unless its user already has `limit` connections
+    /// (0: no limit). Returns whether it was added.
+    pub fn add(&self, user: &str, session: Arc<SessionShared>, limit: usize) -> bool {
         let mut inner = self.inner.lock();
-        inner
-            .by_user
-            .entry(user.to_owned())
-            .or_default()
-            .insert(session.id.clone());
+        let ids = inner.by_user.entry(user.to_owned()).or_default();
+        if limit > 0 && ids.len() >= limit {
+            return false;
+        }
+        ids.insert(session.id.clone());
         inner.by_id.insert(session.id.clone(), session);
         metrics::gauge!("herald_connections").set(inner.by_id.len() as f64);
+        true
     }
 
     pub fn remove(&self, user: &str, client: &str) {

@@ -5,6 +5,9 @@
 //! `HERALD_CHANNELS_NAMESPACES_CHAT_HISTORY_SIZE=10` sets `channels.namespaces.chat.history_size`
 //! (namespace names are lowercased). Values are TOML values (`true`, `10`, `["a","b"]`), or
 //! strings when they do not parse as one.
+//!
+//! A variable under a config section (`HERALD_CLIENT_…`) that names no key is an error; other
+//! `HERALD_…` variables (`HERALD_BIN` for a script) are not configuration and are left alone.
 
 use super::ConfigError;
 
@@ -42,7 +45,8 @@ pub(super) fn apply(table: &mut toml::Table, env: &[(String, String)]) -> Result
     vars.sort();
     for (name, raw) in vars {
         match key_path(&name[PREFIX.len()..].to_ascii_lowercase()) {
-            Some(path) => {
+            Some(None) => {}
+            Some(Some(path)) => {
                 let leaf = path.last().expect("paths are never empty");
                 let value = parse_value(leaf, raw);
                 insert(table, &path, value);
@@ -58,12 +62,14 @@ pub(super) fn apply(table: &mut toml::Table, env: &[(String, String)]) -> Result
     }
 }
 
-fn key_path(rest: &str) -> Option<Vec<String>> {
+/// `None`: a variable under a config section that names no key (an error).
+/// `Some(None)`: not a configuration variable. `Some(Some(path))`: the key it sets.
+fn key_path(rest: &str) -> Option<Option<Vec<String>>> {
     if let Some(channels) = rest.strip_prefix("channels_") {
         if let Some(key) = channels.strip_prefix("default_") {
             return CHANNEL_KEYS
                 .contains(&key)
-                .then(|| vec!["channels".into(), "default".into(), key.into()]);
+                .then(|| Some(vec!["channels".into(), "default".into(), key.into()]));
         }
         let ns_and_key = channels.strip_prefix("namespaces_")?;
         let key = CHANNEL_KEYS
@@ -71,18 +77,17 @@ fn key_path(rest: &str) -> Option<Vec<String>> {
             .filter(|k| ns_and_key.ends_with(&format!("_{k}")))
             .max_by_key(|k| k.len())?;
         let namespace = &ns_and_key[..ns_and_key.len() - key.len() - 1];
-        return Some(vec![
-            "channels".into(),
-            "namespaces".into(),
-            namespace.into(),
-            (*key).into(),
-        ]);
+        let path = vec!["channels".into(), "namespaces".into(), namespace.into(), (*key).into()];
+        return Some(Some(path));
     }
-    let (section, key) = SECTIONS
+    let Some((section, key)) = SECTIONS
         .iter()
-        .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|key| (*s, key)))?;
+        .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|key| (*s, key)))
+    else {
+        return Some(None);
+    };
     // An unknown key inside a known section is reported by the typed model, naming the variable.
-    Some(vec![section.into(), key.into()])
+    Some(Some(vec![section.into(), key.into()]))
 }
 
 fn parse_value(key: &str, raw: &str) -> toml::Value {

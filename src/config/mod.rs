@@ -90,6 +90,22 @@ pub struct ClientConfig {
     pub history_max_publication_limit: usize,
     /// Most publications a recovery may return; a bigger gap answers `recovered: false`.
     pub recovery_max_publication_limit: usize,
+    /// Most channels one connection may be subscribed to: a client subscribe beyond it is error
+    /// 106, server-side subscriptions beyond it close the connection with 3505.
+    pub channel_limit: usize,
+    /// Most connections of one (non-anonymous) user; another is closed with 3504. 0: no limit.
+    pub user_connection_limit: usize,
+    /// Most client connections the node holds; beyond it the WebSocket handshake gets 503.
+    pub max_connections: usize,
+    /// Commands per second one connection may send (0: no limit), with bursts up to
+    /// `command_burst`. A command over the limit is answered with error 111; a client that goes on
+    /// sending a burst's worth of rejected commands is closed with 3013.
+    pub command_rate_limit: u32,
+    pub command_burst: u32,
+    /// New connections per second the listener accepts (0: no limit), with bursts up to
+    /// `connection_burst`; excess connections are closed at once. Protects against reconnect storms.
+    pub connection_rate_limit: u32,
+    pub connection_burst: u32,
 }
 
 impl Default for ClientConfig {
@@ -110,15 +126,33 @@ impl Default for ClientConfig {
             subscribe_to_personal_channel: false,
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
+            channel_limit: 128,
+            user_connection_limit: 0,
+            max_connections: 100_000,
+            command_rate_limit: 0,
+            command_burst: 100,
+            connection_rate_limit: 0,
+            connection_burst: 1000,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Key required in `X-API-Key` (or `Authorization: apikey <key>`). Without one every call is 401.
     pub key: Option<String>,
+    /// Largest request body in bytes; a larger one is answered 413.
+    pub max_body_size: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            max_body_size: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -65,6 +65,25 @@ impl Connection {
         if id == 0 && command.send.is_none() {
             return self.on_pong();
         }
+        if let Some(bucket) = &mut self.rate {
+            if !bucket.take(std::time::Instant::now()) {
+                // Over the limit: answer 111 so a well-behaved SDK backs off; a client that keeps
+                // flooding for a whole burst is closed.
+                self.rejected += 1;
+                metrics::counter!("herald_limit_rejections_total", "limit" => "command_rate").increment(1);
+                if self.rejected > self.ctx.config.client.command_burst.max(1) {
+                    return Err(DisconnectCode::TOO_MANY_REQUESTS);
+                }
+                let error = ErrorCode::TOO_MANY_REQUESTS.to_proto();
+                self.shared.send_reply(&Reply {
+                    id,
+                    error: Some(error),
+                    ..Default::default()
+                });
+                return Ok(());
+            }
+            self.rejected = 0;
+        }
         let connected = matches!(self.state, State::Connected(_));
         if !connected && command.connect.is_none() {
             return Err(DisconnectCode::BAD_REQUEST);
@@ -239,7 +258,15 @@ impl Connection {
             user: claims.user.clone(),
             info: claims.info.clone(),
         });
-        self.ctx.broker.sessions().add(&claims.user, self.shared.clone());
+        let limit = if claims.user.is_empty() {
+            0
+        } else {
+            client.user_connection_limit
+        };
+        if !self.ctx.broker.sessions().add(&claims.user, self.shared.clone(), limit) {
+            metrics::counter!("herald_limit_rejections_total", "limit" => "user_connections").increment(1);
+            return Err(Failure::Disconnect(DisconnectCode::CONNECTION_LIMIT));
+        }
         let now = tokio::time::Instant::now();
         self.state = State::Connected(Connected {
             user: claims.user.clone(),
@@ -252,7 +279,10 @@ impl Connection {
         if client.subscribe_to_personal_channel && !claims.user.is_empty() {
             channels.push(crate::auth::channel::personal_channel(&claims.user));
         }
-        let (subs, readies) = self.connect_subscriptions(channels, &req.subs).await;
+        let (subs, readies) = self
+            .connect_subscriptions(channels, &req.subs)
+            .await
+            .map_err(Failure::Disconnect)?;
         let client = &self.ctx.config.client;
         let result = proto::ConnectResult {
             client: self.shared.id.to_string(),

@@ -15,6 +15,7 @@ use super::{Control, SessionShared};
 use crate::auth::Verifier;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::limits::TokenBucket;
 use crate::protocol::codec::{join_replies, ping, Format};
 use crate::protocol::DisconnectCode;
 
@@ -24,6 +25,8 @@ pub struct SessionContext {
     pub verifier: Verifier,
     pub config: Arc<Config>,
     pub shutdown: CancellationToken,
+    /// One permit per client connection (`client.max_connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where the connection is in its life.
@@ -49,6 +52,10 @@ pub struct Connection {
     pub(crate) ctx: Arc<SessionContext>,
     pub(crate) shared: Arc<SessionShared>,
     pub(crate) state: State,
+    /// `client.command_rate_limit`, if set.
+    pub(crate) rate: Option<TokenBucket>,
+    /// Commands rejected by the rate limit since the last accepted one.
+    pub(crate) rejected: u32,
 }
 
 /// Runs a session over a transport until either side ends it.
@@ -60,10 +67,20 @@ where
     let (shared, control_rx) = SessionShared::new(format, ctx.config.client.max_queue_bytes);
     let mut writer = tokio::spawn(write_loop(shared.clone(), transport));
     let stale_at = Instant::now() + ctx.config.client.stale_close_delay;
+    let client = &ctx.config.client;
+    let rate = (client.command_rate_limit > 0).then(|| {
+        TokenBucket::new(
+            client.command_rate_limit,
+            client.command_burst,
+            std::time::Instant::now(),
+        )
+    });
     let mut connection = Connection {
         ctx,
         shared: shared.clone(),
         state: State::Connecting { stale_at },
+        rate,
+        rejected: 0,
     };
     let code = connection.serve(&mut incoming, control_rx).await;
     shared.queue().close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));

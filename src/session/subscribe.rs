@@ -60,6 +60,14 @@ impl Connection {
             if subs.contains_key(&channel) {
                 return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
             }
+            if subs.len() >= self.ctx.config.client.channel_limit {
+                metrics::counter!("herald_limit_rejections_total", "limit" => "channel").increment(1);
+                return Err(if setup.server_side {
+                    Failure::Disconnect(DisconnectCode::CHANNEL_LIMIT)
+                } else {
+                    ErrorCode::LIMIT_EXCEEDED.into()
+                });
+            }
             subs.insert(
                 channel.clone(),
                 Subscription {
@@ -171,7 +179,7 @@ impl Connection {
         &mut self,
         channels: Vec<String>,
         positions: &std::collections::HashMap<String, proto::SubscribeRequest>,
-    ) -> (SubResults, Vec<Ready>) {
+    ) -> Result<(SubResults, Vec<Ready>), DisconnectCode> {
         let mut results = SubResults::new();
         let mut readies = Vec::new();
         let broker = self.ctx.broker.clone();
@@ -198,10 +206,13 @@ impl Connection {
                     results.insert(channel, result);
                     readies.push(ready);
                 }
-                Err(_) => tracing::warn!(channel = %channel, "server-side subscription failed"),
+                Err(Failure::Disconnect(code)) => return Err(code),
+                Err(Failure::Error(e)) => {
+                    tracing::warn!(channel = %channel, code = e.code, "server-side subscription failed")
+                }
             }
         }
-        (results, readies)
+        Ok((results, readies))
     }
 
     /// API `subscribe`: a server-side subscription of a live connection, announced with a

@@ -18,13 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Accepts connections until `shutdown`, serving each with `app`.
+/// `rate`: (connections per second, burst) accepted; the excess is closed at once.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
+    rate: Option<(u32, u32)>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut bucket = rate.map(|(rate, burst)| crate::limits::TokenBucket::new(rate, burst, std::time::Instant::now()));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -38,6 +41,13 @@ pub async fn accept_loop(
                 }
             },
         };
+        if let Some(bucket) = &mut bucket {
+            if !bucket.take(std::time::Instant::now()) {
+                metrics::counter!("herald_limit_rejections_total", "limit" => "connection_rate").increment(1);
+                drop(stream);
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();

@@ -45,6 +45,10 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
     if !origin_allowed(headers, &ctx.config.client.allowed_origins) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
+        metrics::counter!("herald_limit_rejections_total", "limit" => "max_connections").increment(1);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    };
     let (format, subprotocol) = select_format(headers, request.uri().query().unwrap_or(""));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let limit = ctx.config.client.max_message_size;
@@ -63,6 +67,7 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         let (sink, stream) = socket.split();
         let incoming = stream.filter_map(|item| std::future::ready(incoming_of(item)));
         session::run(ctx, format, WebSocketTransport { sink, format }, Box::pin(incoming)).await;
+        drop(permit);
     });
 
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());

@@ -570,3 +570,10 @@ impl Node {
         self.spawn();
     }
 }
+
+impl Client {
+    /// The next reply or push, or `None` once the connection is closed.
+    pub async fn push_or_reply_raw(&mut self) -> Option<Reply> {
+        self.read().await
+    }
+}

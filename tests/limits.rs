@@ -1,0 +1,215 @@
+//! Limits and backpressure: each limit answers with its documented code, counts in a metric,
+//! and leaves the node serving everyone else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cmd, token, Client, Node, CONFIG};
+use herald::protocol::proto::Command;
+use herald::protocol::Format;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn with_client(extra: &str) -> String {
+    CONFIG.replace("[client]\n", &format!("[client]\n{extra}\n"))
+}
+
+async fn metric(node: &Node, name: &str) -> f64 {
+    let text = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A bystander subscribed to a channel still gets a publication.
+async fn still_served(node: &Node, bystander: &mut Client, channel: &str) {
+    let offset = node.publish(channel, json!({"alive": true})).await["offset"]
+        .as_u64()
+        .unwrap();
+    loop {
+        if let Some(p) = bystander.push().await.r#pub {
+            if p.offset == offset {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn channel_limit() {
+    let node = Node::start(&with_client("channel_limit = 2"));
+    let mut c = Client::connected(&node, Format::Json, "1").await;
+    assert!(c.call(cmd::subscribe("a")).await.error.is_none());
+    assert!(c.call(cmd::subscribe("b")).await.error.is_none());
+    assert_eq!(c.call(cmd::subscribe("c")).await.error.unwrap().code, 106);
+    // Unsubscribing frees a slot.
+    c.call(cmd::unsubscribe("a")).await;
+    assert!(c.call(cmd::subscribe("c")).await.error.is_none());
+    // Server-side subscriptions over the limit close the connection with 3505.
+    let mut s = Client::open(&node, Format::Protobuf).await;
+    s.send(&Command {
+        id: 1,
+        ..connect_with(&token(json!({"sub": "2", "channels": ["x", "y", "z"]})))
+    })
+    .await;
+    assert_eq!(s.closed().await.0, 3505);
+    assert!(metric(&node, "herald_limit_rejections_total{limit=\"channel\"}").await >= 2.0);
+}
+
+fn connect_with(token: &str) -> Command {
+    Command {
+        connect: Some(herald::protocol::proto::ConnectRequest {
+            token: token.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn user_connection_limit() {
+    let node = Node::start(&with_client("user_connection_limit = 2"));
+    let _a = Client::connected(&node, Format::Json, "7").await;
+    let b = Client::connected(&node, Format::Json, "7").await;
+    let mut third = Client::open(&node, Format::Json).await;
+    third
+        .send(&Command {
+            id: 1,
+            ..connect_with(&common::user_token("7"))
+        })
+        .await;
+    assert_eq!(third.closed().await.0, 3504);
+    // Another user is not affected; a closed connection frees a slot.
+    let _other = Client::connected(&node, Format::Json, "8").await;
+    b.close().await;
+    let node_ref = &node;
+    assert!(
+        common::eventually(Duration::from_secs(3), || async move {
+            let mut c = Client::open(node_ref, Format::Json).await;
+            c.connect(&common::user_token("7")).await;
+            c.silent_for(Duration::from_millis(100)).await && c.closed.is_none()
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn command_flood_gets_111_then_3013_and_others_are_served() {
+    let node = Node::start(&with_client("command_rate_limit = 20\ncommand_burst = 10"));
+    let mut bystander = Client::connected(&node, Format::Json, "calm").await;
+    bystander.call(cmd::subscribe("calm")).await;
+    let mut flood = Client::connected(&node, Format::Json, "flood").await;
+    // Send far more than the burst in one frame without waiting for replies.
+    let frame: Vec<String> = (0..60)
+        .map(|i| {
+            let mut c = cmd::presence_stats("x");
+            c.id = 100 + i;
+            serde_json::to_string(&c).unwrap()
+        })
+        .collect();
+    flood.send_raw(Message::text(frame.join("\n"))).await;
+    let mut rejected = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), flood.push_or_reply_raw())
+            .await
+            .unwrap()
+        {
+            Some(reply) if reply.error.as_ref().is_some_and(|e| e.code == 111) => {
+                assert!(reply.error.unwrap().temporary);
+                rejected += 1;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(rejected >= 5, "only {rejected} rejections");
+    assert_eq!(flood.closed.as_ref().unwrap().0, 3013);
+    still_served(&node, &mut bystander, "calm").await;
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_closed_as_slow_and_others_keep_up() {
+    let node = Node::start(&with_client("max_message_size = 65536\nmax_queue_bytes = 65536"));
+    let mut reader = Client::connected(&node, Format::Json, "reader").await;
+    reader.call(cmd::subscribe("firehose")).await;
+    let mut sleeper = Client::connected(&node, Format::Json, "sleeper").await;
+    sleeper.call(cmd::subscribe("firehose")).await;
+    // The sleeper now reads nothing. Publish well over its queue plus the loopback socket
+    // buffers (several MB with autotuning): up to 40 MB, stopping as soon as it is closed.
+    let payload = "x".repeat(40 * 1024);
+    let mut last = 0;
+    for i in 0..1000 {
+        last = node.publish("firehose", json!({ "p": payload })).await["offset"]
+            .as_u64()
+            .unwrap();
+        // The reader keeps up.
+        loop {
+            if let Some(p) = reader.push().await.r#pub {
+                assert_eq!(p.offset, last);
+                break;
+            }
+        }
+        if i % 20 == 19 && metric(&node, "herald_slow_disconnects_total").await >= 1.0 {
+            break;
+        }
+    }
+    assert!(
+        metric(&node, "herald_slow_disconnects_total").await >= 1.0,
+        "the sleeper was never closed"
+    );
+    // The sleeper finds its connection closed: after what was already in flight, either the 3008
+    // frame or a reset when the server gave up writing to it.
+    let (code, _) = sleeper.closed().await;
+    assert!(code == 3008 || code == 1006, "closed with {code}");
+    assert!(last < 1000);
+}
+
+#[tokio::test]
+async fn connection_rate_limit_sheds_a_storm() {
+    let node = Node::start(&with_client("connection_rate_limit = 5\nconnection_burst = 5"));
+    let mut opened = 0;
+    let mut refused = 0;
+    for _ in 0..40 {
+        match tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(node.ws_url())).await {
+            Ok(Ok(_)) => opened += 1,
+            _ => refused += 1,
+        }
+    }
+    assert!(opened >= 5 && opened < 40, "opened {opened}, refused {refused}");
+    // After the storm the node accepts again (the metrics request is a connection too).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(metric(&node, "herald_limit_rejections_total{limit=\"connection_rate\"}").await >= 1.0);
+    let mut c = Client::connected(&node, Format::Json, "after").await;
+    assert!(c.call(cmd::subscribe("after")).await.error.is_none());
+}
+
+#[tokio::test]
+async fn max_connections_answers_503() {
+    let node = Node::start(&with_client("max_connections = 3"));
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(Client::connected(&node, Format::Json, &i.to_string()).await);
+    }
+    let err = tokio_tungstenite::connect_async(node.ws_url()).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    held.pop().unwrap().close().await;
+    let node_ref = &node;
+    assert!(
+        common::eventually(Duration::from_secs(3), || async move {
+            tokio_tungstenite::connect_async(node_ref.ws_url()).await.is_ok()
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn api_body_limit_is_413() {
+    let node = Node::start(&CONFIG.replace("[api]\n", "[api]\nmax_body_size = 1024\n"));
+    let big = json!({"channel": "x", "data": {"p": "y".repeat(4096)}}).to_string();
+    let (status, _) = node.api_with("publish", big, &[("X-API-Key", common::API_KEY)]).await;
+    assert_eq!(status, 413);
+    let (status, _) = node.api("publish", json!({"channel": "x", "data": {}})).await;
+    assert_eq!(status, 200);
+}
