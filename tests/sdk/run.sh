@@ -147,8 +147,15 @@ else
   PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
   BASE="http://127.0.0.1:$PORT"
 
+  # Herald reads every HERALD_* environment variable as a config key and rejects unknown
+  # ones: the server gets none of ours (HERALD_BIN, HERALD_SDK_*, HERALD_WS_URL, ...).
+  unset_herald_env=()
+  while IFS= read -r name; do
+    unset_herald_env+=(-u "$name")
+  done < <(compgen -e | grep '^HERALD_' || true)
+
   log "starting $HERALD_BIN serve on 127.0.0.1:$PORT (log: $SERVER_LOG)"
-  HERALD_STORAGE_PATH="$TMP_DIR/storage" RUST_LOG="${RUST_LOG:-info}" \
+  env "${unset_herald_env[@]}" HERALD_STORAGE_PATH="$TMP_DIR/storage" RUST_LOG="${RUST_LOG:-info}" \
     "$HERALD_BIN" serve --config "$CONFIG" --listen "127.0.0.1:$PORT" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
 

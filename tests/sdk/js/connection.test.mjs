@@ -148,3 +148,31 @@ for (const fmt of FORMATS) {
     });
   });
 }
+
+// Server pings (ping_interval 25 s in herald-sdk.toml) and client pongs. Both formats at
+// once to keep the suite short: each client is idle for 40 s. With maxServerPingDelay 2 s
+// the SDK reconnects if no ping arrives within 27 s, and the server closes with 3012 if it
+// does not accept the SDK's pongs (pong_timeout 8 s).
+test('js json+protobuf: server pings keep an idle connection alive for 40 s', { timeout: 70000 }, async (t) => {
+  const clients = FORMATS.map((fmt) => ({
+    fmt,
+    client: newClient(t, fmt, { token: connToken(`u-${uid()}`), maxServerPingDelay: 2000 }),
+  }));
+  for (const { client } of clients) client.connect();
+  await Promise.all(clients.map(({ client }) => client.ready(5000)));
+  const ids = clients.map(({ client }) => client.log.connected[0].client);
+  await sleep(40000);
+  clients.forEach(({ fmt, client }, i) => {
+    assert.equal(client.state, 'connected', `${fmt.name}: still connected`);
+    assert.equal(client.log.connecting.length, 1, `${fmt.name}: no reconnect (no-ping or 3012) — ${JSON.stringify(client.log.connecting)}`);
+    assert.equal(client.log.disconnected.length, 0, `${fmt.name}: never disconnected`);
+    assert.equal(client.log.connected.at(-1).client, ids[i]);
+  });
+  // Still usable.
+  await Promise.all(clients.map(async ({ client }) => {
+    const sub = client.newSubscription(`public:ping-${uid()}`);
+    sub.on('error', () => {});
+    sub.subscribe();
+    await sub.ready(5000);
+  }));
+});

@@ -46,6 +46,7 @@ def test_connect_disconnect_loop(fmt):
             await wait_until(lambda: len(ev.connected) == i + 1, 2, "connected event")
             ctx = ev.connected[-1]
             assert isinstance(ctx.client, str) and ctx.client, "connect result must carry a client id"
+            assert ctx.version, "connect result must carry a non-empty server version"
             ids.append(ctx.client)
             await client.disconnect()
             assert client.state == ClientState.DISCONNECTED
