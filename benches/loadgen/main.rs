@@ -1,0 +1,2 @@
+//! Placeholder for the load generator.
+fn main() {}
