@@ -132,6 +132,24 @@ impl SessionShared {
         (shared, control_rx)
     }
 
+    /// Marks the session subscribed to `channel` (active, unpositioned) without the connection
+    /// task: for benchmarks and tests of the hub, which need sessions but no sockets.
+    #[doc(hidden)]
+    pub fn subscribe_detached(&self, channel: &str) {
+        self.subs.lock().insert(
+            Arc::from(channel),
+            Subscription {
+                phase: Phase::Active,
+                positioned: false,
+                epoch: Arc::from(""),
+                offset: 0,
+                join_leave: false,
+                server_side: false,
+                expires_at: None,
+            },
+        );
+    }
+
     /// The user, once connected.
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.get()
