@@ -77,7 +77,9 @@ pub async fn run(
         config: config.clone(),
         shutdown: shutdown.clone(),
         connections: Arc::new(tokio::sync::Semaphore::new(config.client.max_connections)),
+        sessions: TaskTracker::new(),
     });
+    let sessions = session_ctx.sessions.clone();
 
     let app = Router::new()
         .route(
@@ -113,15 +115,16 @@ pub async fn run(
 
     tracing::info!("shutting down: closing clients with 3001");
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not close within 5s");
+    sessions.close();
+    // Sessions close with 3001, spread over client.shutdown_spread; wait for them, but not forever.
+    let grace = config.client.shutdown_spread + Duration::from_secs(5);
+    let drained = async {
+        tracker.wait().await;
+        sessions.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!("some connections did not close within {grace:?}");
     }
-    // Sessions spawned from upgrades finish on their own once they see the shutdown token; give
-    // them a moment to send their close frames before the store is flushed.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     match broker.flush().await {
         Ok(()) => tracing::info!("store flushed"),
         Err(e) => tracing::error!(error = %e, "store flush failed at shutdown"),

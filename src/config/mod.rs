@@ -80,6 +80,10 @@ pub struct ClientConfig {
     /// Grace after a connection token's expiry before the connection is closed with 3005.
     #[serde(with = "humantime_serde")]
     pub expired_close_delay: Duration,
+    /// On shutdown, clients are closed with 3001 at random moments within this window, so they do
+    /// not all reconnect at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_spread: Duration,
     /// Largest inbound WebSocket message in bytes; a larger one closes the connection with 1009.
     pub max_message_size: usize,
     /// Bytes a connection may have queued for sending; beyond it the client is slow (3008).
@@ -121,6 +125,7 @@ impl Default for ClientConfig {
             pong_timeout: Duration::from_secs(8),
             stale_close_delay: Duration::from_secs(10),
             expired_close_delay: Duration::from_secs(25),
+            shutdown_spread: Duration::from_secs(1),
             max_message_size: 65536,
             max_queue_bytes: 1 << 20,
             subscribe_to_personal_channel: false,

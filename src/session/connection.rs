@@ -27,6 +27,8 @@ pub struct SessionContext {
     pub shutdown: CancellationToken,
     /// One permit per client connection (`client.max_connections`).
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Every session task, so shutdown can wait for their close frames.
+    pub sessions: tokio_util::task::TaskTracker,
 }
 
 /// Where the connection is in its life.
@@ -128,7 +130,13 @@ impl Connection {
             let outcome = tokio::select! {
                 biased;
                 _ = closing.cancelled() => return None,
-                _ = shutdown.cancelled() => Err(DisconnectCode::SHUTDOWN),
+                _ = shutdown.cancelled() => {
+                    // Spread the closes so a node's clients do not all reconnect at the same instant.
+                    let spread = self.ctx.config.client.shutdown_spread;
+                    let jitter = spread.mul_f64(rand::random::<f64>());
+                    tokio::time::sleep(jitter).await;
+                    Err(DisconnectCode::SHUTDOWN)
+                }
                 Some(control) = control_rx.recv() => self.handle_control(control).await,
                 item = incoming.next() => match item {
                     Some(Incoming::Message { data, binary }) => self.handle_message(data, binary).await,

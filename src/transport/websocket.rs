@@ -52,7 +52,8 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
     let (format, subprotocol) = select_format(headers, request.uri().query().unwrap_or(""));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let limit = ctx.config.client.max_message_size;
-    tokio::spawn(async move {
+    let sessions = ctx.sessions.clone();
+    sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

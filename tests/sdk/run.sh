@@ -13,7 +13,7 @@
 #   HERALD_SDK_EXTERNAL set to 1 to skip starting Herald and test the server already described
 #                       by HERALD_WS_URL / HERALD_API_URL / HERALD_API_KEY / HERALD_SECRET
 #
-# Needs: bash, node >= 20 with npm, python3 >= 3.9, curl, timeout. Network only for the
+# Needs: bash >= 4, node >= 20.14 with npm, python3 >= 3.9, curl, timeout. Network only for the
 # npm and PyPI registries (skipped when the installed packages are up to date).
 set -euo pipefail
 
@@ -45,9 +45,9 @@ sha256() { cat "$@" | sha256sum | cut -d' ' -f1; }
 install_js() {
   command -v node >/dev/null || die "node not found"
   command -v npm >/dev/null || die "npm not found"
-  local major
-  major="$(node -p 'process.versions.node.split(".")[0]')"
-  [ "$major" -ge 20 ] || die "node >= 20 required (found $(node --version))"
+  # --test-force-exit needs node >= 20.14.
+  node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 14) ? 0 : 1)' \
+    || die "node >= 20.14 required (found $(node --version))"
   local stamp="$JS_DIR/node_modules/.herald-sdk-stamp" want_stamp
   if [ -f "$JS_DIR/package-lock.json" ]; then
     want_stamp="$(sha256 "$JS_DIR/package.json" "$JS_DIR/package-lock.json")"

@@ -60,7 +60,8 @@ for (const fmt of FORMATS) {
       const idle = newSub(client, `public:idle-${uid()}`);
       idle.unsubscribe();
       assert.equal(idle.state, 'unsubscribed');
-      // unsubscribe sent right after subscribe, before its reply arrives.
+      // unsubscribe() right after subscribe(), before the reply (centrifuge-js may hold the
+      // unsubscribe until the subscribe reply; the Python suite sends it unsubscribed).
       const ch = `public:race-${uid()}`;
       const sub = newSub(client, ch);
       sub.subscribe();
