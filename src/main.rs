@@ -117,7 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             herald::auth::Verifier::from_config(&config.client)
                 .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
             if let (Some(cert), Some(key)) = (&config.http.tls_cert, &config.http.tls_key) {
-                herald::transport::tls::acceptor(cert, key).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+                herald::transport::tls::acceptor(cert, key)
+                    .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
             }
             println!("{}: ok", file.display());
             Ok(())
