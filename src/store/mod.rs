@@ -98,6 +98,10 @@ impl Store {
         flush_interval: Duration,
         on_commit: CommitHook,
     ) -> Result<Self, StoreError> {
+        // A directory that already holds a database must come back with its format version;
+        // otherwise sled recovered it as empty (a damaged log) and serving it would silently lose
+        // every stream.
+        let existed = path.join("db").metadata().is_ok_and(|m| m.len() > 0);
         // sled may panic on a torn file instead of returning an error: either way the operator
         // gets an error naming the path, never a crash and never a silently empty store.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled::Config::new().path(path).open()));
@@ -122,6 +126,14 @@ impl Store {
             }
         };
         match db.get(VERSION_KEY)? {
+            None if existed => {
+                return Err(StoreError::Open {
+                    path: path.to_owned(),
+                    error: "the database exists but its herald format version is missing: the store is damaged \
+                            or not a herald store (move it away to start empty)"
+                        .into(),
+                })
+            }
             None => {
                 db.insert(VERSION_KEY, FORMAT_VERSION.to_string().as_bytes())?;
                 db.flush()?;

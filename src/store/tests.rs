@@ -403,3 +403,26 @@ async fn an_unreadable_stream_position_starts_a_new_epoch() {
         "old publications are dropped"
     );
 }
+
+#[tokio::test]
+async fn a_database_without_a_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"something", b"else".as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(
+        dir.path(),
+        Durability::Flush,
+        Duration::from_millis(50),
+        Box::new(|_| {}),
+    )
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("format version is missing") && text.contains(&dir.path().display().to_string()),
+        "{text}"
+    );
+}
