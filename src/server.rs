@@ -125,7 +125,7 @@ pub async fn run(
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("some connections did not close within {grace:?}");
     }
-    match broker.flush().await {
+    match broker.close().await {
         Ok(()) => tracing::info!("store flushed"),
         Err(e) => tracing::error!(error = %e, "store flush failed at shutdown"),
     }

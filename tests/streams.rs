@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{cmd, eventually, token, Client, Node, CONFIG, FORMATS};
-use herald::protocol::proto::{Command, ConnectRequest, SubscribeRequest, SubscribeResult};
+use herald::protocol::proto::{Command, ConnectRequest, SubscribeRequest};
 use herald::protocol::Format;
 use serde_json::json;
 
@@ -21,23 +21,6 @@ fn recover(channel: &str, epoch: &str, offset: u64) -> Command {
     })
 }
 
-/// Reads pushes until a publication arrives, skipping joins/leaves.
-async fn next_publication(c: &mut Client) -> herald::protocol::proto::Publication {
-    loop {
-        if let Some(p) = c.push().await.r#pub {
-            return p;
-        }
-    }
-}
-
-async fn subscribed(c: &mut Client, channel: &str) -> SubscribeResult {
-    let reply = c.call(cmd::subscribe(channel)).await;
-    match reply.subscribe {
-        Some(result) => result,
-        None => panic!("subscribe failed: {:?}", reply.error),
-    }
-}
-
 #[tokio::test]
 async fn recovery_after_resubscribe_is_exact() {
     let node = Node::start(CONFIG);
@@ -45,7 +28,7 @@ async fn recovery_after_resubscribe_is_exact() {
         let channel = format!("recover-{format:?}");
         let mut c = Client::connected(&node, format, "1").await;
         node.publish(&channel, json!({"n": 0})).await;
-        let first = subscribed(&mut c, &channel).await;
+        let first = c.subscribed(&channel).await;
         assert_eq!(first.offset, 1);
         assert!(!first.recovered && !first.was_recovering);
         c.call(cmd::unsubscribe(&channel)).await;
@@ -64,7 +47,7 @@ async fn recovery_after_resubscribe_is_exact() {
         assert_eq!(common::data_of(&result.publications[0]), json!({"n": 1}));
         // Live delivery continues after the recovered ones, without duplicates.
         node.publish(&channel, json!({"n": 4})).await;
-        assert_eq!(next_publication(&mut c).await.offset, 5);
+        assert_eq!(c.next_publication().await.offset, 5);
     }
 }
 
@@ -74,7 +57,7 @@ async fn too_much_missed_is_not_recovered_and_live_continues() {
     for format in FORMATS {
         let channel = format!("tiny:{format:?}");
         let mut c = Client::connected(&node, format, "1").await;
-        let first = subscribed(&mut c, &channel).await;
+        let first = c.subscribed(&channel).await;
         c.call(cmd::unsubscribe(&channel)).await;
         for n in 0..4 {
             node.publish(&channel, json!({ "n": n })).await;
@@ -88,7 +71,7 @@ async fn too_much_missed_is_not_recovered_and_live_continues() {
         assert!(result.publications.is_empty(), "never a partial recovery");
         assert_eq!(result.offset, first.offset + 4);
         node.publish(&channel, json!({"n": 4})).await;
-        assert_eq!(next_publication(&mut c).await.offset, first.offset + 5);
+        assert_eq!(c.next_publication().await.offset, first.offset + 5);
         // A wrong epoch is not recovered either.
         c.call(cmd::unsubscribe(&channel)).await;
         let result = c
@@ -188,7 +171,7 @@ async fn acknowledged_publications_survive_sigkill() {
 async fn concurrent_publishers_are_delivered_in_offset_order() {
     let node = Node::start(CONFIG);
     let mut c = Client::connected(&node, Format::Protobuf, "1").await;
-    subscribed(&mut c, "ordered").await;
+    c.subscribed("ordered").await;
     let node = std::sync::Arc::new(node);
     let mut tasks = Vec::new();
     for worker in 0..8 {
@@ -203,7 +186,7 @@ async fn concurrent_publishers_are_delivered_in_offset_order() {
         t.await.unwrap();
     }
     for expected in 1..=200u64 {
-        assert_eq!(next_publication(&mut c).await.offset, expected);
+        assert_eq!(c.next_publication().await.offset, expected);
     }
 }
 
@@ -228,7 +211,7 @@ async fn subscribing_while_publishing_loses_and_duplicates_nothing() {
     let mut seen: Vec<u64> = result.publications.iter().map(|p| p.offset).collect();
     publisher.await.unwrap();
     while seen.last() != Some(&300) {
-        seen.push(next_publication(&mut c).await.offset);
+        seen.push(c.next_publication().await.offset);
     }
     assert_eq!(seen, (1..=300).collect::<Vec<_>>());
 }
@@ -242,7 +225,7 @@ async fn history_limit_since_reverse() {
             node.publish(&channel, json!({ "n": n })).await;
         }
         let mut c = Client::connected(&node, format, "1").await;
-        subscribed(&mut c, &channel).await;
+        c.subscribed(&channel).await;
         let offsets =
             |h: &herald::protocol::proto::HistoryResult| h.publications.iter().map(|p| p.offset).collect::<Vec<_>>();
         let h = c.call(cmd::history(&channel, 2, None, false)).await.history.unwrap();
@@ -279,10 +262,10 @@ async fn presence_and_join_leave_follow_live_connections() {
     for format in FORMATS {
         let channel = format!("lobby-{format:?}");
         let mut a = Client::connected(&node, format, "ann").await;
-        subscribed(&mut a, &channel).await;
+        a.subscribed(&channel).await;
         assert_eq!(a.push().await.join.unwrap().info.unwrap().user, "ann");
         let mut b = Client::connected(&node, format, "ann").await;
-        subscribed(&mut b, &channel).await;
+        b.subscribed(&channel).await;
         let join = a.push().await.join.unwrap().info.unwrap();
         assert_eq!(join.user, "ann");
         assert!(!join.client.is_empty());
@@ -298,7 +281,7 @@ async fn presence_and_join_leave_follow_live_connections() {
         assert_eq!(stats.num_clients, 1);
         // Disconnect: the same, without any command from the client.
         let mut c = Client::connected(&node, format, "cid").await;
-        subscribed(&mut c, &channel).await;
+        c.subscribed(&channel).await;
         assert_eq!(a.push().await.join.unwrap().info.unwrap().user, "cid");
         c.close().await;
         assert_eq!(a.push().await.leave.unwrap().info.unwrap().user, "cid");

@@ -337,9 +337,14 @@ impl Broker {
             .collect()
     }
 
-    /// Flushes the store (shutdown).
+    /// Flushes the store (`/health` uses it to prove the writer is alive).
     pub async fn flush(&self) -> Result<(), BrokerError> {
         Ok(self.store.flush().await?)
+    }
+
+    /// Flushes and closes the store (shutdown): it is sealed as cleanly shut down.
+    pub async fn close(&self) -> Result<(), BrokerError> {
+        Ok(self.store.close().await?)
     }
 
     /// One retention pass: trims every stream by its namespace's size and age, forgets streams

@@ -10,6 +10,7 @@
 //! by the position the writer reports, so they never see a half-applied batch.
 
 mod keys;
+mod seal;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shut down")]
     Closed,
+    #[error(
+        "store at {path} lost writes that were already durable: it holds batches up to {durable}, its seal says \
+         {sealed}. The data file is damaged (torn or truncated); serving it would reuse stream offsets. Restore \
+         it from a backup, or move it away to start empty"
+    )]
+    Lost { path: PathBuf, durable: u64, sealed: u64 },
 }
 
 /// Where a stream stands: its epoch and the offset of its last publication (0 when empty).
@@ -102,6 +109,10 @@ impl Store {
         // otherwise sled recovered it as empty (a damaged log) and serving it would silently lose
         // every stream.
         let existed = path.join("db").metadata().is_ok_and(|m| m.len() > 0);
+        let sealed = seal::read(path).map_err(|error| StoreError::Open {
+            path: path.to_owned(),
+            error,
+        })?;
         // sled may panic on a torn file instead of returning an error: either way the operator
         // gets an error naming the path, never a crash and never a silently empty store.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled::Config::new().path(path).open()));
@@ -148,7 +159,48 @@ impl Store {
             }
         }
         let tree = db.open_tree(STREAMS_TREE)?;
-        let ops = writer::spawn(db, tree.clone(), durability, flush_interval, on_commit);
+        let durable = match tree.get(writer::SEQ_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("batch sequence number".into()))?,
+            ),
+            None => 0,
+        };
+        if let Some(seal) = sealed {
+            if seal.seq > durable {
+                return Err(StoreError::Lost {
+                    path: path.to_owned(),
+                    durable,
+                    sealed: seal.seq,
+                });
+            }
+        }
+        // No seal on an existing database counts as unclean: nothing witnesses how it stopped.
+        let unclean = sealed.map_or(existed, |s| !s.clean);
+        let renew_epochs = unclean && durability == Durability::Os;
+        if renew_epochs {
+            tracing::warn!(path = %path.display(), "the last run did not shut down cleanly in os durability: streams start new epochs when next used");
+        }
+        // From now on the store is in use: a crash leaves the seal unclean.
+        seal::write(
+            path,
+            seal::SealState {
+                seq: durable,
+                clean: false,
+            },
+        )
+        .map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            error: format!("writing {}: {e}", seal::path(path).display()),
+        })?;
+        let start = writer::Start {
+            dir: path.to_owned(),
+            seq: durable,
+            renew_epochs,
+        };
+        let ops = writer::spawn(db, tree.clone(), durability, flush_interval, on_commit, start);
         Ok(Self { tree, ops })
     }
 
@@ -234,6 +286,11 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Flushes, marks the store cleanly shut down, and stops the writer: what follows fails.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.call(|reply| writer::Op::Close { reply }).await
     }
 
     /// Flushes everything appended so far to disk.

@@ -426,3 +426,96 @@ async fn a_database_without_a_format_version_is_refused() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn os_durability_flushes_in_the_background_and_renews_epochs_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_os = |path: &Path| Store::open(path, Durability::Os, Duration::from_millis(20), Box::new(|_| {})).unwrap();
+    let epoch = {
+        let store = open_os(dir.path());
+        let first = store
+            .append("c", publication("1"), Some(retention(10)), None)
+            .await
+            .unwrap()
+            .position;
+        // Idle longer than the flush interval, then more: the writer keeps serving.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let second = store
+            .append("c", publication("2"), Some(retention(10)), None)
+            .await
+            .unwrap()
+            .position;
+        assert_eq!((second.offset, &second.epoch), (2, &first.epoch));
+        store.close().await.unwrap();
+        first.epoch
+    };
+    // A clean close keeps the epoch.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    {
+        let store = open_os(dir.path());
+        assert_eq!(
+            store.position("c").await.unwrap(),
+            Position {
+                epoch: epoch.clone(),
+                offset: 2
+            }
+        );
+        // No close: as after a crash, the seal stays unclean.
+        store.flush().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The writer thread's final flush on drop seals it clean; make it unclean as a crash would.
+    seal::write(
+        dir.path(),
+        seal::SealState {
+            seq: seal::read(dir.path()).unwrap().unwrap().seq,
+            clean: false,
+        },
+    )
+    .unwrap();
+    let store = open_os(dir.path());
+    let renewed = store.position("c").await.unwrap();
+    assert_ne!(
+        renewed.epoch, epoch,
+        "after an unclean stop in os durability the stream starts a new epoch"
+    );
+    assert_eq!(renewed.offset, 0);
+}
+
+#[tokio::test]
+async fn a_store_behind_its_seal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, _) = open(dir.path());
+        store
+            .append("c", publication("1"), Some(retention(10)), None)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sealed = seal::read(dir.path()).unwrap().unwrap();
+    assert!(sealed.clean);
+    // The seal witnesses more batches than sled holds: sled lost durable writes.
+    seal::write(
+        dir.path(),
+        seal::SealState {
+            seq: sealed.seq + 5,
+            clean: true,
+        },
+    )
+    .unwrap();
+    let err = Store::open(
+        dir.path(),
+        Durability::Flush,
+        Duration::from_millis(50),
+        Box::new(|_| {}),
+    )
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("lost writes") && text.contains(&dir.path().display().to_string()),
+        "{text}"
+    );
+}

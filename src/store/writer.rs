@@ -71,6 +71,10 @@ pub(super) enum Op {
     Flush {
         reply: Reply<()>,
     },
+    /// Flush, seal as cleanly shut down, and stop: later operations fail with `Closed`.
+    Close {
+        reply: Reply<()>,
+    },
 }
 
 /// An append that is durable, handed to the commit hook.
@@ -90,6 +94,29 @@ struct Writer {
     /// Positions of the streams touched so far; the source of truth for offsets.
     streams: HashMap<Arc<str>, StreamMeta>,
     on_commit: CommitHook,
+    /// Directory of the store, where the seal lives.
+    dir: std::path::PathBuf,
+    /// Sequence number of the last batch applied, and of the last one recorded in the seal.
+    seq: u64,
+    sealed: u64,
+    sealed_at: Instant,
+    /// `os` durability after an unclean shutdown: the last run may have acknowledged and
+    /// delivered publications that never reached the disk, so every stream starts a new epoch
+    /// the first time it is used; otherwise a new publication could take a lost one's offset.
+    renew_epochs: bool,
+    renewed: HashSet<Arc<str>>,
+}
+
+/// The key, in the streams tree, of the last batch's sequence number (see `seal`).
+pub(super) const SEQ_KEY: &[u8] = b"s";
+/// The seal is rewritten at most this often; lagging behind sled is harmless.
+const SEAL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How the writer starts.
+pub(super) struct Start {
+    pub dir: std::path::PathBuf,
+    pub seq: u64,
+    pub renew_epochs: bool,
 }
 
 pub(super) fn spawn(
@@ -98,6 +125,7 @@ pub(super) fn spawn(
     durability: Durability,
     flush_interval: Duration,
     on_commit: CommitHook,
+    start: Start,
 ) -> mpsc::Sender<Op> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let writer = Writer {
@@ -106,6 +134,12 @@ pub(super) fn spawn(
         durability,
         streams: HashMap::new(),
         on_commit,
+        dir: start.dir,
+        seq: start.seq,
+        sealed: start.seq,
+        sealed_at: Instant::now(),
+        renew_epochs: start.renew_epochs,
+        renewed: HashSet::new(),
     };
     std::thread::Builder::new()
         .name("herald-store-writer".into())
@@ -149,17 +183,23 @@ struct Staging {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>, flush_interval: Duration) {
+        // A small runtime of the writer's own, only to wait on the queue with a timeout.
+        let waiter = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("building the store writer's timer");
         let mut ops = Vec::with_capacity(MAX_BATCH);
         let mut dirty_since: Option<Instant> = None;
+        let mut closing: Option<Reply<()>> = None;
         loop {
             // In `os` durability, wake up to flush what is pending even when no op arrives.
             let first = match dirty_since {
                 Some(since) => {
                     let wait = flush_interval.saturating_sub(since.elapsed());
-                    match recv_timeout(&mut rx, wait) {
-                        Received::Op(op) => Some(op),
-                        Received::Timeout => None,
-                        Received::Closed => break,
+                    match waiter.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(Some(op)) => Some(op),
+                        Ok(None) => break,
+                        Err(_) => None,
                     }
                 }
                 None => match rx.blocking_recv() {
@@ -167,10 +207,27 @@ impl Writer {
                     None => break,
                 },
             };
+            if let Some(Op::Close { reply }) = first {
+                let clean = self.flush();
+                if clean {
+                    self.seal(true, true);
+                }
+                let _ = reply.send(if clean {
+                    Ok(())
+                } else {
+                    Err(StoreError::Corrupt("final flush failed".into()))
+                });
+                return;
+            }
             if let Some(op) = first {
                 ops.push(op);
                 while ops.len() < MAX_BATCH {
                     match rx.try_recv() {
+                        // A close waits for the next turn, after what was queued before it.
+                        Ok(Op::Close { reply }) => {
+                            closing = Some(reply);
+                            break;
+                        }
                         Ok(op) => ops.push(op),
                         Err(_) => break,
                     }
@@ -180,12 +237,29 @@ impl Writer {
                     dirty_since = Some(Instant::now());
                 }
             }
+            if let Some(reply) = closing.take() {
+                let clean = self.flush();
+                if clean {
+                    self.seal(true, true);
+                }
+                let _ = reply.send(if clean {
+                    Ok(())
+                } else {
+                    Err(StoreError::Corrupt("final flush failed".into()))
+                });
+                return;
+            }
             if dirty_since.is_some_and(|since| since.elapsed() >= flush_interval) {
-                self.flush();
+                if self.flush() {
+                    self.seal(false, false);
+                }
                 dirty_since = None;
             }
         }
-        self.flush();
+        // The queue is closed: every handle is gone. Flush and seal as cleanly shut down.
+        if self.flush() {
+            self.seal(true, true);
+        }
     }
 
     fn flush(&self) -> bool {
@@ -196,6 +270,20 @@ impl Writer {
                 tracing::error!(error = %e, "store flush failed");
                 false
             }
+        }
+    }
+
+    /// Records in the seal that every batch so far is durable (call right after a flush).
+    fn seal(&mut self, clean: bool, force: bool) {
+        if !force && (self.sealed == self.seq || self.sealed_at.elapsed() < SEAL_INTERVAL) {
+            return;
+        }
+        match super::seal::write(&self.dir, super::seal::SealState { seq: self.seq, clean }) {
+            Ok(()) => {
+                self.sealed = self.seq;
+                self.sealed_at = Instant::now();
+            }
+            Err(e) => tracing::error!(error = %e, "writing the store seal failed"),
         }
     }
 
@@ -212,6 +300,8 @@ impl Writer {
         let mut failed: Option<StoreError> = None;
         if wrote {
             metrics::counter!("herald_store_batches_total").increment(1);
+            self.seq += 1;
+            staging.batch.insert(SEQ_KEY, &self.seq.to_be_bytes());
             if let Err(e) = self.tree.apply_batch(staging.batch) {
                 failed = Some(e.into());
             }
@@ -228,9 +318,15 @@ impl Writer {
             // reloaded from disk.
             tracing::error!(error = %e, "store batch failed");
             self.streams.clear();
+            if wrote {
+                self.seq -= 1;
+            }
             let text = e.to_string();
             done.into_iter().for_each(|d| d.fail(&text));
             return false;
+        }
+        if must_flush && wrote {
+            self.seal(false, false);
         }
         for d in done {
             match d {
@@ -319,7 +415,7 @@ impl Writer {
                     None
                 }
             },
-            Op::Flush { reply } => {
+            Op::Flush { reply } | Op::Close { reply } => {
                 s.flush_requested = true;
                 Some(Done::Flush(reply))
             }
@@ -506,6 +602,14 @@ impl Writer {
                 self.tree.get(keys::meta(channel))?
             };
             let meta = match stored.map(|bytes| StreamMeta::decode(bytes.as_ref())) {
+                Some(Ok(_)) if self.renew_epochs && self.renewed.insert(channel.clone()) => {
+                    tracing::info!(channel = %channel, "unclean shutdown in os durability: stream starts a new epoch");
+                    metrics::counter!("herald_streams_renewed_total").increment(1);
+                    for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
+                        s.batch.remove(key?);
+                    }
+                    self.new_stream(channel, s)
+                }
                 Some(Ok(meta)) => meta,
                 Some(Err(e)) => {
                     // The position is unreadable: the stream is lost. Start a new epoch (so no
@@ -534,27 +638,6 @@ impl Writer {
         s.wrote = true;
         s.forgotten.remove(channel);
         meta
-    }
-}
-
-enum Received {
-    Op(Op),
-    Timeout,
-    Closed,
-}
-
-fn recv_timeout(rx: &mut mpsc::Receiver<Op>, wait: Duration) -> Received {
-    let deadline = Instant::now() + wait;
-    loop {
-        match rx.try_recv() {
-            Ok(op) => return Received::Op(op),
-            Err(mpsc::error::TryRecvError::Disconnected) => return Received::Closed,
-            Err(mpsc::error::TryRecvError::Empty) => {}
-        }
-        if Instant::now() >= deadline {
-            return Received::Timeout;
-        }
-        std::thread::sleep(Duration::from_millis(1).min(deadline - Instant::now()));
     }
 }
 

@@ -577,3 +577,23 @@ impl Client {
         self.read().await
     }
 }
+
+impl Client {
+    /// Subscribes and returns the result; panics with the error otherwise.
+    pub async fn subscribed(&mut self, channel: &str) -> herald::protocol::proto::SubscribeResult {
+        let reply = self.call(cmd::subscribe(channel)).await;
+        match reply.subscribe {
+            Some(result) => result,
+            None => panic!("subscribe {channel} failed: {:?}", reply.error),
+        }
+    }
+
+    /// Reads pushes until a publication arrives (skipping joins and leaves).
+    pub async fn next_publication(&mut self) -> herald::protocol::proto::Publication {
+        loop {
+            if let Some(p) = self.push().await.r#pub {
+                return p;
+            }
+        }
+    }
+}
