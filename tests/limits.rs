@@ -213,3 +213,69 @@ async fn api_body_limit_is_413() {
     let (status, _) = node.api("publish", json!({"channel": "x", "data": {}})).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn thousands_of_idle_connections_do_not_starve_a_subscriber() {
+    let node = Node::start(&with_client("max_connections = 2000\nstale_close_delay = \"3s\""));
+    let mut bystander = Client::connected(&node, Format::Protobuf, "calm").await;
+    bystander.subscribed("calm").await;
+    // 3000 sockets that upgrade and then say nothing: 2000 are held until they go stale, the rest
+    // are refused at the handshake.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for wave in 0..15 {
+        let opens: Vec<_> = (0..200)
+            .map(|_| tokio_tungstenite::connect_async(node.ws_url()))
+            .collect();
+        for result in futures_util::future::join_all(opens).await {
+            match result {
+                Ok((ws, _)) => held.push(ws),
+                Err(_) => refused += 1,
+            }
+        }
+        // The subscriber is served all along.
+        if wave % 5 == 4 {
+            still_served(&node, &mut bystander, "calm").await;
+        }
+    }
+    assert!(held.len() <= 2000 - 1, "held {}", held.len());
+    assert!(refused >= 1000, "refused {refused}");
+    assert_eq!(reqwest::get(node.http("/health")).await.unwrap().status(), 200);
+    // Idle sockets that never connect are closed as stale, freeing their slots.
+    let node_ref = &node;
+    assert!(
+        common::eventually(Duration::from_secs(10), || async move {
+            tokio_tungstenite::connect_async(node_ref.ws_url()).await.is_ok()
+        })
+        .await
+    );
+    still_served(&node, &mut bystander, "calm").await;
+}
+
+#[tokio::test]
+async fn recovery_is_capped() {
+    let node = Node::start(&with_client("recovery_max_publication_limit = 5"));
+    let mut c = Client::connected(&node, Format::Json, "1").await;
+    let first = c.subscribed("capped").await;
+    c.call(cmd::unsubscribe("capped")).await;
+    let recover = |offset: u64| {
+        cmd::subscribe_with(herald::protocol::proto::SubscribeRequest {
+            channel: "capped".into(),
+            recover: true,
+            epoch: first.epoch.clone(),
+            offset,
+            ..Default::default()
+        })
+    };
+    for n in 0..6 {
+        node.publish("capped", json!({ "n": n })).await;
+    }
+    // Six missed, the cap is five: not recovered, nothing replayed.
+    let result = c.call(recover(0)).await.subscribe.unwrap();
+    assert!(!result.recovered && result.publications.is_empty());
+    c.call(cmd::unsubscribe("capped")).await;
+    // Five missed: recovered.
+    let result = c.call(recover(1)).await.subscribe.unwrap();
+    assert!(result.recovered);
+    assert_eq!(result.publications.len(), 5);
+}
