@@ -238,7 +238,7 @@ async fn thousands_of_idle_connections_do_not_starve_a_subscriber() {
             still_served(&node, &mut bystander, "calm").await;
         }
     }
-    assert!(held.len() <= 2000 - 1, "held {}", held.len());
+    assert!(held.len() < 2000, "held {} (the subscriber holds one slot)", held.len());
     assert!(refused >= 1000, "refused {refused}");
     assert_eq!(reqwest::get(node.http("/health")).await.unwrap().status(), 200);
     // Idle sockets that never connect are closed as stale, freeing their slots.
