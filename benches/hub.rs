@@ -19,10 +19,10 @@ fn fan_out(c: &mut Criterion) {
         for i in 0..sessions {
             // Half the sessions in each format, as mixed clients would be.
             let format = if i % 2 == 0 { Format::Json } else { Format::Protobuf };
-            let (session, control) = SessionShared::new(format, usize::MAX / 2);
+            let session = SessionShared::new(format, usize::MAX / 2);
             session.subscribe_detached("room");
             hub.subscribe("room", session.clone(), ClientInfo::default());
-            shared.push((session, control));
+            shared.push(session);
         }
         group.throughput(Throughput::Elements(sessions as u64));
         group.bench_with_input(BenchmarkId::from_parameter(sessions), &sessions, |b, _| {
@@ -36,7 +36,7 @@ fn fan_out(c: &mut Criterion) {
             });
             // Empty the queues so memory stays flat between samples.
             runtime.block_on(async {
-                for (session, _) in &shared {
+                for session in &shared {
                     session.queue().drain().await;
                 }
             });

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +65,7 @@ where
     T: Transport,
     S: Stream<Item = Incoming> + Unpin + Send,
 {
-    let (shared, control_rx) = SessionShared::new(format, ctx.config.client.max_queue_bytes);
+    let shared = SessionShared::new(format, ctx.config.client.max_queue_bytes);
     let mut writer = tokio::spawn(write_loop(shared.clone(), transport));
     let stale_at = Instant::now() + ctx.config.client.stale_close_delay;
     let client = &ctx.config.client;
@@ -84,7 +83,7 @@ where
         rate,
         rejected: 0,
     };
-    let code = connection.serve(&mut incoming, control_rx).await;
+    let code = connection.serve(&mut incoming).await;
     shared.queue().close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));
     connection.cleanup();
     // Let the writer send what is queued and the close frame, but not forever.
@@ -115,15 +114,12 @@ async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) 
 impl Connection {
     /// Returns the code to close with, or `None` when the client went away or the close was
     /// already decided elsewhere (slow consumer, stream gap).
-    async fn serve<S>(
-        &mut self,
-        incoming: &mut S,
-        mut control_rx: mpsc::UnboundedReceiver<Control>,
-    ) -> Option<DisconnectCode>
+    async fn serve<S>(&mut self, incoming: &mut S) -> Option<DisconnectCode>
     where
         S: Stream<Item = Incoming> + Unpin + Send,
     {
         let closing = self.shared.queue().closing().clone();
+        let shared = self.shared.clone();
         let shutdown = self.ctx.shutdown.clone();
         loop {
             let deadline = self.next_deadline();
@@ -137,7 +133,7 @@ impl Connection {
                     tokio::time::sleep(jitter).await;
                     Err(DisconnectCode::SHUTDOWN)
                 }
-                Some(control) = control_rx.recv() => self.handle_control(control).await,
+                controls = shared.next_controls() => self.handle_controls(controls).await,
                 item = incoming.next() => match item {
                     Some(Incoming::Message { data, binary }) => self.handle_message(data, binary).await,
                     Some(Incoming::TooLarge) => Err(DisconnectCode::custom(1009, "message too big")),
@@ -196,6 +192,13 @@ impl Connection {
             }
         }
         self.expire_subscriptions();
+        Ok(())
+    }
+
+    async fn handle_controls(&mut self, controls: Vec<Control>) -> Result<(), DisconnectCode> {
+        for control in controls {
+            self.handle_control(control).await?;
+        }
         Ok(())
     }
 

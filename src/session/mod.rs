@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::hub::{Prepared, PushKind};
 use crate::protocol::codec::{encode_reply, Format};
@@ -61,7 +61,10 @@ pub struct SessionShared {
     identity: OnceLock<Identity>,
     queue: Outbound,
     subs: Mutex<HashMap<Arc<str>, Subscription>>,
-    control: mpsc::UnboundedSender<Control>,
+    /// Server-initiated actions waiting for the connection task, which `control_ready` wakes.
+    /// Rare, so a plain vector: a channel would allocate a block per connection.
+    controls: Mutex<Vec<Control>>,
+    control_ready: Notify,
 }
 
 /// One channel subscription of a session, as the hub's delivery sees it.
@@ -119,17 +122,16 @@ impl Subscription {
 }
 
 impl SessionShared {
-    pub fn new(format: Format, max_queue_bytes: usize) -> (Arc<Self>, mpsc::UnboundedReceiver<Control>) {
-        let (control, control_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Self {
+    pub fn new(format: Format, max_queue_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
             id: Arc::from(uuid::Uuid::new_v4().to_string()),
             format,
             identity: OnceLock::new(),
             queue: Outbound::new(max_queue_bytes),
             subs: Mutex::new(HashMap::new()),
-            control,
-        });
-        (shared, control_rx)
+            controls: Mutex::new(Vec::new()),
+            control_ready: Notify::new(),
+        })
     }
 
     /// Marks the session subscribed to `channel` (active, unpositioned) without the connection
@@ -161,7 +163,8 @@ impl SessionShared {
 
     /// Sends a server-initiated action to the connection's task. Never blocks.
     pub fn control(&self, control: Control) {
-        let _ = self.control.send(control);
+        self.controls.lock().push(control);
+        self.control_ready.notify_one();
     }
 
     /// Queues a reply for the client.
@@ -189,5 +192,20 @@ impl SessionShared {
 
     pub fn subscribed_channels(&self) -> Vec<Arc<str>> {
         self.subs.lock().keys().cloned().collect()
+    }
+}
+
+impl SessionShared {
+    /// Waits until server-initiated actions are pending and takes them, in order.
+    pub(crate) async fn next_controls(&self) -> Vec<Control> {
+        loop {
+            let pending = std::mem::take(&mut *self.controls.lock());
+            if !pending.is_empty() {
+                return pending;
+            }
+            // notify_one stores a permit when nobody waits: a push between the check and the
+            // await is not lost.
+            self.control_ready.notified().await;
+        }
     }
 }
