@@ -83,7 +83,11 @@ where
         rate,
         rejected: 0,
     };
-    let code = connection.serve(&mut incoming).await;
+    // Command handling is boxed inside `serve`: its futures are large (several KB) and live only
+    // while a command runs, so an idle connection does not carry them (issue 5: memory per idle
+    // connection).
+    let serve = connection.serve(&mut incoming);
+    let code = serve.await;
     shared.queue().close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));
     connection.cleanup();
     // Let the writer send what is queued and the close frame, but not forever.
@@ -133,9 +137,9 @@ impl Connection {
                     tokio::time::sleep(jitter).await;
                     Err(DisconnectCode::SHUTDOWN)
                 }
-                controls = shared.next_controls() => self.handle_controls(controls).await,
+                controls = shared.next_controls() => Box::pin(self.handle_controls(controls)).await,
                 item = incoming.next() => match item {
-                    Some(Incoming::Message { data, binary }) => self.handle_message(data, binary).await,
+                    Some(Incoming::Message { data, binary }) => Box::pin(self.handle_message(data, binary)).await,
                     Some(Incoming::TooLarge) => Err(DisconnectCode::custom(1009, "message too big")),
                     Some(Incoming::Closed) | None => return None,
                 },
