@@ -96,9 +96,13 @@ where
     }
 }
 
+/// How many scheduling turns a writer waits for more output before writing (see
+/// `Outbound::drain_coalesced`).
+const WRITE_COALESCE_ROUNDS: usize = 4;
+
 async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) {
     loop {
-        let drained = shared.queue().drain().await;
+        let drained = shared.queue().drain_coalesced(WRITE_COALESCE_ROUNDS).await;
         if !drained.items.is_empty() {
             let payload = join_replies(shared.format, &drained.items);
             metrics::counter!("herald_bytes_out_total").increment(payload.len() as u64);

@@ -90,20 +90,51 @@ impl Outbound {
     /// Waits for something to write (or a close) and takes all of it.
     pub async fn drain(&self) -> Drained {
         loop {
-            {
-                let mut state = self.state.lock();
-                if !state.items.is_empty() || state.close.is_some() {
-                    state.bytes = 0;
-                    return Drained {
-                        items: std::mem::take(&mut state.items),
-                        close: state.close.clone(),
-                    };
-                }
+            if let Some(drained) = self.take() {
+                return drained;
             }
             // notify_one stores a permit when nobody waits, so a push between the check and
             // this await is not lost.
             self.notify.notified().await;
         }
+    }
+
+    /// Like [`Outbound::drain`], but first lets the producers that are ready run, as long as they
+    /// keep adding (at most `rounds` times), so that one write carries more. Under load a frame
+    /// then holds many publications instead of one per scheduling turn (issue 5: at 100
+    /// subscribers each frame held 16); when nothing more comes it costs one yield.
+    pub async fn drain_coalesced(&self, rounds: usize) -> Drained {
+        loop {
+            let queued = self.queued_bytes();
+            let closing = self.state.lock().close.is_some();
+            if queued > 0 && !closing {
+                let mut last = queued;
+                for _ in 0..rounds {
+                    tokio::task::yield_now().await;
+                    let now = self.queued_bytes();
+                    if now == last {
+                        break;
+                    }
+                    last = now;
+                }
+            }
+            if let Some(drained) = self.take() {
+                return drained;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn take(&self) -> Option<Drained> {
+        let mut state = self.state.lock();
+        if state.items.is_empty() && state.close.is_none() {
+            return None;
+        }
+        state.bytes = 0;
+        Some(Drained {
+            items: std::mem::take(&mut state.items),
+            close: state.close.clone(),
+        })
     }
 }
 
