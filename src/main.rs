@@ -93,6 +93,14 @@ fn load(file: Option<&PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<Co
     .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))
 }
 
+/// The HMAC secret tokens are minted with, from the config.
+fn hmac_secret(file: Option<&PathBuf>) -> anyhow::Result<String> {
+    load(file, None)?
+        .client
+        .token_hmac_secret
+        .context("client.token_hmac_secret is not set in the config")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -129,11 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ttl,
             config,
         } => {
-            let config = load(config.as_ref(), None)?;
-            let secret = config
-                .client
-                .token_hmac_secret
-                .context("client.token_hmac_secret is not set in the config")?;
+            let secret = hmac_secret(config.as_ref())?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
@@ -156,11 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             config,
         } => {
-            let config = load(config.as_ref(), None)?;
-            let secret = config
-                .client
-                .token_hmac_secret
-                .context("client.token_hmac_secret is not set in the config")?;
+            let secret = hmac_secret(config.as_ref())?;
             let token = herald::auth::token::mint_hs256(&secret, &serde_json::json!({ "sub": user }));
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(tools::sub(&url, &token, &channel, count, timeout.into()))

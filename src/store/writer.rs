@@ -207,18 +207,13 @@ impl Writer {
                     None => break,
                 },
             };
-            if let Some(Op::Close { reply }) = first {
-                let clean = self.flush();
-                if clean {
-                    self.seal(true, true);
+            let first = match first {
+                Some(Op::Close { reply }) => {
+                    closing = Some(reply);
+                    None
                 }
-                let _ = reply.send(if clean {
-                    Ok(())
-                } else {
-                    Err(StoreError::Corrupt("final flush failed".into()))
-                });
-                return;
-            }
+                other => other,
+            };
             if let Some(op) = first {
                 ops.push(op);
                 while ops.len() < MAX_BATCH {
@@ -238,15 +233,12 @@ impl Writer {
                 }
             }
             if let Some(reply) = closing.take() {
-                let clean = self.flush();
-                if clean {
-                    self.seal(true, true);
-                }
-                let _ = reply.send(if clean {
+                let result = if self.shut_down() {
                     Ok(())
                 } else {
                     Err(StoreError::Corrupt("final flush failed".into()))
-                });
+                };
+                let _ = reply.send(result);
                 return;
             }
             if dirty_since.is_some_and(|since| since.elapsed() >= flush_interval) {
@@ -256,10 +248,17 @@ impl Writer {
                 dirty_since = None;
             }
         }
-        // The queue is closed: every handle is gone. Flush and seal as cleanly shut down.
-        if self.flush() {
+        // The queue is closed: every handle is gone.
+        self.shut_down();
+    }
+
+    /// Flushes and seals the store as cleanly shut down; false if the flush failed.
+    fn shut_down(&mut self) -> bool {
+        let flushed = self.flush();
+        if flushed {
             self.seal(true, true);
         }
+        flushed
     }
 
     fn flush(&self) -> bool {
