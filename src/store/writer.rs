@@ -498,23 +498,25 @@ impl Writer {
 
     /// Drops every publication of a stream and starts a new epoch at offset 0.
     fn reset(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Position, StoreError> {
-        for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
-            s.batch.remove(key?);
-        }
-        let meta = StreamMeta {
-            epoch: new_epoch(),
-            top_offset: 0,
-            updated_at_ms: now_ms(),
-        };
-        s.batch.insert(keys::meta(channel), meta.encode_to_vec());
-        s.wrote = true;
-        s.forgotten.remove(channel);
+        self.purge_publications(channel, s)?;
+        let meta = self.new_stream(channel, s);
         let position = Position {
             epoch: meta.epoch.as_str().into(),
             offset: 0,
         };
         self.streams.insert(channel.clone(), meta);
         Ok(position)
+    }
+
+    /// Stages the removal of every publication of a stream; returns how many.
+    fn purge_publications(&self, channel: &Arc<str>, s: &mut Staging) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
+            s.batch.remove(key?);
+            removed += 1;
+        }
+        s.wrote |= removed > 0;
+        Ok(removed)
     }
 
     /// Removes what retention no longer keeps; forgets a stream idle for longer than `meta_ttl`.
@@ -539,10 +541,7 @@ impl Writer {
         let prefix = keys::publication_prefix(channel);
         let mut removed = 0;
         if now - meta.updated_at_ms > meta_ttl.as_millis() as i64 {
-            for key in self.tree.scan_prefix(&prefix).keys() {
-                s.batch.remove(key?);
-                removed += 1;
-            }
+            removed += self.purge_publications(channel, s)?;
             s.batch.remove(keys::meta(channel));
             s.wrote = true;
             self.streams.remove(channel);
@@ -604,9 +603,7 @@ impl Writer {
                 Some(Ok(_)) if self.renew_epochs && self.renewed.insert(channel.clone()) => {
                     tracing::info!(channel = %channel, "unclean shutdown in os durability: stream starts a new epoch");
                     metrics::counter!("herald_streams_renewed_total").increment(1);
-                    for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
-                        s.batch.remove(key?);
-                    }
+                    self.purge_publications(channel, s)?;
                     self.new_stream(channel, s)
                 }
                 Some(Ok(meta)) => meta,
@@ -615,9 +612,7 @@ impl Writer {
                     // client mistakes new offsets for old ones) and drop what it held.
                     tracing::error!(channel = %channel, error = %e, "stream position unreadable: stream lost, starting a new epoch");
                     metrics::counter!("herald_streams_lost_total").increment(1);
-                    for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
-                        s.batch.remove(key?);
-                    }
+                    self.purge_publications(channel, s)?;
                     self.new_stream(channel, s)
                 }
                 None => self.new_stream(channel, s),
