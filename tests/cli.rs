@@ -245,19 +245,8 @@ async fn minted_tokens_are_accepted_by_a_node_with_the_same_secret() {
     let other = write(dir.path(), "other.toml", "[client]\ntoken_hmac_secret = \"another\"\n");
     let forged = mint(&other, &[]);
     let mut client = Client::open(&node, Format::Json).await;
-    client.send(&connect_command(&forged)).await;
+    client.send(&common::cmd::connect(&forged)).await;
     assert_eq!(client.closed().await.0, 3500);
-}
-
-fn connect_command(token: &str) -> herald::protocol::proto::Command {
-    herald::protocol::proto::Command {
-        id: 1,
-        connect: Some(herald::protocol::proto::ConnectRequest {
-            token: token.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

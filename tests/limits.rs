@@ -51,21 +51,11 @@ async fn channel_limit() {
     let mut s = Client::open(&node, Format::Protobuf).await;
     s.send(&Command {
         id: 1,
-        ..connect_with(&token(json!({"sub": "2", "channels": ["x", "y", "z"]})))
+        ..common::cmd::connect(&token(json!({"sub": "2", "channels": ["x", "y", "z"]})))
     })
     .await;
     assert_eq!(s.closed().await.0, 3505);
     assert!(metric(&node, "herald_limit_rejections_total{limit=\"channel\"}").await >= 2.0);
-}
-
-fn connect_with(token: &str) -> Command {
-    Command {
-        connect: Some(herald::protocol::proto::ConnectRequest {
-            token: token.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -77,7 +67,7 @@ async fn user_connection_limit() {
     third
         .send(&Command {
             id: 1,
-            ..connect_with(&common::user_token("7"))
+            ..common::cmd::connect(&common::user_token("7"))
         })
         .await;
     assert_eq!(third.closed().await.0, 3504);

@@ -209,16 +209,16 @@ async fn connection_token_outcomes() {
     for format in FORMATS {
         // Not a JWT → 3500.
         let mut client = Client::open(&node, format).await;
-        client.send(&connect_cmd("not-a-jwt")).await;
+        client.send(&common::cmd::connect("not-a-jwt")).await;
         assert_eq!(client.closed().await.0, 3500);
         // Wrong signature → 3500.
         let forged = herald::auth::token::mint_hs256("other-secret", &json!({"sub": "1"}));
         let mut client = Client::open(&node, format).await;
-        client.send(&connect_cmd(&forged)).await;
+        client.send(&common::cmd::connect(&forged)).await;
         assert_eq!(client.closed().await.0, 3500);
         // No token without anonymous/insecure → 3501.
         let mut client = Client::open(&node, format).await;
-        client.send(&connect_cmd("")).await;
+        client.send(&common::cmd::connect("")).await;
         assert_eq!(client.closed().await.0, 3501);
         // Expired → error 109, the connection stays and a fresh token then connects.
         let mut client = Client::open(&node, format).await;
@@ -237,21 +237,10 @@ async fn connection_token_outcomes() {
         twice
             .send(&Command {
                 id: 50,
-                ..connect_cmd(&user_token("1"))
+                ..common::cmd::connect(&user_token("1"))
             })
             .await;
         assert_eq!(twice.closed().await.0, 3501);
-    }
-}
-
-fn connect_cmd(token: &str) -> Command {
-    Command {
-        id: 1,
-        connect: Some(ConnectRequest {
-            token: token.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -399,7 +388,7 @@ async fn subprotocol_and_query_select_the_format() {
     .await;
     let mut ws = ws;
     ws.send(Message::text(
-        serde_json::to_string(&connect_cmd(&user_token("1"))).unwrap(),
+        serde_json::to_string(&common::cmd::connect(&user_token("1"))).unwrap(),
     ))
     .await
     .unwrap();

@@ -71,7 +71,11 @@ async fn tokens_signed_by_other_keys_are_invalid() {
     let other_key = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
     let mut client = Client::open(&node, herald::protocol::Format::Json).await;
     client
-        .send(&connect(&sign(Algorithm::ES256, &other_key, json!({"sub": "1"}))))
+        .send(&common::cmd::connect(&sign(
+            Algorithm::ES256,
+            &other_key,
+            json!({"sub": "1"}),
+        )))
         .await;
     assert_eq!(client.closed().await.0, 3500);
     // An RS256 token whose header claims HS256 with the RSA public key as the secret (the classic
@@ -83,7 +87,7 @@ async fn tokens_signed_by_other_keys_are_invalid() {
         json!({"sub": "1"}),
     );
     let mut client = Client::open(&node, herald::protocol::Format::Json).await;
-    client.send(&connect(&confused)).await;
+    client.send(&common::cmd::connect(&confused)).await;
     assert_eq!(client.closed().await.0, 3500);
 }
 
@@ -106,15 +110,4 @@ async fn an_unreadable_key_file_is_a_startup_error_naming_the_key() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("client.token_rsa_public_key"), "{stderr}");
-}
-
-fn connect(token: &str) -> herald::protocol::proto::Command {
-    herald::protocol::proto::Command {
-        id: 1,
-        connect: Some(herald::protocol::proto::ConnectRequest {
-            token: token.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }

@@ -450,6 +450,18 @@ pub mod cmd {
     use bytes::Bytes;
     use herald::protocol::proto::*;
 
+    /// A connect command with id 1 (for sending raw, when the reply is not awaited by `call`).
+    pub fn connect(token: &str) -> Command {
+        Command {
+            id: 1,
+            connect: Some(ConnectRequest {
+                token: token.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     pub fn subscribe(channel: &str) -> Command {
         Command {
             subscribe: Some(SubscribeRequest {
