@@ -20,8 +20,8 @@ fn fan_out(c: &mut Criterion) {
             // Half the sessions in each format, as mixed clients would be.
             let format = if i % 2 == 0 { Format::Json } else { Format::Protobuf };
             let session = SessionShared::new(format, usize::MAX / 2);
-            session.subscribe_detached("room");
-            hub.subscribe("room", session.clone(), ClientInfo::default());
+            let subscriber = session.subscribe_detached("room");
+            hub.subscribe("room", subscriber, ClientInfo::default());
             shared.push(session);
         }
         group.throughput(Throughput::Elements(sessions as u64));

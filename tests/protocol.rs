@@ -9,6 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use herald::protocol::proto::{Command, ConnectRequest, RpcRequest, SendRequest};
 use herald::protocol::Format;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -402,4 +404,81 @@ async fn subprotocol_and_query_select_the_format() {
     let mut client = Client::over(ws, Format::Protobuf);
     let reply = client.connect(&user_token("1")).await;
     assert!(reply.connect.is_some());
+}
+
+/// Frames of every length encoding (7, 16 and 64 bits), pings answered with pongs between whole
+/// frames, and a client's close answered with exactly one close frame.
+#[tokio::test]
+async fn websocket_framing_and_control_frames() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("frames-{format:?}");
+        let mut client = Client::connected(&node, format, "1").await;
+        client.subscribed(&channel).await;
+        for size in [10, 1_000, 100_000] {
+            let text = "x".repeat(size);
+            node.publish(&channel, json!({ "text": text })).await;
+            let publication = client.next_publication().await;
+            let data: Value = serde_json::from_slice(&publication.data).unwrap();
+            assert_eq!(data["text"].as_str().map(str::len), Some(size), "{format:?}");
+        }
+
+        // A ping while publications are flowing: answered with its payload, and every
+        // publication still arrives whole and in order.
+        let publishes = async {
+            for n in 0..50 {
+                node.publish(&channel, json!({ "n": n })).await;
+            }
+        };
+        let ping = async {
+            client.send_raw(Message::Ping("are you there".into())).await;
+            let mut pong = None;
+            let mut next = 0;
+            while pong.is_none() || next < 50 {
+                match client.next_raw().await.expect("open") {
+                    Message::Pong(payload) => pong = Some(payload),
+                    Message::Text(text) => {
+                        for line in text.as_str().split('\n') {
+                            let reply: Value = serde_json::from_str(line).unwrap();
+                            assert_eq!(reply["push"]["pub"]["data"]["n"], next);
+                            next += 1;
+                        }
+                    }
+                    Message::Binary(mut data) => {
+                        while !data.is_empty() {
+                            use prost::Message as _;
+                            let reply = herald::protocol::proto::Reply::decode_length_delimited(&mut data).unwrap();
+                            let publication = reply.push.unwrap().r#pub.unwrap();
+                            let value: Value = serde_json::from_slice(&publication.data).unwrap();
+                            assert_eq!(value["n"], next);
+                            next += 1;
+                        }
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            pong
+        };
+        let ((), pong) = tokio::join!(publishes, ping);
+        assert_eq!(pong.as_deref(), Some(&b"are you there"[..]));
+
+        // The client closes: one close frame comes back, then the stream ends.
+        client
+            .send_raw(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            })))
+            .await;
+        let mut closes = 0;
+        while let Some(message) = client.next_raw().await {
+            match message {
+                Message::Close(frame) => {
+                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+                    closes += 1;
+                }
+                other => panic!("after the close handshake: {other:?}"),
+            }
+        }
+        assert_eq!(closes, 1, "{format:?}");
+    }
 }

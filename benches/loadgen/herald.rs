@@ -352,8 +352,13 @@ enum Frame {
 fn decode(frame: &Frame, mut on: impl FnMut(Event)) -> anyhow::Result<()> {
     match frame {
         Frame::Json(text) => {
-            // `str::split(char)` and `payload::find_in_text` search with memchr.
-            for line in text.as_str().split('\n') {
+            // Lines are split with memchr (`str::split(char)` adds a memcmp call per match).
+            let text = text.as_str();
+            let mut start = 0;
+            let ends = memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]);
+            for end in ends {
+                let line = &text[start..end];
+                start = end + 1;
                 if line.len() == 2 && line.as_bytes().first_chunk() == Some(b"{}") {
                     on(Event::Ping);
                 } else if let Some(stamp) = payload::find_in_text(line) {

@@ -23,7 +23,7 @@ use crate::config::{ChannelOptions, Config};
 use crate::hub::{Hub, Prepared};
 use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
-use crate::session::SessionShared;
+use crate::session::Subscriber;
 use crate::store::{Idempotency, Position, ReadRange, Retention, Store, StoreError};
 
 pub use registry::Registry;
@@ -298,8 +298,8 @@ impl Broker {
     }
 
     /// Adds a session to a channel and announces the join when the namespace wants it.
-    pub fn join(&self, channel: &str, options: &ChannelOptions, session: Arc<SessionShared>, info: ClientInfo) {
-        self.hub.subscribe(channel, session, info.clone());
+    pub fn join(&self, channel: &str, options: &ChannelOptions, subscriber: Subscriber, info: ClientInfo) {
+        self.hub.subscribe(channel, subscriber, info.clone());
         if options.join_leave {
             self.deliver(channel, Prepared::join(channel, info));
         }

@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 
 use crate::protocol::codec::{encode_reply, Format};
 use crate::protocol::proto::{ClientInfo, Join, Leave, Publication, Push, Reply};
-use crate::session::SessionShared;
+use crate::session::Subscriber;
 
 const SHARDS: usize = 64;
 
@@ -99,14 +99,15 @@ impl Prepared {
     }
 }
 
-struct Subscriber {
-    session: Arc<SessionShared>,
+struct Member {
+    subscriber: Subscriber,
     info: ClientInfo,
 }
 
 #[derive(Default)]
 struct Shard {
-    channels: HashMap<Arc<str>, HashMap<Arc<str>, Subscriber>>,
+    /// Channel → client id → member.
+    channels: HashMap<Arc<str>, HashMap<Arc<str>, Member>>,
 }
 
 /// The node's index of local subscriptions.
@@ -129,12 +130,13 @@ impl Hub {
         &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
-    /// Adds a session to a channel. Returns true if it is the channel's first local subscriber.
-    pub fn subscribe(&self, channel: &str, session: Arc<SessionShared>, info: ClientInfo) -> bool {
+    /// Adds a session's subscription to a channel. Returns true if it is the channel's first local
+    /// subscriber.
+    pub fn subscribe(&self, channel: &str, subscriber: Subscriber, info: ClientInfo) -> bool {
         let mut shard = self.shard(channel).lock();
         let first = !shard.channels.contains_key(channel);
-        let subscribers = shard.channels.entry(Arc::from(channel)).or_default();
-        subscribers.insert(session.id.clone(), Subscriber { session, info });
+        let members = shard.channels.entry(Arc::from(channel)).or_default();
+        members.insert(subscriber.session().id.clone(), Member { subscriber, info });
         first
     }
 
@@ -155,8 +157,8 @@ impl Hub {
         let Some(subscribers) = shard.channels.get(channel) else {
             return 0;
         };
-        for subscriber in subscribers.values() {
-            subscriber.session.deliver(channel, push);
+        for member in subscribers.values() {
+            member.subscriber.deliver(push);
         }
         if matches!(push.kind, PushKind::Publication { .. }) {
             metrics::counter!("herald_publications_out_total").increment(subscribers.len() as u64);

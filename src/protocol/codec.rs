@@ -92,15 +92,29 @@ pub fn join_replies(format: Format, replies: &[Bytes]) -> Bytes {
     if let [single] = replies {
         return single.clone();
     }
-    let size: usize = replies.iter().map(|r| r.len() + 1).sum();
-    let mut buf = BytesMut::with_capacity(size);
+    let mut buf = BytesMut::with_capacity(joined_len(format, replies));
+    join_into(format, replies, &mut buf);
+    buf.freeze()
+}
+
+/// The length of [`join_replies`]'s result.
+pub fn joined_len(format: Format, replies: &[Bytes]) -> usize {
+    let separators = match format {
+        Format::Json => replies.len().saturating_sub(1),
+        Format::Protobuf => 0,
+    };
+    replies.iter().map(Bytes::len).sum::<usize>() + separators
+}
+
+/// Appends the replies joined into one message: JSON ones separated by `\n`, Protobuf ones
+/// (each already length-delimited) back to back.
+pub fn join_into(format: Format, replies: &[Bytes], buf: &mut impl BufMut) {
     for (i, reply) in replies.iter().enumerate() {
         if format == Format::Json && i > 0 {
             buf.put_u8(b'\n');
         }
         buf.put_slice(reply);
     }
-    buf.freeze()
 }
 
 /// The server ping: an empty reply (`{}` or a zero-length Protobuf message).

@@ -438,11 +438,10 @@ impl Connection {
         if claims.channel != req.channel || claims.user != self.user() {
             return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN));
         }
-        let mut subs = self.shared.subs.lock();
-        let Some(sub) = subs.get_mut(req.channel.as_str()) else {
+        let Some(subscription) = self.shared.subs.lock().get(req.channel.as_str()).cloned() else {
             return Err(ErrorCode::BAD_REQUEST.into());
         };
-        sub.expires_at = claims.expires_at;
+        subscription.lock().expires_at = claims.expires_at;
         Ok(proto::SubRefreshResult {
             expires: claims.expires_at.is_some(),
             ttl: claims.expires_at.map_or(0, ttl_of),

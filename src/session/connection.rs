@@ -9,14 +9,16 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::queue::Drained;
 use super::transport::{Incoming, Transport};
 use super::{Control, SessionShared};
 use crate::auth::Verifier;
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::limits::TokenBucket;
-use crate::protocol::codec::{join_replies, ping, Format};
+use crate::protocol::codec::{ping, Format};
 use crate::protocol::DisconnectCode;
+use bytes::Bytes;
 
 /// What every session of the node shares.
 pub struct SessionContext {
@@ -102,15 +104,18 @@ const WRITE_COALESCE_ROUNDS: usize = 4;
 
 async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) {
     loop {
-        let drained = shared.queue().drain_coalesced(WRITE_COALESCE_ROUNDS).await;
-        if !drained.items.is_empty() {
-            let payload = join_replies(shared.format, &drained.items);
-            metrics::counter!("herald_bytes_out_total").increment(payload.len() as u64);
-            if transport.send(payload).await.is_err() {
-                shared.queue().close(DisconnectCode::WRITE_ERROR);
-                return;
-            }
+        let own_output = transport.own_output();
+        let drained = tokio::select! {
+            biased;
+            drained = shared.queue().drain_coalesced(WRITE_COALESCE_ROUNDS) => drained,
+            () = own_output => Drained::default(),
+        };
+        let bytes: usize = drained.items.iter().map(Bytes::len).sum();
+        if transport.send(&drained.items).await.is_err() {
+            shared.queue().close(DisconnectCode::WRITE_ERROR);
+            return;
         }
+        metrics::counter!("herald_bytes_out_total").increment(bytes as u64);
         if let Some(code) = drained.close {
             metrics::counter!("herald_disconnects_total", "code" => code.code.to_string()).increment(1);
             let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(&code)).await;

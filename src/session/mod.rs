@@ -60,7 +60,9 @@ pub struct SessionShared {
     pub format: Format,
     identity: OnceLock<Identity>,
     queue: Outbound,
-    subs: Mutex<HashMap<Arc<str>, Subscription>>,
+    /// The session's subscriptions. Each has its own lock, shared with the hub's [`Subscriber`]
+    /// handle, so delivery goes straight to it without looking the channel up.
+    subs: Mutex<HashMap<Arc<str>, Arc<Mutex<Subscription>>>>,
     /// Server-initiated actions waiting for the connection task, which `control_ready` wakes.
     /// Rare, so a plain vector: a channel would allocate a block per connection.
     controls: Mutex<Vec<Control>>,
@@ -137,19 +139,23 @@ impl SessionShared {
     /// Marks the session subscribed to `channel` (active, unpositioned) without the connection
     /// task: for benchmarks and tests of the hub, which need sessions but no sockets.
     #[doc(hidden)]
-    pub fn subscribe_detached(&self, channel: &str) {
-        self.subs.lock().insert(
-            Arc::from(channel),
-            Subscription {
-                phase: Phase::Active,
-                positioned: false,
-                epoch: Arc::from(""),
-                offset: 0,
-                join_leave: false,
-                server_side: false,
-                expires_at: None,
-            },
-        );
+    pub fn subscribe_detached(self: &Arc<Self>, channel: &str) -> Subscriber {
+        let channel: Arc<str> = Arc::from(channel);
+        let subscription = Arc::new(Mutex::new(Subscription {
+            phase: Phase::Active,
+            positioned: false,
+            epoch: Arc::from(""),
+            offset: 0,
+            join_leave: false,
+            server_side: false,
+            expires_at: None,
+        }));
+        self.subs.lock().insert(channel.clone(), subscription.clone());
+        Subscriber {
+            session: self.clone(),
+            channel,
+            subscription,
+        }
     }
 
     /// The user, once connected.
@@ -172,26 +178,39 @@ impl SessionShared {
         self.queue.push(encode_reply(self.format, reply));
     }
 
-    /// Called by the hub for every push to a channel this session is in. Never blocks.
-    pub fn deliver(&self, channel: &str, push: &Arc<Prepared>) {
-        let mut subs = self.subs.lock();
-        let Some(sub) = subs.get_mut(channel) else { return };
-        match &mut sub.phase {
-            Phase::Subscribing(buffer) => buffer.push(push.clone()),
-            Phase::Broken => {}
-            Phase::Active => self.deliver_to(channel, sub, push),
-        }
-    }
-
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.subs
             .lock()
             .get(channel)
-            .is_some_and(|s| !matches!(s.phase, Phase::Broken))
+            .is_some_and(|s| !matches!(s.lock().phase, Phase::Broken))
     }
 
     pub fn subscribed_channels(&self) -> Vec<Arc<str>> {
         self.subs.lock().keys().cloned().collect()
+    }
+}
+
+/// One subscription of one session, as the hub holds it: delivering to it takes its own lock
+/// and nothing else of the session (no lookup by channel name on the fan-out path).
+pub struct Subscriber {
+    session: Arc<SessionShared>,
+    channel: Arc<str>,
+    subscription: Arc<Mutex<Subscription>>,
+}
+
+impl Subscriber {
+    pub fn session(&self) -> &Arc<SessionShared> {
+        &self.session
+    }
+
+    /// Called by the hub for every push to the channel. Never blocks.
+    pub fn deliver(&self, push: &Arc<Prepared>) {
+        let mut sub = self.subscription.lock();
+        match &mut sub.phase {
+            Phase::Subscribing(buffer) => buffer.push(push.clone()),
+            Phase::Broken => {}
+            Phase::Active => self.session.deliver_to(&self.channel, &mut sub, push),
+        }
     }
 }
 

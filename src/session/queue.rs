@@ -27,6 +27,7 @@ struct State {
 }
 
 /// What the writer takes in one go.
+#[derive(Default)]
 pub struct Drained {
     pub items: Vec<Bytes>,
     pub close: Option<DisconnectCode>,
@@ -62,8 +63,12 @@ impl Outbound {
         }
         state.bytes += bytes.len();
         state.items.push(bytes);
+        // Only the first item after the writer's last take wakes it: it takes everything queued.
+        let wake = state.items.len() == 1;
         drop(state);
-        self.notify.notify_one();
+        if wake {
+            self.notify.notify_one();
+        }
         true
     }
 

@@ -9,9 +9,10 @@ use std::mem;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::connection::{ttl_of, Connection, State, SubResults};
-use super::{Phase, Subscription};
+use super::{Phase, Subscriber, Subscription};
 use crate::config::ChannelOptions;
 use crate::protocol::proto::{self, ClientInfo, Push, Reply, SubscribeResult};
 use crate::protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
@@ -55,7 +56,7 @@ impl Connection {
         let channel: Arc<str> = Arc::from(setup.channel);
         let options = setup.options;
         let positioned = options.force_recovery && options.history_enabled();
-        {
+        let subscriber = {
             let mut subs = self.shared.subs.lock();
             if subs.contains_key(&channel) {
                 return Err(ErrorCode::ALREADY_SUBSCRIBED.into());
@@ -68,22 +69,25 @@ impl Connection {
                     ErrorCode::LIMIT_EXCEEDED.into()
                 });
             }
-            subs.insert(
-                channel.clone(),
-                Subscription {
-                    phase: Phase::Subscribing(Vec::new()),
-                    positioned,
-                    epoch: Arc::from(""),
-                    offset: 0,
-                    join_leave: options.join_leave && (options.force_push_join_leave || setup.join_leave_requested),
-                    server_side: setup.server_side,
-                    expires_at: setup.expires_at,
-                },
-            );
-        }
+            let subscription = Arc::new(Mutex::new(Subscription {
+                phase: Phase::Subscribing(Vec::new()),
+                positioned,
+                epoch: Arc::from(""),
+                offset: 0,
+                join_leave: options.join_leave && (options.force_push_join_leave || setup.join_leave_requested),
+                server_side: setup.server_side,
+                expires_at: setup.expires_at,
+            }));
+            subs.insert(channel.clone(), subscription.clone());
+            Subscriber {
+                session: self.shared.clone(),
+                channel: channel.clone(),
+                subscription,
+            }
+        };
         metrics::gauge!("herald_subscriptions").increment(1.0);
         let info = self.client_info(setup.chan_info);
-        self.ctx.broker.join(&channel, options, self.shared.clone(), info);
+        self.ctx.broker.join(&channel, options, subscriber, info);
 
         let mut result = SubscribeResult::default();
         let mut ready = Ready {
@@ -130,18 +134,23 @@ impl Connection {
 
     /// Queues `reply`, then makes the subscriptions active and releases what they buffered.
     pub(crate) fn activate(&self, reply: &Reply, ready: Vec<Ready>) {
-        let mut subs = self.shared.subs.lock();
-        // Under the subscription lock: no delivery can slip in before the reply.
+        // Until a subscription is active the hub only buffers its pushes, so the reply is
+        // queued before any of them.
         self.shared.send_reply(reply);
         for r in ready {
-            let Some(sub) = subs.get_mut(&r.channel) else { continue };
+            let Some(subscription) = self.shared.subs.lock().get(&r.channel).cloned() else {
+                continue;
+            };
+            // Under the subscription's lock: a delivery racing with this one waits, then comes
+            // after the buffered pushes.
+            let mut sub = subscription.lock();
             let Phase::Subscribing(buffer) = mem::replace(&mut sub.phase, Phase::Active) else {
                 continue;
             };
             sub.epoch = r.epoch;
             sub.offset = r.offset;
             for push in buffer {
-                self.shared.deliver_to(&r.channel, sub, &push);
+                self.shared.deliver_to(&r.channel, &mut sub, &push);
             }
         }
     }
@@ -262,7 +271,12 @@ impl Connection {
     }
 
     pub(crate) fn earliest_subscription_expiry(&self) -> Option<i64> {
-        self.shared.subs.lock().values().filter_map(|s| s.expires_at).min()
+        self.shared
+            .subs
+            .lock()
+            .values()
+            .filter_map(|s| s.lock().expires_at)
+            .min()
     }
 
     /// Ends client subscriptions whose token expired without a sub_refresh (2501: the SDK
@@ -274,7 +288,7 @@ impl Connection {
             .subs
             .lock()
             .iter()
-            .filter(|(_, s)| s.expires_at.is_some_and(|exp| exp <= now))
+            .filter(|(_, s)| s.lock().expires_at.is_some_and(|exp| exp <= now))
             .map(|(c, _)| c.clone())
             .collect();
         for channel in expired {

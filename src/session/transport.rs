@@ -20,8 +20,12 @@ pub enum Incoming {
 }
 
 pub trait Transport: Send + 'static {
-    /// Writes one frame holding one or more encoded replies.
-    fn send(&mut self, payload: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Writes one frame holding the encoded replies, after anything the transport has to send
+    /// of its own (see [`Transport::own_output`]). With no replies, writes only the latter.
+    fn send(&mut self, replies: &[Bytes]) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Resolves when the transport has output of its own waiting (a WebSocket pong answering a
+    /// client's ping); the writer then calls `send(&[])`. May resolve spuriously.
+    fn own_output(&self) -> impl Future<Output = ()> + Send + 'static;
     /// Ends the connection with a code the SDK understands.
     fn close(&mut self, code: &DisconnectCode) -> impl Future<Output = ()> + Send;
 }

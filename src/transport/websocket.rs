@@ -5,23 +5,26 @@
 //! asks `?format=protobuf` / `?cf_protocol=protobuf`; JSON otherwise, including when the
 //! `Sec-WebSocket-Protocol` header is present but empty (the Python SDK sends that).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::broker::glob_match;
-use crate::protocol::codec::Format;
+use crate::protocol::codec::{join_into, joined_len, Format};
 use crate::protocol::DisconnectCode;
 use crate::session::transport::{Incoming, Transport};
 use crate::session::{self, SessionContext};
@@ -29,7 +32,7 @@ use crate::session::{self, SessionContext};
 const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 const JSON_SUBPROTOCOL: &str = "centrifuge-json";
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Io = TokioIo<hyper::upgrade::Upgraded>;
 
 /// The upgrade handler.
 pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Request) -> Response {
@@ -63,17 +66,21 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         };
         // Small per-socket buffers: tungstenite's defaults (128 KiB each way) would dominate the
         // memory of an idle connection (measured 145 KB per connection with them, 7 KB without;
-        // issue 5). Reads grow past 1 KiB when a frame needs it. The session already joins queued
-        // replies into one frame, so writes need no extra buffering.
+        // issue 5). Reads grow past 1 KiB when a frame needs it. tungstenite only reads: the
+        // session's frames are written by `WebSocketTransport`.
         let config = WebSocketConfig::default()
             .max_message_size(Some(limit))
             .max_frame_size(Some(limit))
             .read_buffer_size(1024)
             .write_buffer_size(0);
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        let (sink, stream) = socket.split();
-        let incoming = stream.filter_map(|item| std::future::ready(incoming_of(item)));
-        session::run(ctx, format, WebSocketTransport { sink, format }, Box::pin(incoming)).await;
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let own = Arc::new(OwnOutput::default());
+        let reader = ReadSide { read, own: own.clone() };
+        let socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(config)).await;
+        let peer_closed = own.clone();
+        let incoming = socket.filter_map(move |item| std::future::ready(incoming_of(item, &peer_closed)));
+        let transport = WebSocketTransport { write, own, format };
+        session::run(ctx, format, transport, Box::pin(incoming)).await;
         drop(permit);
     };
     sessions.spawn(task);
@@ -139,14 +146,18 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     allowed.iter().any(|pattern| glob_match(pattern, origin))
 }
 
-fn incoming_of(item: Result<Message, tungstenite::Error>) -> Option<Incoming> {
+fn incoming_of(item: Result<Message, tungstenite::Error>, own: &OwnOutput) -> Option<Incoming> {
     match item {
         Ok(Message::Text(text)) => Some(Incoming::Message {
             data: Bytes::from(text),
             binary: false,
         }),
         Ok(Message::Binary(data)) => Some(Incoming::Message { data, binary: true }),
-        Ok(Message::Close(_)) => Some(Incoming::Closed),
+        Ok(Message::Close(frame)) => {
+            // The writer answers it, echoing the code (RFC 6455 §5.5.1).
+            *own.peer_close.lock() = Some(frame.map(|f| u16::from(f.code)));
+            Some(Incoming::Closed)
+        }
         // Control frames: tungstenite answers pings itself.
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
         Err(tungstenite::Error::Capacity(_)) => Some(Incoming::TooLarge),
@@ -154,35 +165,137 @@ fn incoming_of(item: Result<Message, tungstenite::Error>) -> Option<Incoming> {
     }
 }
 
+/// Bytes tungstenite wrote (pongs), waiting for the writer, which sends them between its own
+/// frames.
+#[derive(Default)]
+struct OwnOutput {
+    bytes: Mutex<Vec<u8>>,
+    ready: Arc<Notify>,
+    /// The client sent a close frame (with this code, if any). The writer answers it; from then
+    /// on tungstenite's output is dropped, so only one close frame goes back.
+    peer_close: Mutex<Option<Option<u16>>>,
+}
+
+/// The socket as tungstenite sees it: it reads the client's frames, and what it writes is
+/// handed to [`OwnOutput`] instead of the socket, so one writer owns the write half and frames
+/// never interleave.
+struct ReadSide {
+    read: ReadHalf<Io>,
+    own: Arc<OwnOutput>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.own.peer_close.lock().is_none() {
+            self.own.bytes.lock().extend_from_slice(buf);
+            self.own.ready.notify_one();
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Writes the session's frames straight to the socket: the queued replies are copied once, into
+/// the frame, with no UTF-8 re-validation (the JSON encoder only produces valid text).
 struct WebSocketTransport {
-    sink: SplitSink<Socket, Message>,
+    write: WriteHalf<Io>,
+    own: Arc<OwnOutput>,
     format: Format,
 }
 
+impl WebSocketTransport {
+    async fn write_own_output(&mut self) -> std::io::Result<()> {
+        let own = std::mem::take(&mut *self.own.bytes.lock());
+        if !own.is_empty() {
+            self.write.write_all(&own).await?;
+        }
+        Ok(())
+    }
+}
+
 impl Transport for WebSocketTransport {
-    async fn send(&mut self, payload: Bytes) -> std::io::Result<()> {
-        let message = match self.format {
-            Format::Protobuf => Message::Binary(payload),
-            Format::Json => Message::Text(
-                tungstenite::Utf8Bytes::try_from(payload)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
-            ),
+    async fn send(&mut self, replies: &[Bytes]) -> std::io::Result<()> {
+        self.write_own_output().await?;
+        if replies.is_empty() {
+            return Ok(());
+        }
+        let opcode = match self.format {
+            Format::Json => OPCODE_TEXT,
+            Format::Protobuf => OPCODE_BINARY,
         };
-        self.sink.send(message).await.map_err(std::io::Error::other)
+        let len = joined_len(self.format, replies);
+        // One copy, into the frame (a gathering write of the replies where they lie was measured
+        // 10 % slower at 100 subscribers: the kernel's cost per slice exceeds the copy).
+        let mut frame = Vec::with_capacity(MAX_HEADER + len);
+        put_header(&mut frame, opcode, len);
+        join_into(self.format, replies, &mut frame);
+        self.write.write_all(&frame).await?;
+        self.write.flush().await
+    }
+
+    fn own_output(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ready = self.own.ready.clone();
+        async move { ready.notified().await }
     }
 
     async fn close(&mut self, code: &DisconnectCode) {
-        // Close reasons must fit a control frame (125 bytes with the code).
-        let mut reason = code.reason.to_string();
-        while reason.len() > 120 {
-            reason.pop();
-        }
-        let frame = CloseFrame {
-            code: CloseCode::from(code.code),
-            reason: reason.into(),
+        let _ = self.write_own_output().await;
+        let peer_close = *self.own.peer_close.lock();
+        let frame = match peer_close {
+            None => close_frame(Some(code.code), &code.reason),
+            Some(echo) => close_frame(echo, ""),
         };
-        let _ = self.sink.send(Message::Close(Some(frame))).await;
-        let _ = self.sink.close().await;
+        let _ = self.write.write_all(&frame).await;
+        let _ = self.write.shutdown().await;
+    }
+}
+
+/// A close frame; a control frame's payload is at most 125 bytes, so the reason is cut to 123.
+fn close_frame(code: Option<u16>, reason: &str) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(MAX_HEADER + 125);
+    let Some(code) = code else {
+        put_header(&mut frame, OPCODE_CLOSE, 0);
+        return frame;
+    };
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    put_header(&mut frame, OPCODE_CLOSE, 2 + end);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(&reason.as_bytes()[..end]);
+    frame
+}
+
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+const MAX_HEADER: usize = 10;
+
+/// The header of an unmasked, final frame (RFC 6455 §5.2), as a server sends them.
+fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
+    buf.push(0x80 | opcode);
+    if len < 126 {
+        buf.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        buf.push(126);
+        buf.extend_from_slice(&short.to_be_bytes());
+    } else {
+        buf.push(127);
+        buf.extend_from_slice(&(len as u64).to_be_bytes());
     }
 }
 

@@ -326,6 +326,16 @@ impl Client {
         let _ = self.ws.send(message).await;
     }
 
+    /// The next WebSocket message as it arrived, control frames included; `None` at the end of
+    /// the stream.
+    pub async fn next_raw(&mut self) -> Option<Message> {
+        match tokio::time::timeout(WAIT, self.ws.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("nothing received within {WAIT:?}"),
+        }
+    }
+
     /// Sends a command with the next id and waits for its reply; pushes go to the inbox.
     pub async fn call(&mut self, mut command: Command) -> Reply {
         self.next_id += 1;
