@@ -257,6 +257,7 @@ def doc(args):
         "(pure fan-out, like core NATS). Rows labelled `-history` use the `benchh` namespace (history "
         "of 100, durability `flush`: Herald handles one connection's requests one at a time, so with a single "
         "publishing connection every publish waits for a disk flush of its own), `-history-os` the same with durability `os`, "
+        "`-batch` 32 publishes per `POST /api/batch` call (appended together: one flush serves the 32), "
         "`-protobuf` the Protobuf format, `-socket` client-side publish "
         "commands instead of the HTTP API. Herald publishes through `POST /api/publish` on one "
         "pipelined HTTP/1.1 connection unless labelled otherwise; NATS publishes `PUB` on one "

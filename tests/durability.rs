@@ -881,6 +881,72 @@ async fn one_flush_serves_many_publishes() {
     );
 }
 
+/// A broadcast to many channels with history, and a batch of publishes, are appended together:
+/// they share flushes instead of costing one each, and every channel keeps the request's order.
+#[tokio::test]
+async fn broadcast_and_batch_share_flushes_and_keep_order() {
+    let config = format!(
+        "{SECRET_AND_KEY}\n[storage]\ndurability = \"flush\"\n[channels.default]\nhistory_size = 100\n\
+         history_ttl = \"1h\"\nallow_subscribe_for_client = true\n"
+    );
+    let node = Node::start(&config);
+    let flushes = || async {
+        let metrics = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
+        counter(&metrics, "herald_store_flushes_total")
+    };
+    // The first publish creates the flush counter.
+    ok(&node, "publish", json!({"channel": "warm-up", "data": {}})).await;
+
+    const CHANNELS: usize = 40;
+    let channels: Vec<String> = (0..CHANNELS).map(|i| format!("wide-{i}")).collect();
+    let before = flushes().await;
+    let result = ok(&node, "broadcast", json!({"channels": channels, "data": {"b": 1}})).await;
+    let spent = flushes().await - before;
+    let responses = result["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), CHANNELS);
+    assert!(responses.iter().all(|r| r["result"]["offset"] == 1), "{result}");
+    assert!(
+        spent * 4 <= CHANNELS as u64,
+        "a broadcast to {CHANNELS} channels cost {spent} flushes"
+    );
+
+    // 4 channels, 10 publishes each, interleaved; a subscriber of one of them.
+    let mut subscriber = Client::connected(&node, Format::Json, "1").await;
+    subscriber.subscribed("deep-0").await;
+    let commands: Vec<Value> = (0..40)
+        .map(|i| json!({"publish": {"channel": format!("deep-{}", i % 4), "data": {"i": i}}}))
+        .collect();
+    let before = flushes().await;
+    let result = ok(&node, "batch", json!({ "commands": commands })).await;
+    let spent = flushes().await - before;
+    assert!(spent * 4 <= 40, "a batch of 40 publishes cost {spent} flushes");
+    let replies = result["replies"].as_array().unwrap();
+    for (i, reply) in replies.iter().enumerate() {
+        assert_eq!(reply["publish"]["offset"], i / 4 + 1, "{result}");
+    }
+    for channel in 0..4 {
+        let history = ok(
+            &node,
+            "history",
+            json!({"channel": format!("deep-{channel}"), "limit": -1}),
+        )
+        .await;
+        let sent: Vec<u64> = history["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["data"]["i"].as_u64().unwrap())
+            .collect();
+        let expected: Vec<u64> = (0..10).map(|n| n * 4 + channel).collect();
+        assert_eq!(sent, expected);
+    }
+    for n in 0..10 {
+        let publication = subscriber.next_publication().await;
+        let data: Value = serde_json::from_slice(&publication.data).unwrap();
+        assert_eq!((publication.offset, data["i"].as_u64()), (n + 1, Some(n * 4)));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. `os` durability: a crash may lose the last interval, but never reuses (epoch, offset)
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::publisher::{wait_for_acks, Acks, Outgoing};
+use crate::target::ApiAccess;
 
 pub struct Publisher {
     connections: Vec<Connection>,
@@ -22,6 +23,8 @@ pub struct Publisher {
     body_prefixes: Vec<String>,
     /// Request head up to the Content-Length value.
     head: String,
+    /// Publishes per request: above 1, `/api/batch` calls.
+    per_request: usize,
 }
 
 struct Connection {
@@ -32,16 +35,10 @@ struct Connection {
 }
 
 impl Publisher {
-    pub async fn connect(
-        api: &str,
-        key: &str,
-        channels: &[String],
-        connections: usize,
-        inflight: usize,
-    ) -> anyhow::Result<Self> {
-        let addr = crate::ws::resolve(api).await?;
+    pub async fn connect(api: &ApiAccess, channels: &[String], inflight: usize) -> anyhow::Result<Self> {
+        let addr = crate::ws::resolve(&api.url).await?;
         let mut opened = Vec::new();
-        for _ in 0..connections.max(1) {
+        for _ in 0..api.connections.max(1) {
             let stream = TcpStream::connect(addr)
                 .await
                 .with_context(|| format!("connecting to the API at {addr}"))?;
@@ -61,27 +58,28 @@ impl Publisher {
             .iter()
             .map(|c| Ok(format!("{{\"channel\":{},\"data\":", serde_json::to_string(c)?)))
             .collect::<anyhow::Result<_>>()?;
+        let method = if api.per_request > 1 { "batch" } else { "publish" };
         Ok(Self {
             connections: opened,
             next: 0,
             body_prefixes,
+            per_request: api.per_request.max(1),
             head: format!(
-                "POST /api/publish HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {key}\r\n\
-                 content-type: application/json\r\ncontent-length: "
+                "POST /api/{method} HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {}\r\n\
+                 content-type: application/json\r\ncontent-length: ",
+                api.key
             ),
         })
     }
 
     pub async fn send(&mut self, batch: &[Outgoing]) -> anyhow::Result<()> {
         let mut requests = Vec::new();
-        for out in batch {
-            let prefix = &self.body_prefixes[out.channel];
-            let length = prefix.len() + out.payload.len() + 1;
+        let mut body = Vec::new();
+        for chunk in batch.chunks(self.per_request) {
+            self.body(chunk, &mut body);
             requests.extend_from_slice(self.head.as_bytes());
-            requests.extend_from_slice(format!("{length}\r\n\r\n").as_bytes());
-            requests.extend_from_slice(prefix.as_bytes());
-            requests.extend_from_slice(&out.payload);
-            requests.push(b'}');
+            requests.extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
+            requests.extend_from_slice(&body);
         }
         let index = self.next;
         self.next = (index + 1) % self.connections.len();
@@ -93,6 +91,29 @@ impl Publisher {
             .write_all(&requests)
             .await
             .context("sending API requests")
+    }
+
+    /// The body of one request: a publish, or a batch of them.
+    fn body(&self, chunk: &[Outgoing], body: &mut Vec<u8>) {
+        body.clear();
+        let batch = self.per_request > 1;
+        if batch {
+            body.extend_from_slice(b"{\"commands\":[");
+        }
+        for (i, out) in chunk.iter().enumerate() {
+            if batch {
+                body.extend_from_slice(if i == 0 { b"{\"publish\":" } else { b",{\"publish\":" });
+            }
+            body.extend_from_slice(self.body_prefixes[out.channel].as_bytes());
+            body.extend_from_slice(&out.payload);
+            body.push(b'}');
+            if batch {
+                body.push(b'}');
+            }
+        }
+        if batch {
+            body.extend_from_slice(b"]}");
+        }
     }
 
     pub async fn finish(&mut self, deadline: Instant) -> Acks {
@@ -123,6 +144,9 @@ async fn read_responses(mut read: OwnedReadHalf, permits: Arc<Semaphore>, acks: 
         let mut update = Acks::default();
         let failure = loop {
             match parse_response(&mut buf) {
+                Ok(Some(response)) if response.status == 200 && response.body.starts_with(BATCH_RESULT) => {
+                    count_batch_replies(&response.body, &mut update)
+                }
                 Ok(Some(response)) if response.status == 200 && !response.body.starts_with(b"{\"error\"") => {
                     update.ok += 1
                 }
@@ -151,6 +175,28 @@ async fn read_responses(mut read: OwnedReadHalf, permits: Arc<Semaphore>, acks: 
         }
     };
     acks.send_modify(|a| a.closed = Some(closed));
+}
+
+/// How a `/api/batch` result starts.
+const BATCH_RESULT: &[u8] = b"{\"result\":{\"replies\":";
+
+/// Counts each reply of a batch result: a publish result, or an error. A body that does not
+/// parse counts as one error (its publishes stay unanswered, which the run reports).
+fn count_batch_replies(body: &[u8], acks: &mut Acks) {
+    let replies = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["result"]["replies"].as_array().cloned());
+    let Some(replies) = replies else {
+        acks.error(|| format!("bad batch result {}", String::from_utf8_lossy(body)));
+        return;
+    };
+    for reply in replies {
+        if reply.get("publish").is_some() {
+            acks.ok += 1;
+        } else {
+            acks.error(|| format!("batch reply {reply}"));
+        }
+    }
 }
 
 /// Takes one complete response off the front of `buf`; `None` while it is incomplete.
@@ -219,6 +265,40 @@ HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
             ]
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn batch_bodies_are_what_the_api_takes_and_replies_are_counted() {
+        let publisher = Publisher {
+            connections: Vec::new(),
+            next: 0,
+            body_prefixes: vec![
+                "{\"channel\":\"b:one\",\"data\":".into(),
+                "{\"channel\":\"b:two\",\"data\":".into(),
+            ],
+            head: String::new(),
+            per_request: 3,
+        };
+        let outgoing: Vec<Outgoing> = (0..3)
+            .map(|i| Outgoing {
+                channel: i % 2,
+                payload: crate::payload::encode(i as u64, 0, 40),
+            })
+            .collect();
+        let mut body = Vec::new();
+        publisher.body(&outgoing, &mut body);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let commands = parsed["commands"].as_array().unwrap();
+        assert_eq!(commands.len(), 3);
+        assert_eq!(commands[1]["publish"]["channel"], "b:two");
+        assert_eq!(commands[2]["publish"]["data"]["s"], 2);
+
+        let mut acks = Acks::default();
+        count_batch_replies(
+            br#"{"result":{"replies":[{"publish":{"offset":1}},{"error":{"code":102}},{"publish":{}}]}}"#,
+            &mut acks,
+        );
+        assert_eq!((acks.ok, acks.errors), (2, 1));
     }
 
     #[test]

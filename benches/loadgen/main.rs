@@ -57,6 +57,10 @@ struct Cli {
     /// reorder publications across connections.
     #[arg(long, default_value_t = 1)]
     api_connections: usize,
+    /// Publishes per HTTP request: above 1, each request is one `/api/batch` call carrying up to
+    /// this many publish commands (which Herald appends together: one group commit for all).
+    #[arg(long, default_value_t = 1)]
+    api_batch: usize,
     /// HMAC secret to mint the HS256 connection token with (Herald).
     #[arg(long)]
     token_secret: Option<String>,
@@ -283,6 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     url,
                     key: cli.api_key.clone(),
                     connections: cli.api_connections,
+                    per_request: cli.api_batch.max(1),
                 }),
             }
         }

@@ -24,6 +24,8 @@ pub struct ApiAccess {
     pub url: String,
     pub key: String,
     pub connections: usize,
+    /// Publishes per HTTP request (above 1: `/api/batch` calls).
+    pub per_request: usize,
 }
 
 pub enum Target {
@@ -73,9 +75,7 @@ impl Target {
                 let api = api
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("--publish-via api needs --api URL"))?;
-                Publisher::HeraldApi(
-                    api::Publisher::connect(&api.url, &api.key, &channels, api.connections, inflight).await?,
-                )
+                Publisher::HeraldApi(api::Publisher::connect(api, &channels, inflight).await?)
             }
             Self::Herald {
                 via: PublishVia::Socket,

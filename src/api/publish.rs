@@ -67,12 +67,25 @@ fn result_json(result: &PublishResult) -> Value {
 }
 
 pub async fn publish(broker: &Arc<Broker>, p: Body) -> ApiResult {
+    let result = broker.publish(publish_request(p)?).await?;
+    Ok(result_json(&result))
+}
+
+/// What `publish` asks of the broker.
+pub fn publish_request(p: Body) -> Result<PublishRequest, ApiError> {
     if p.channel.is_empty() {
         return Err(ErrorCode::BAD_REQUEST.into());
     }
     let data = p.data()?;
-    let result = broker.publish(p.request(p.channel.clone(), data)).await?;
-    Ok(result_json(&result))
+    Ok(p.request(p.channel.clone(), data))
+}
+
+/// The reply to one `publish` of a batch.
+pub fn publish_reply(result: Result<PublishResult, crate::broker::BrokerError>) -> Value {
+    match result {
+        Ok(result) => json!({ "publish": result_json(&result) }),
+        Err(e) => json!({ "error": super::error_json(e.code()) }),
+    }
 }
 
 pub async fn broadcast(broker: &Arc<Broker>, b: Body) -> ApiResult {
@@ -80,13 +93,20 @@ pub async fn broadcast(broker: &Arc<Broker>, b: Body) -> ApiResult {
         return Err(ErrorCode::BAD_REQUEST.into());
     }
     let data = b.data()?;
-    let mut responses = Vec::with_capacity(b.channels.len());
-    for channel in &b.channels {
-        let response = match broker.publish(b.request(channel.clone(), data.clone())).await {
+    let requests = b
+        .channels
+        .iter()
+        .map(|channel| b.request(channel.clone(), data.clone()))
+        .collect();
+    // One group commit for every channel with history, not one flush per channel.
+    let responses: Vec<Value> = broker
+        .publish_all(requests)
+        .await
+        .into_iter()
+        .map(|result| match result {
             Ok(result) => json!({ "result": result_json(&result) }),
             Err(e) => json!({ "error": super::error_json(e.code()) }),
-        };
-        responses.push(response);
-    }
+        })
+        .collect();
     Ok(json!({ "responses": responses }))
 }

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{ApiError, ApiResult};
-use crate::broker::Broker;
+use super::{publish, ApiError, ApiResult};
+use crate::broker::{Broker, PublishRequest};
 
 #[derive(Deserialize)]
 pub struct Channels {
@@ -47,8 +47,12 @@ pub fn info(broker: &Arc<Broker>) -> ApiResult {
 }
 
 /// Runs each command in order; each reply is `{"<method>": result}` or `{"error": …}`.
+/// Consecutive publishes go to the broker together, in order, so that one group commit serves
+/// them all.
 pub async fn batch(broker: &Arc<Broker>, b: Batch) -> ApiResult {
     let mut replies = Vec::with_capacity(b.commands.len());
+    // Publishes not yet sent: a request, or the error reply of one that was refused.
+    let mut publishes: Vec<Result<PublishRequest, Value>> = Vec::new();
     for command in b.commands {
         let mut entries = command.into_iter();
         let (Some((method, params)), None) = (entries.next(), entries.next()) else {
@@ -56,17 +60,54 @@ pub async fn batch(broker: &Arc<Broker>, b: Batch) -> ApiResult {
                 "each batch command is an object with one method key".into(),
             ));
         };
+        let malformed = |message: String| ApiError::Malformed(format!("{method}: {message}"));
+        if method == "publish" {
+            let request = super::params(&params).and_then(publish::publish_request);
+            match request {
+                Ok(request) => publishes.push(Ok(request)),
+                Err(ApiError::Code(code)) => publishes.push(Err(json!({ "error": super::error_json(code) }))),
+                Err(ApiError::Malformed(message)) => return Err(malformed(message)),
+            }
+            continue;
+        }
+        send_publishes(broker, &mut publishes, &mut replies).await;
         if method == "batch" {
             return Err(ApiError::Malformed("batch inside batch".into()));
         }
         let reply = match super::call(broker, &method, &params).await {
             Ok(result) => json!({ method: result }),
             Err(ApiError::Code(code)) => json!({ "error": super::error_json(code) }),
-            Err(ApiError::Malformed(message)) => return Err(ApiError::Malformed(format!("{method}: {message}"))),
+            Err(ApiError::Malformed(message)) => return Err(malformed(message)),
         };
         replies.push(reply);
     }
+    send_publishes(broker, &mut publishes, &mut replies).await;
     Ok(json!({ "replies": replies }))
+}
+
+async fn send_publishes(
+    broker: &Arc<Broker>,
+    publishes: &mut Vec<Result<PublishRequest, Value>>,
+    replies: &mut Vec<Value>,
+) {
+    if publishes.is_empty() {
+        return;
+    }
+    let mut requests = Vec::with_capacity(publishes.len());
+    let refused: Vec<Option<Value>> = publishes
+        .drain(..)
+        .map(|publish| match publish {
+            Ok(request) => {
+                requests.push(request);
+                None
+            }
+            Err(reply) => Some(reply),
+        })
+        .collect();
+    let mut results = broker.publish_all(requests).await.into_iter();
+    for reply in refused {
+        replies.push(reply.unwrap_or_else(|| publish::publish_reply(results.next().expect("one result per request"))));
+    }
 }
 
 fn node_uid() -> &'static str {

@@ -24,7 +24,7 @@ use crate::hub::{Hub, Prepared};
 use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
 use crate::session::Subscriber;
-use crate::store::{Idempotency, Position, ReadRange, Retention, Store, StoreError};
+use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Store, StoreError};
 
 pub use registry::Registry;
 
@@ -88,6 +88,21 @@ pub struct PublishResult {
     pub epoch: String,
 }
 
+/// Where one publication goes (see [`Broker::route`]).
+enum Route {
+    Append(Box<Append>),
+    Deliver(String, Arc<Prepared>),
+}
+
+/// The answer to a publish that went through the store (for a repeated idempotency key, the
+/// first publish's position).
+fn published(appended: Appended) -> Result<PublishResult, BrokerError> {
+    Ok(PublishResult {
+        offset: appended.position.offset,
+        epoch: appended.position.epoch.to_string(),
+    })
+}
+
 /// A page of history and the stream's current position.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -146,6 +161,68 @@ impl Broker {
     /// Publishes to a channel: appended to its stream when it keeps history, then delivered to
     /// every subscriber.
     pub async fn publish(&self, request: PublishRequest) -> Result<PublishResult, BrokerError> {
+        match self.route(request)? {
+            Route::Append(a) => {
+                let appended = self
+                    .store
+                    .append(&a.channel, a.publication, a.history, a.idempotency)
+                    .await?;
+                published(appended)
+            }
+            Route::Deliver(channel, push) => {
+                self.deliver(&channel, push);
+                Ok(PublishResult::default())
+            }
+        }
+    }
+
+    /// Publishes several requests in order, as [`Broker::publish`] would one after the other,
+    /// but appends are queued to the store together so that one group commit serves them all
+    /// (a broadcast to many channels with history costs one flush, not one per channel).
+    /// Results come in the same order.
+    pub async fn publish_all(&self, requests: Vec<PublishRequest>) -> Vec<Result<PublishResult, BrokerError>> {
+        let mut results: Vec<Option<Result<PublishResult, BrokerError>>> = Vec::with_capacity(requests.len());
+        // Appends queued but not yet sent to the store, with their index in `results`.
+        let mut appends: Vec<(usize, Append)> = Vec::new();
+        for request in requests {
+            let index = results.len();
+            results.push(None);
+            match self.route(request) {
+                Err(e) => results[index] = Some(Err(e)),
+                Ok(Route::Append(append)) => appends.push((index, *append)),
+                Ok(Route::Deliver(channel, push)) => {
+                    // A channel's order holds: what is pending for it is committed (and
+                    // delivered) first.
+                    if appends.iter().any(|(_, a)| *a.channel == *channel) {
+                        self.append_pending(&mut appends, &mut results).await;
+                    }
+                    self.deliver(&channel, push);
+                    results[index] = Some(Ok(PublishResult::default()));
+                }
+            }
+        }
+        self.append_pending(&mut appends, &mut results).await;
+        results
+            .into_iter()
+            .map(|r| r.expect("every request has a result"))
+            .collect()
+    }
+
+    async fn append_pending(
+        &self,
+        appends: &mut Vec<(usize, Append)>,
+        results: &mut [Option<Result<PublishResult, BrokerError>>],
+    ) {
+        let (indices, batch): (Vec<usize>, Vec<Append>) = std::mem::take(appends).into_iter().unzip();
+        for (index, result) in indices.into_iter().zip(self.store.append_all(batch).await) {
+            results[index] = Some(result.map_err(BrokerError::from).and_then(published));
+        }
+    }
+
+    /// Where a publication goes: through the store (history or an idempotency key; delivery
+    /// then happens in the store's commit hook, in offset order, once durable), or straight to
+    /// the subscribers.
+    fn route(&self, request: PublishRequest) -> Result<Route, BrokerError> {
         let options = self.options(&request.channel)?;
         metrics::counter!("herald_publications_in_total").increment(1);
         let publication = Publication {
@@ -164,22 +241,15 @@ impl Broker {
                 window: self.config.storage.idempotency_window,
             });
         if history.is_some() || idempotency.is_some() {
-            // Delivery happens in the store's commit hook, in offset order, once durable; a
-            // repeated idempotency key is answered without delivery.
-            let appended = self
-                .store
-                .append(&request.channel, publication, history, idempotency)
-                .await?;
-            return Ok(PublishResult {
-                offset: appended.position.offset,
-                epoch: appended.position.epoch.to_string(),
-            });
+            return Ok(Route::Append(Box::new(Append {
+                channel: Arc::from(request.channel),
+                publication,
+                history,
+                idempotency,
+            })));
         }
-        self.deliver(
-            &request.channel,
-            Prepared::publication(&request.channel, Arc::from(""), publication),
-        );
-        Ok(PublishResult::default())
+        let push = Prepared::publication(&request.channel, Arc::from(""), publication);
+        Ok(Route::Deliver(request.channel, push))
     }
 
     /// Hands a push to the channel's local subscribers.

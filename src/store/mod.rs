@@ -87,6 +87,27 @@ pub struct ReadRange {
     pub reverse: bool,
 }
 
+/// One append of [`Store::append_all`]; see [`Store::append`].
+#[derive(Debug)]
+pub struct Append {
+    pub channel: Arc<str>,
+    pub publication: Publication,
+    pub history: Option<Retention>,
+    pub idempotency: Option<Idempotency>,
+}
+
+impl Append {
+    fn into_op(self, reply: oneshot::Sender<Result<Appended, StoreError>>) -> writer::Op {
+        writer::Op::Append {
+            channel: self.channel,
+            publication: Box::new(self.publication),
+            history: self.history,
+            idempotency: self.idempotency,
+            reply,
+        }
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -224,14 +245,34 @@ impl Store {
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, StoreError> {
-        self.call(|reply| writer::Op::Append {
+        let append = Append {
             channel: channel.into(),
-            publication: Box::new(publication),
+            publication,
             history,
             idempotency,
-            reply,
-        })
-        .await
+        };
+        self.call(|reply| append.into_op(reply)).await
+    }
+
+    /// Appends several publications, queued in order before waiting for any: one group commit
+    /// (one flush in `flush` durability) can then serve them all, where appending them one after
+    /// the other costs a flush each. Results come in the same order.
+    pub async fn append_all(&self, appends: Vec<Append>) -> Vec<Result<Appended, StoreError>> {
+        let mut answers = Vec::with_capacity(appends.len());
+        for append in appends {
+            let (tx, rx) = oneshot::channel();
+            let queued = self.ops.send(append.into_op(tx)).await.is_ok();
+            answers.push(queued.then_some(rx));
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = match answer {
+                Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+                None => Err(StoreError::Closed),
+            };
+            results.push(result);
+        }
+        results
     }
 
     /// Removes what retention no longer keeps from one stream, and forgets the stream entirely
