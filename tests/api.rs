@@ -647,3 +647,92 @@ async fn refresh_expired_closes_with_3005() {
     let reply = other.call(cmd::subscribe("fine")).await;
     assert!(reply.error.is_none(), "{reply:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pipelining
+
+/// One response taken off the front of `buf` when complete: (status, body).
+fn take_response(buf: &mut Vec<u8>) -> Option<(u16, Value)> {
+    let text = std::str::from_utf8(buf).ok()?;
+    let head_end = text.find("\r\n\r\n")? + 4;
+    let head = &text[..head_end];
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })?
+        .parse()
+        .ok()?;
+    if buf.len() < head_end + length {
+        return None;
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+    buf.drain(..head_end + length);
+    Some((status, body))
+}
+
+/// Reads until `count` whole responses have arrived.
+async fn read_responses(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, count: usize) -> Vec<(u16, Value)> {
+    use tokio::io::AsyncReadExt;
+    let mut responses = Vec::new();
+    loop {
+        while responses.len() < count {
+            match take_response(buf) {
+                Some(response) => responses.push(response),
+                None => break,
+            }
+        }
+        if responses.len() == count {
+            return responses;
+        }
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("responses stopped coming after {}", responses.len()))
+            .unwrap();
+        assert!(n > 0, "connection closed after {} responses", responses.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Requests pipelined on one connection (sent before any answer) are all answered, in order,
+/// and their publications delivered in order; a request sent after the answers is answered too
+/// (responses held back while the pipeline is read are never left unflushed).
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(CONFIG);
+    let mut subscriber = subscribed(&node, Format::Json, "1", "piped").await;
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let request = |n: usize| {
+        let body = json!({"channel": "piped", "data": {"n": n}}).to_string();
+        format!(
+            "POST /api/publish HTTP/1.1\r\nhost: herald\r\nx-api-key: {API_KEY}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    const PIPELINED: usize = 200;
+    let burst: String = (0..PIPELINED).map(request).collect();
+    stream.write_all(burst.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let offsets: Vec<(u16, u64)> = read_responses(&mut stream, &mut buf, PIPELINED)
+        .await
+        .into_iter()
+        .map(|(status, body)| (status, body["result"]["offset"].as_u64().unwrap_or(0)))
+        .collect();
+    let expected: Vec<(u16, u64)> = (1..=PIPELINED as u64).map(|o| (200, o)).collect();
+    assert_eq!(offsets, expected);
+    // The connection stays usable for one more, unpipelined, request.
+    stream.write_all(request(PIPELINED).as_bytes()).await.unwrap();
+    let last = read_responses(&mut stream, &mut buf, 1).await;
+    assert_eq!(last[0].1["result"]["offset"], PIPELINED + 1);
+    for n in 0..=PIPELINED {
+        let publication = subscriber.next_publication().await;
+        let data: Value = serde_json::from_slice(&publication.data).unwrap();
+        assert_eq!(data["n"], n);
+    }
+}
