@@ -277,3 +277,44 @@ async fn recovery_is_capped() {
     assert!(result.recovered);
     assert_eq!(result.publications.len(), 5);
 }
+
+/// A client that sends WebSocket pings and reads nothing owes itself ~50 MB of pongs: the server
+/// keeps only a few KB of them waiting (its memory does not follow the flood), and the connection
+/// stays whole: once the client reads again, a publication arrives intact.
+#[tokio::test]
+async fn ping_flood_without_reading_stays_bounded() {
+    let node = Node::start(CONFIG);
+    let mut client = Client::connected(&node, Format::Json, "flood").await;
+    client.subscribed("after-the-flood").await;
+    let before = node.rss_bytes();
+    let payload = vec![b'p'; 125];
+    for _ in 0..400_000 {
+        client.send_raw(Message::Ping(payload.clone().into())).await;
+    }
+    // Let the server read what is still in flight.
+    let mut peak = 0;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(node.rss_bytes());
+    }
+    let grown = peak.saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "the server grew by {} MB during the flood",
+        grown >> 20
+    );
+    node.publish("after-the-flood", json!({"still": "here"})).await;
+    let mut pongs = 0;
+    loop {
+        match client.next_raw().await.expect("the connection is still open") {
+            Message::Pong(_) => pongs += 1,
+            Message::Text(text) if text.as_str().contains("after-the-flood") => break,
+            Message::Text(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        pongs < 400_000,
+        "every ping was answered although the client did not read"
+    );
+}

@@ -191,10 +191,17 @@ impl AsyncRead for ReadSide {
 }
 
 impl AsyncWrite for ReadSide {
+    /// tungstenite writes whole frames (pongs) in one call, as every call is accepted whole, so
+    /// dropping a call drops whole pongs: done past `MAX_OWN_OUTPUT` bytes waiting, when a client
+    /// pings faster than it reads (RFC 6455 §5.5.3 lets a server answer only the latest ping).
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if self.own.peer_close.lock().is_none() {
-            self.own.bytes.lock().extend_from_slice(buf);
-            self.own.ready.notify_one();
+            let mut bytes = self.own.bytes.lock();
+            if bytes.len() + buf.len() <= MAX_OWN_OUTPUT {
+                bytes.extend_from_slice(buf);
+                drop(bytes);
+                self.own.ready.notify_one();
+            }
         }
         Poll::Ready(Ok(buf.len()))
     }
@@ -279,6 +286,9 @@ fn close_frame(code: Option<u16>, reason: &str) -> Vec<u8> {
     frame.extend_from_slice(&reason.as_bytes()[..end]);
     frame
 }
+
+/// Most bytes of pongs waiting for the writer.
+const MAX_OWN_OUTPUT: usize = 4096;
 
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
