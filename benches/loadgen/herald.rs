@@ -380,14 +380,17 @@ fn decode(frame: &Frame, mut on: impl FnMut(Event)) -> anyhow::Result<()> {
                     on(Event::Ping);
                 } else {
                     let start = data.len() - rest.len();
-                    // Decoding from `Bytes` keeps `data` fields as slices of the frame: no copy.
-                    let reply = Reply::decode(data.slice(start..start + len))?;
-                    match reply.push.as_ref().and_then(|p| p.r#pub.as_ref()) {
-                        Some(publication) => match payload::find(&publication.data) {
-                            Some(stamp) => on(Event::Publication(stamp)),
-                            None => bail!("publication without a benchmark payload"),
-                        },
-                        None => on(Event::Reply(Box::new(reply))),
+                    // As for JSON: a publication is recognised by its payload, which only
+                    // publications carry, without decoding the reply.
+                    if let Some(stamp) = payload::find_in_bytes(&rest[..len]) {
+                        on(Event::Publication(stamp));
+                    } else {
+                        // Decoding from `Bytes` keeps `data` fields as slices of the frame.
+                        let reply = Reply::decode(data.slice(start..start + len))?;
+                        if reply.push.as_ref().is_some_and(|p| p.r#pub.is_some()) {
+                            bail!("publication without a benchmark payload");
+                        }
+                        on(Event::Reply(Box::new(reply)));
                     }
                 }
                 rest = &rest[len..];

@@ -47,8 +47,12 @@ pub fn find(bytes: &[u8]) -> Option<Stamp> {
 /// prefix `{"s":` appears nowhere else in the protocol's framing. Called once per delivery, so it
 /// searches with a prebuilt SIMD substring finder.
 pub fn find_in_text(text: &str) -> Option<Stamp> {
+    find_in_bytes(text.as_bytes())
+}
+
+/// The same for an encoded Protobuf reply, where the payload is a `bytes` field.
+pub fn find_in_bytes(bytes: &[u8]) -> Option<Stamp> {
     static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(PREFIX));
-    let bytes = text.as_bytes();
     let start = FINDER.find(bytes)?;
     read(&bytes[start..])
 }
