@@ -475,6 +475,48 @@ async fn batch_runs_commands_in_order_with_per_command_errors() {
     assert_eq!(replies[3]["publish"]["offset"], 2, "{result}");
 }
 
+/// Publishes of a batch reach subscribers in the batch's order, across channels with and
+/// without history; a malformed command ends the batch after the commands before it ran.
+#[tokio::test]
+async fn batch_keeps_order_across_channels_and_runs_what_precedes_a_malformed_command() {
+    let node = Node::start(CONFIG);
+    let mut client = subscribed(&node, Format::Json, "1", "mixed-history").await;
+    client.call(cmd::subscribe("open:mixed")).await;
+    let body = json!({"commands": [
+        {"publish": {"channel": "mixed-history", "data": {"n": 1}}},
+        {"publish": {"channel": "open:mixed", "data": {"n": 2}}},
+        {"publish": {"channel": "mixed-history", "data": {"n": 3}}},
+        {"publish": {"channel": "open:mixed", "data": {"n": 4}}},
+    ]});
+    ok(&node, "batch", body).await;
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let push = next_event(&mut client).await;
+        if let Some(publication) = push.r#pub {
+            let data: Value = serde_json::from_slice(&publication.data).unwrap();
+            seen.push(data["n"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seen, [1, 2, 3, 4]);
+
+    let body = json!({"commands": [
+        {"publish": {"channel": "mixed-history", "data": {"n": 5}}},
+        {"publish": {"channel": "mixed-history", "data": {"n": 6}}},
+        {"publish": {"channel": "mixed-history", "b64data": "not base64!"}},
+        {"publish": {"channel": "mixed-history", "data": {"n": 7}}},
+    ]});
+    let (status, reply) = node.api("batch", body).await;
+    assert_eq!(status, 400, "{reply}");
+    let history = ok(&node, "history", json!({"channel": "mixed-history", "limit": -1})).await;
+    let ns: Vec<u64> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, [1, 3, 5, 6]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Methods acting on live connections
 

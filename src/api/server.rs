@@ -48,12 +48,25 @@ pub fn info(broker: &Arc<Broker>) -> ApiResult {
 
 /// Runs each command in order; each reply is `{"<method>": result}` or `{"error": …}`.
 /// Consecutive publishes go to the broker together, in order, so that one group commit serves
-/// them all.
+/// them all. A malformed command ends the batch with an error; the commands before it have run.
 pub async fn batch(broker: &Arc<Broker>, b: Batch) -> ApiResult {
     let mut replies = Vec::with_capacity(b.commands.len());
     // Publishes not yet sent: a request, or the error reply of one that was refused.
     let mut publishes: Vec<Result<PublishRequest, Value>> = Vec::new();
-    for command in b.commands {
+    let outcome = run_commands(broker, b.commands, &mut publishes, &mut replies).await;
+    // However the batch ends, the publishes queued before that point are carried out.
+    send_publishes(broker, &mut publishes, &mut replies).await;
+    outcome?;
+    Ok(json!({ "replies": replies }))
+}
+
+async fn run_commands(
+    broker: &Arc<Broker>,
+    commands: Vec<std::collections::BTreeMap<String, Box<RawValue>>>,
+    publishes: &mut Vec<Result<PublishRequest, Value>>,
+    replies: &mut Vec<Value>,
+) -> Result<(), ApiError> {
+    for command in commands {
         let mut entries = command.into_iter();
         let (Some((method, params)), None) = (entries.next(), entries.next()) else {
             return Err(ApiError::Malformed(
@@ -62,15 +75,15 @@ pub async fn batch(broker: &Arc<Broker>, b: Batch) -> ApiResult {
         };
         let malformed = |message: String| ApiError::Malformed(format!("{method}: {message}"));
         if method == "publish" {
-            let request = super::params(&params).and_then(publish::publish_request);
-            match request {
+            metrics::counter!("herald_api_requests_total", "method" => "publish").increment(1);
+            match super::params(&params).and_then(publish::publish_request) {
                 Ok(request) => publishes.push(Ok(request)),
                 Err(ApiError::Code(code)) => publishes.push(Err(json!({ "error": super::error_json(code) }))),
                 Err(ApiError::Malformed(message)) => return Err(malformed(message)),
             }
             continue;
         }
-        send_publishes(broker, &mut publishes, &mut replies).await;
+        send_publishes(broker, publishes, replies).await;
         if method == "batch" {
             return Err(ApiError::Malformed("batch inside batch".into()));
         }
@@ -81,8 +94,7 @@ pub async fn batch(broker: &Arc<Broker>, b: Batch) -> ApiResult {
         };
         replies.push(reply);
     }
-    send_publishes(broker, &mut publishes, &mut replies).await;
-    Ok(json!({ "replies": replies }))
+    Ok(())
 }
 
 async fn send_publishes(

@@ -191,11 +191,9 @@ impl Broker {
                 Err(e) => results[index] = Some(Err(e)),
                 Ok(Route::Append(append)) => appends.push((index, *append)),
                 Ok(Route::Deliver(channel, push)) => {
-                    // A channel's order holds: what is pending for it is committed (and
-                    // delivered) first.
-                    if appends.iter().any(|(_, a)| *a.channel == *channel) {
-                        self.append_pending(&mut appends, &mut results).await;
-                    }
+                    // What is pending is committed (and delivered) first: subscribers see the
+                    // requests' order across channels too.
+                    self.append_pending(&mut appends, &mut results).await;
                     self.deliver(&channel, push);
                     results[index] = Some(Ok(PublishResult::default()));
                 }
@@ -213,6 +211,9 @@ impl Broker {
         appends: &mut Vec<(usize, Append)>,
         results: &mut [Option<Result<PublishResult, BrokerError>>],
     ) {
+        if appends.is_empty() {
+            return;
+        }
         let (indices, batch): (Vec<usize>, Vec<Append>) = std::mem::take(appends).into_iter().unzip();
         for (index, result) in indices.into_iter().zip(self.store.append_all(batch).await) {
             results[index] = Some(result.map_err(BrokerError::from).and_then(published));

@@ -9,7 +9,6 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::Drained;
 use super::transport::{Incoming, Transport};
 use super::{Control, SessionShared};
 use crate::auth::Verifier;
@@ -108,7 +107,9 @@ async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) 
         let drained = tokio::select! {
             biased;
             drained = shared.queue().drain_coalesced(WRITE_COALESCE_ROUNDS) => drained,
-            () = own_output => Drained::default(),
+            // Whatever is queued goes along, so a client that keeps pinging does not hold
+            // back its own data.
+            () = own_output => shared.queue().try_take().unwrap_or_default(),
         };
         let bytes: usize = drained.items.iter().map(Bytes::len).sum();
         if transport.send(&drained.items).await.is_err() {

@@ -130,6 +130,11 @@ impl Outbound {
         }
     }
 
+    /// What is queued (or a close), without waiting.
+    pub fn try_take(&self) -> Option<Drained> {
+        self.take()
+    }
+
     fn take(&self) -> Option<Drained> {
         let mut state = self.state.lock();
         if state.items.is_empty() && state.close.is_none() {

@@ -157,12 +157,15 @@ impl Connection {
 
     /// Removes a subscription without telling the client (it asked, or setup failed).
     pub(crate) fn drop_subscription(&self, channel: &str) -> bool {
-        let removed = self.shared.subs.lock().remove(channel).is_some();
-        if removed {
+        let removed = self.shared.subs.lock().remove(channel);
+        if let Some(subscription) = &removed {
+            // Deliveries racing with the hub's removal below are dropped, not judged: a gap
+            // seen now must not end a later subscription to the same channel.
+            subscription.lock().phase = Phase::Broken;
             metrics::gauge!("herald_subscriptions").decrement(1.0);
             self.ctx.broker.leave(channel, &self.shared.id);
         }
-        removed
+        removed.is_some()
     }
 
     /// Ends a subscription on the server's initiative and tells the client with an unsubscribe push.

@@ -70,12 +70,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(app);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Answers to pipelined requests go out together once the requests already received are
-    // handled, not in one write (and one wake-up of the client) each: backends publishing over
-    // one pipelined connection got 40 % more fan-out at 100 subscribers (issue 5). A connection
-    // that sends one request at a time is flushed after each, as before.
-    builder.http1().pipeline_flush(true);
+    let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

@@ -192,16 +192,18 @@ impl AsyncRead for ReadSide {
 
 impl AsyncWrite for ReadSide {
     /// tungstenite writes whole frames (pongs) in one call, as every call is accepted whole, so
-    /// dropping a call drops whole pongs: done past `MAX_OWN_OUTPUT` bytes waiting, when a client
-    /// pings faster than it reads (RFC 6455 §5.5.3 lets a server answer only the latest ping).
+    /// what waits is always whole pongs. Past `MAX_OWN_OUTPUT` bytes waiting (a client that
+    /// pings faster than it reads) the older ones are dropped: RFC 6455 §5.5.3 lets a server
+    /// answer only the latest ping.
     fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        if self.own.peer_close.lock().is_none() {
+        if self.own.peer_close.lock().is_none() && buf.len() <= MAX_OWN_OUTPUT {
             let mut bytes = self.own.bytes.lock();
-            if bytes.len() + buf.len() <= MAX_OWN_OUTPUT {
-                bytes.extend_from_slice(buf);
-                drop(bytes);
-                self.own.ready.notify_one();
+            if bytes.len() + buf.len() > MAX_OWN_OUTPUT {
+                bytes.clear();
             }
+            bytes.extend_from_slice(buf);
+            drop(bytes);
+            self.own.ready.notify_one();
         }
         Poll::Ready(Ok(buf.len()))
     }
@@ -237,7 +239,8 @@ impl Transport for WebSocketTransport {
     async fn send(&mut self, replies: &[Bytes]) -> std::io::Result<()> {
         self.write_own_output().await?;
         if replies.is_empty() {
-            return Ok(());
+            // TLS may hold what was written until flushed.
+            return self.write.flush().await;
         }
         let opcode = match self.format {
             Format::Json => OPCODE_TEXT,
