@@ -778,3 +778,48 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!(data["n"], n);
     }
 }
+
+/// Answers held while more input is waiting never wait for the client: a request followed by a
+/// partial one is answered before the rest arrives, and a malformed request followed by more
+/// bytes still gets its 400 before the connection closes.
+#[tokio::test]
+async fn answers_never_wait_for_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start(CONFIG);
+    let body = json!({"channel": "halves", "data": {}}).to_string();
+    let request = format!(
+        "POST /api/publish HTTP/1.1\r\nhost: herald\r\nx-api-key: {API_KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (first_half, second_half) = request.split_at(request.len() / 2);
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Request 1 whole and half of request 2, together; then half of request 3 a moment later.
+    stream
+        .write_all(format!("{request}{first_half}").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = read_responses(&mut stream, &mut buf, 1).await;
+    assert_eq!(first[0].0, 200);
+    stream
+        .write_all(format!("{second_half}{first_half}").as_bytes())
+        .await
+        .unwrap();
+    let second = read_responses(&mut stream, &mut buf, 1).await;
+    assert_eq!(second[0].1["result"]["offset"], 2);
+    stream.write_all(second_half.as_bytes()).await.unwrap();
+    let third = read_responses(&mut stream, &mut buf, 1).await;
+    assert_eq!(third[0].1["result"]["offset"], 3);
+
+    let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    stream
+        .write_all(b"NOT HTTP AT ALL\r\n\r\nand more bytes after it\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+}

@@ -1,6 +1,7 @@
 //! Listeners, TLS and HTTP serving. Knows nothing of channels: it accepts connections, speaks
 //! HTTP/1.1 (and h2) on them, upgrades WebSocket requests and hands everything to the router.
 
+pub mod coalesce;
 pub mod tls;
 pub mod websocket;
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use coalesce::{CoalesceSwitch, Coalescing};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -54,7 +56,11 @@ pub async fn accept_loop(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve_connection(stream, peer, app, shutdown).await,
+                None => {
+                    let switch = CoalesceSwitch::default();
+                    let app = app.layer(axum::Extension(switch.clone()));
+                    serve_connection(Coalescing::new(stream, switch), peer, app, shutdown).await
+                }
                 Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => serve_connection(stream, peer, app, shutdown).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

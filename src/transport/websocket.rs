@@ -53,6 +53,10 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     let (format, subprotocol) = select_format(headers, request.uri().query().unwrap_or(""));
+    // The session's frames must not wait behind the HTTP connection's write coalescing.
+    if let Some(switch) = request.extensions().get::<crate::transport::coalesce::CoalesceSwitch>() {
+        switch.stop();
+    }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let limit = ctx.config.client.max_message_size;
     let sessions = ctx.sessions.clone();
