@@ -8,12 +8,15 @@
 //!
 //! What keeps it safe:
 //! - a flush is held only while input is waiting on the socket, so an answer never waits for the
-//!   client (a client sending one request at a time is flushed after each, as without it);
+//!   client (a client sending one request at a time is flushed after each, as without it), and
+//!   only right after an answer was written: when the next request's handler has to wait, the
+//!   flush hyper makes meanwhile releases what is held;
 //! - everything held is written before each read, before a shutdown, and past
 //!   [`MAX_HELD`] bytes (then with the socket's backpressure);
 //! - if the connection is dropped with something held (hyper gives up after an error answer), a
 //!   task writes it out;
-//! - once a connection is upgraded to a WebSocket ([`Coalescing::stop`]), it is a plain socket.
+//! - once a connection is upgraded to a WebSocket ([`CoalesceSwitch::stop`], which the WebSocket
+//!   handler calls before answering 101), it is a plain socket.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +29,8 @@ use tokio::net::TcpStream;
 
 /// Most bytes held back before writes go through.
 const MAX_HELD: usize = 64 * 1024;
+/// Capacity of the holding buffer kept after it is released.
+const KEPT_CAPACITY: usize = 4 * 1024;
 
 /// Turns coalescing off for a connection; handed to request handlers as an extension.
 #[derive(Clone, Default)]
@@ -45,6 +50,9 @@ impl CoalesceSwitch {
 pub struct Coalescing {
     io: Option<TcpStream>,
     held: Vec<u8>,
+    /// Something was written since the last flush. hyper flushes on every pass of its loop,
+    /// also while a handler is still working; such a flush has nothing new and releases.
+    fresh: bool,
     switch: CoalesceSwitch,
 }
 
@@ -53,6 +61,7 @@ impl Coalescing {
         Self {
             io: Some(io),
             held: Vec::new(),
+            fresh: false,
             switch,
         }
     }
@@ -70,7 +79,8 @@ impl Coalescing {
             }
             self.held.drain(..written);
         }
-        if self.held.capacity() > MAX_HELD {
+        if self.held.capacity() > KEPT_CAPACITY {
+            // An idle keep-alive connection does not keep a burst's buffer.
             self.held = Vec::new();
         }
         Poll::Ready(Ok(()))
@@ -122,6 +132,7 @@ impl AsyncWrite for Coalescing {
             }
         }
         self.held.extend_from_slice(buf);
+        self.fresh = true;
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -140,6 +151,7 @@ impl AsyncWrite for Coalescing {
         for buf in bufs {
             self.held.extend_from_slice(buf);
         }
+        self.fresh = true;
         Poll::Ready(Ok(len))
     }
 
@@ -148,8 +160,10 @@ impl AsyncWrite for Coalescing {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.held.is_empty() && !self.switch.stopped() && self.input_waiting(cx) {
-            // The next request is already here: its answer can go out with this one.
+        let fresh = std::mem::take(&mut self.fresh);
+        if fresh && !self.switch.stopped() && self.input_waiting(cx) {
+            // The next request is already here: its answer can go out with this one. If its
+            // handler has to wait, hyper's next flush finds nothing new and releases.
             return Poll::Ready(Ok(()));
         }
         self.poll_release(cx)
