@@ -507,14 +507,7 @@ async fn batch_keeps_order_across_channels_and_runs_what_precedes_a_malformed_co
     ]});
     let (status, reply) = node.api("batch", body).await;
     assert_eq!(status, 400, "{reply}");
-    let history = ok(&node, "history", json!({"channel": "mixed-history", "limit": -1})).await;
-    let ns: Vec<u64> = history["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["data"]["n"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ns, [1, 3, 5, 6]);
+    assert_eq!(node.history_numbers("mixed-history", "n").await, [1, 3, 5, 6]);
 }
 
 // ---------------------------------------------------------------------------------------------

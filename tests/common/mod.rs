@@ -191,6 +191,18 @@ impl Node {
         self.api_with(method, body.to_string(), &[("X-API-Key", API_KEY)]).await
     }
 
+    /// The whole history of a channel, as the numbers its publications carry in `field`.
+    pub async fn history_numbers(&self, channel: &str, field: &str) -> Vec<u64> {
+        let (status, body) = self.api("history", json!({"channel": channel, "limit": -1})).await;
+        assert_eq!(status, 200, "{body}");
+        body["result"]["publications"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no publications in {body}"))
+            .iter()
+            .map(|p| p["data"][field].as_u64().unwrap())
+            .collect()
+    }
+
     pub async fn api_with(&self, method: &str, body: String, headers: &[(&str, &str)]) -> (u16, Value) {
         let mut request = reqwest::Client::new()
             .post(self.http(&format!("/api/{method}")))
