@@ -935,6 +935,66 @@ async fn broadcast_and_batch_share_flushes_and_keep_order() {
     }
 }
 
+/// Publish commands sent together in one frame by a client share flushes too; one refused in the
+/// middle gets its error and the others go through, in order.
+#[tokio::test]
+async fn a_frame_of_client_publishes_shares_flushes() {
+    let config = format!(
+        "{SECRET_AND_KEY}\n[storage]\ndurability = \"flush\"\n[channels.default]\nhistory_size = 100\n\
+         history_ttl = \"1h\"\nallow_subscribe_for_client = true\nallow_publish_for_client = true\n\
+         [channels.namespaces.locked]\n"
+    );
+    let node = Node::start(&config);
+    let flushes = || async {
+        let metrics = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
+        counter(&metrics, "herald_store_flushes_total")
+    };
+    ok(&node, "publish", json!({"channel": "warm-up", "data": {}})).await;
+    for format in [Format::Json, Format::Protobuf] {
+        let channel = format!("frame-{format:?}");
+        let mut subscriber = Client::connected(&node, Format::Json, "reader").await;
+        subscriber.subscribed(&channel).await;
+        let mut publisher = Client::connected(&node, format, "writer").await;
+        let commands: Vec<_> = (0..31u32)
+            .map(|i| {
+                let target = if i == 10 {
+                    "locked:x".to_owned()
+                } else {
+                    channel.clone()
+                };
+                let mut command = common::cmd::publish(&target, &format!("{{\"i\":{i}}}"));
+                command.id = 100 + i;
+                command
+            })
+            .collect();
+        let before = flushes().await;
+        publisher.send_frame(&commands).await;
+        let mut answered = HashMap::new();
+        while answered.len() < commands.len() {
+            let reply = publisher.push_or_reply().await;
+            if reply.id >= 100 {
+                answered.insert(reply.id, reply.error.map(|e| e.code));
+            }
+        }
+        let spent = flushes().await - before;
+        assert!(
+            spent * 4 <= 30,
+            "{format:?}: 30 publishes in one frame cost {spent} flushes"
+        );
+        for i in 0..31u32 {
+            let expected = if i == 10 { Some(103) } else { None };
+            assert_eq!(answered[&(100 + i)], expected, "{format:?}: command {i}");
+        }
+        let sent: Vec<u64> = (0..31).filter(|i| *i != 10).collect();
+        assert_eq!(node.history_numbers(&channel, "i").await, sent);
+        for i in sent {
+            let publication = subscriber.next_publication().await;
+            let data: Value = serde_json::from_slice(&publication.data).unwrap();
+            assert_eq!(data["i"], i);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. `os` durability: a crash may lose the last interval, but never reuses (epoch, offset)
 // ---------------------------------------------------------------------------------------------

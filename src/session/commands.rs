@@ -54,16 +54,89 @@ impl Connection {
             tracing::debug!(client = %self.shared.id, error = %e, "undecodable frame");
             DisconnectCode::BAD_REQUEST
         })?;
+        // Consecutive publishes are checked one by one, then published together: those to
+        // channels with history share one group commit instead of one flush each.
+        let mut publishes = Vec::new();
         for command in commands {
+            if is_publish(&command) {
+                publishes.push(command);
+                continue;
+            }
+            self.handle_publishes(std::mem::take(&mut publishes)).await?;
             self.handle_command(command).await?;
         }
-        Ok(())
+        self.handle_publishes(publishes).await
     }
 
     async fn handle_command(&mut self, command: Command) -> Result<(), DisconnectCode> {
         let id = command.id;
+        if !self.admit(&command)? {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (name, outcome) = self.dispatch(id, command).await;
+        self.answer(id, name, started, outcome)
+    }
+
+    /// Publish commands of one frame, in order; see `handle_message`.
+    async fn handle_publishes(&mut self, commands: Vec<Command>) -> Result<(), DisconnectCode> {
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        // Per command: its outcome, or `None` while it is with the broker.
+        let mut outcomes: Vec<(u32, Option<Failure>)> = Vec::with_capacity(commands.len());
+        let mut requests = Vec::with_capacity(commands.len());
+        let mut ended = None;
+        for command in commands {
+            let id = command.id;
+            match self.admit(&command) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(code) => {
+                    ended = Some(code);
+                    break;
+                }
+            }
+            let request = command.publish.expect("is_publish");
+            match self.publish_request(request) {
+                Ok(request) => {
+                    requests.push(request);
+                    outcomes.push((id, None));
+                }
+                Err(failure) => {
+                    let disconnect = matches!(failure, Failure::Disconnect(_));
+                    outcomes.push((id, Some(failure)));
+                    if disconnect {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut published = self.ctx.broker.publish_all(requests).await.into_iter();
+        for (id, failure) in outcomes {
+            let outcome = match failure {
+                Some(failure) => Err(failure),
+                None => match published.next().expect("one result per request") {
+                    Ok(_) => Ok(Answer::Reply(Box::new(Reply {
+                        publish: Some(Default::default()),
+                        ..Default::default()
+                    }))),
+                    Err(e) => Err(e.into()),
+                },
+            };
+            self.answer(id, "publish", started, outcome)?;
+        }
+        ended.map_or(Ok(()), Err)
+    }
+
+    /// Whether a command goes on to its handler: a pong is handled here, a command over the rate
+    /// limit is answered 111, and before `connect` nothing else is allowed.
+    fn admit(&mut self, command: &Command) -> Result<bool, DisconnectCode> {
+        let id = command.id;
         if id == 0 && command.send.is_none() {
-            return self.on_pong();
+            self.on_pong()?;
+            return Ok(false);
         }
         if let Some(bucket) = &mut self.rate {
             if !bucket.take(std::time::Instant::now()) {
@@ -80,16 +153,24 @@ impl Connection {
                     error: Some(error),
                     ..Default::default()
                 });
-                return Ok(());
+                return Ok(false);
             }
             self.rejected = 0;
         }
-        let connected = matches!(self.state, State::Connected(_));
-        if !connected && command.connect.is_none() {
+        if !matches!(self.state, State::Connected(_)) && command.connect.is_none() {
             return Err(DisconnectCode::BAD_REQUEST);
         }
-        let started = Instant::now();
-        let (name, outcome) = self.dispatch(id, command).await;
+        Ok(true)
+    }
+
+    /// Queues a handler's reply (or error) and records the command's duration.
+    fn answer(
+        &mut self,
+        id: u32,
+        name: &'static str,
+        started: Instant,
+        outcome: Result<Answer, Failure>,
+    ) -> Result<(), DisconnectCode> {
         metrics::histogram!("herald_command_duration_seconds", "command" => name)
             .record(started.elapsed().as_secs_f64());
         match outcome {
@@ -132,10 +213,13 @@ impl Connection {
             );
         }
         if let Some(req) = c.publish {
-            let result = self.publish(req).await;
+            let result = match self.publish_request(req) {
+                Ok(request) => self.ctx.broker.publish(request).await.map_err(Failure::from),
+                Err(failure) => Err(failure),
+            };
             return (
                 "publish",
-                result.map(|()| {
+                result.map(|_| {
                     answer(Reply {
                         publish: Some(Default::default()),
                         ..Default::default()
@@ -354,9 +438,9 @@ impl Connection {
         Ok(())
     }
 
-    async fn publish(&mut self, req: proto::PublishRequest) -> Result<(), Failure> {
-        let broker = self.ctx.broker.clone();
-        let options = broker.options(&req.channel)?;
+    /// A client's publish, checked: the channel exists and the client may publish to it.
+    fn publish_request(&self, req: proto::PublishRequest) -> Result<PublishRequest, Failure> {
+        let options = self.ctx.broker.options(&req.channel)?;
         rules::publish(options, self.asker(&req.channel))?;
         let identity = self.shared.identity().cloned();
         let info = identity.map(|i| proto::ClientInfo {
@@ -365,15 +449,12 @@ impl Connection {
             conn_info: i.info,
             chan_info: Bytes::new(),
         });
-        broker
-            .publish(PublishRequest {
-                channel: req.channel,
-                data: req.data,
-                info,
-                ..Default::default()
-            })
-            .await?;
-        Ok(())
+        Ok(PublishRequest {
+            channel: req.channel,
+            data: req.data,
+            info,
+            ..Default::default()
+        })
     }
 
     fn presence(&self, req: proto::PresenceRequest) -> Result<proto::PresenceResult, Failure> {
@@ -447,4 +528,9 @@ impl Connection {
             ttl: claims.expires_at.map_or(0, ttl_of),
         })
     }
+}
+
+/// A command that `dispatch` would hand to the publish handler.
+fn is_publish(c: &Command) -> bool {
+    c.publish.is_some() && c.connect.is_none() && c.subscribe.is_none() && c.unsubscribe.is_none()
 }

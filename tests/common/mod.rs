@@ -346,6 +346,26 @@ impl Client {
         self.ws.send(message).await.unwrap();
     }
 
+    /// Sends several commands in one WebSocket message.
+    pub async fn send_frame(&mut self, commands: &[Command]) {
+        let message = match self.format {
+            Format::Json => Message::text(
+                commands
+                    .iter()
+                    .map(|c| serde_json::to_string(c).unwrap())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            Format::Protobuf => Message::binary(
+                commands
+                    .iter()
+                    .flat_map(|c| c.encode_length_delimited_to_vec())
+                    .collect::<Vec<u8>>(),
+            ),
+        };
+        self.ws.send(message).await.unwrap();
+    }
+
     pub async fn send_raw(&mut self, message: Message) {
         let _ = self.ws.send(message).await;
     }
