@@ -319,6 +319,48 @@ fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    /// What tungstenite (as a client would) reads from a header: (header, payload length, bytes used).
+    fn parsed(bytes: &[u8]) -> (FrameHeader, u64, u64) {
+        let mut cursor = std::io::Cursor::new(bytes);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().expect("a whole header");
+        (header, len, cursor.position())
+    }
+
+    #[test]
+    fn headers_at_every_length_boundary_read_back() {
+        for (len, header_len) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10), (1 << 33, 10)] {
+            let mut buf = Vec::new();
+            put_header(&mut buf, OPCODE_BINARY, len);
+            let (header, read_len, used) = parsed(&buf);
+            assert_eq!((read_len, used), (len as u64, header_len), "length {len}");
+            assert!(header.is_final && header.mask.is_none() && !header.rsv1);
+            assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+        }
+        let mut buf = Vec::new();
+        put_header(&mut buf, OPCODE_TEXT, 3);
+        assert_eq!(parsed(&buf).0.opcode, OpCode::Data(Data::Text));
+    }
+
+    #[test]
+    fn close_frames_fit_a_control_frame() {
+        let frame = close_frame(Some(3001), "shutdown");
+        let (header, len, used) = parsed(&frame);
+        assert_eq!(header.opcode, OpCode::Control(Control::Close));
+        assert_eq!(&frame[used as usize..], b"\x0b\xb9shutdown");
+        assert_eq!(len, 10);
+        // A long reason is cut to 123 bytes, on a character boundary.
+        let long = "é".repeat(100);
+        let frame = close_frame(Some(4000), &long);
+        let (_, len, used) = parsed(&frame);
+        assert!(len <= 125);
+        assert!(std::str::from_utf8(&frame[used as usize + 2..]).is_ok());
+        assert_eq!(len, 2 + 122);
+        // An empty close answers a close without a code.
+        assert_eq!(close_frame(None, "ignored"), [0x88, 0]);
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
