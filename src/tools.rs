@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use axum::body::Body;
 use futures_util::{SinkExt, StreamExt};
-use herald::protocol::proto::{Command, ConnectRequest, Reply, SubscribeRequest};
+use herald::protocol::proto::{Command, Reply};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Subscribes to `channel` and prints each publication's data as one JSON line, until `count`
@@ -15,22 +15,8 @@ pub async fn sub(url: &str, token: &str, channel: &str, count: usize, timeout: D
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
-    let connect = Command {
-        id: 1,
-        connect: Some(ConnectRequest {
-            token: token.to_owned(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let subscribe = Command {
-        id: 2,
-        subscribe: Some(SubscribeRequest {
-            channel: channel.to_owned(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let connect = Command::connect(1, token);
+    let subscribe = Command::subscribe(2, channel);
     let frame = format!(
         "{}\n{}",
         serde_json::to_string(&connect)?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{cmd, token, user_token, Client, Node, CONFIG, FORMATS};
 use futures_util::{SinkExt, StreamExt};
-use herald::protocol::proto::{Command, ConnectRequest, RpcRequest, SendRequest};
+use herald::protocol::proto::{Command, RpcRequest, SendRequest};
 use herald::protocol::Format;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -61,16 +61,8 @@ async fn several_commands_in_one_frame_both_formats() {
     let node = Node::start(CONFIG);
     for format in FORMATS {
         let mut client = Client::open(&node, format).await;
-        let connect = Command {
-            id: 1,
-            connect: Some(ConnectRequest {
-                token: user_token("7"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut subscribe = cmd::subscribe("batch-frame");
-        subscribe.id = 2;
+        let connect = Command::connect(1, &user_token("7"));
+        let subscribe = Command::subscribe(2, "batch-frame");
         let mut unsubscribe = cmd::unsubscribe("batch-frame");
         unsubscribe.id = 3;
         let frame = match format {

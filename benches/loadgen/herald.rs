@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald::protocol::proto::{Command, ConnectRequest, PublishRequest, Reply, SubscribeRequest};
+use herald::protocol::proto::{Command, PublishRequest, Reply};
 use herald::protocol::Format;
 use prost::Message as _;
 use tokio::sync::{watch, Semaphore};
@@ -51,15 +51,11 @@ impl Client {
     /// replies to both.
     async fn open(&self, source: Option<IpAddr>, extra: Option<Command>) -> anyhow::Result<Ws> {
         let mut ws = self.endpoint.connect(source).await?;
-        let mut commands = vec![Command {
-            id: 1,
-            connect: Some(ConnectRequest {
-                token: self.token.clone(),
-                name: "herald-loadgen".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }];
+        let mut connect = Command::connect(1, &self.token);
+        if let Some(request) = &mut connect.connect {
+            request.name = "herald-loadgen".into();
+        }
+        let mut commands = vec![connect];
         commands.extend(extra);
         let last_id = commands.len() as u32;
         ws.send(encode_commands(self.format, &commands)).await?;
@@ -92,14 +88,7 @@ impl Client {
     }
 
     pub async fn subscribe(&self, channel: &str, source: Option<IpAddr>) -> anyhow::Result<Subscriber> {
-        let subscribe = Command {
-            id: 2,
-            subscribe: Some(SubscribeRequest {
-                channel: channel.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let subscribe = Command::subscribe(2, channel);
         Ok(Subscriber {
             ws: self.open(source, Some(subscribe)).await?,
             format: self.format,
@@ -142,26 +131,10 @@ impl Subscriber {
             let data = match message {
                 Some(Ok(Message::Text(text))) => Frame::Json(text),
                 Some(Ok(Message::Binary(data))) => Frame::Protobuf(data),
-                Some(Ok(Message::Close(frame))) => {
-                    break frame.map_or(
-                        Ending::Closed {
-                            code: 1005,
-                            reason: String::new(),
-                        },
-                        |f| Ending::Closed {
-                            code: f.code.into(),
-                            reason: f.reason.to_string(),
-                        },
-                    )
-                }
+                Some(Ok(Message::Close(frame))) => break Ending::closed(frame),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break Ending::Failed(e.to_string()),
-                None => {
-                    break Ending::Closed {
-                        code: 1006,
-                        reason: "connection dropped".into(),
-                    }
-                }
+                None => break Ending::dropped(),
             };
             let mut pings = 0;
             let mut unsubscribed = None;

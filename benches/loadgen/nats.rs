@@ -208,20 +208,10 @@ impl Subscriber {
             match message {
                 Some(Ok(Message::Binary(data))) => self.parser.feed(&data),
                 Some(Ok(Message::Text(text))) => self.parser.feed(text.as_bytes()),
-                Some(Ok(Message::Close(frame))) => {
-                    break Ending::Closed {
-                        code: frame.as_ref().map_or(1005, |f| f.code.into()),
-                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    }
-                }
+                Some(Ok(Message::Close(frame))) => break Ending::closed(frame),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => break Ending::Failed(e.to_string()),
-                None => {
-                    break Ending::Closed {
-                        code: 1006,
-                        reason: "connection dropped".into(),
-                    }
-                }
+                None => break Ending::dropped(),
             }
             let (mut pings, mut failure) = (0, None);
             loop {

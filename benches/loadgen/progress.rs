@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::payload::Stamp;
 use crate::tally::Tally;
@@ -152,6 +153,30 @@ pub enum Ending {
     Closed { code: u16, reason: String },
     /// Connecting, subscribing or reading failed.
     Failed(String),
+}
+
+impl Ending {
+    /// The server's close frame (1005 when it carried no code).
+    pub fn closed(frame: Option<CloseFrame>) -> Self {
+        match frame {
+            Some(f) => Self::Closed {
+                code: f.code.into(),
+                reason: f.reason.to_string(),
+            },
+            None => Self::Closed {
+                code: 1005,
+                reason: String::new(),
+            },
+        }
+    }
+
+    /// The TCP connection ended without a close frame.
+    pub fn dropped() -> Self {
+        Self::Closed {
+            code: 1006,
+            reason: "connection dropped".into(),
+        }
+    }
 }
 
 pub struct Outcome {

@@ -96,11 +96,11 @@ enum Route {
 
 /// The answer to a publish that went through the store (for a repeated idempotency key, the
 /// first publish's position).
-fn published(appended: Appended) -> Result<PublishResult, BrokerError> {
-    Ok(PublishResult {
+fn published(appended: Appended) -> PublishResult {
+    PublishResult {
         offset: appended.position.offset,
         epoch: appended.position.epoch.to_string(),
-    })
+    }
 }
 
 /// A page of history and the stream's current position.
@@ -167,7 +167,7 @@ impl Broker {
                     .store
                     .append(&a.channel, a.publication, a.history, a.idempotency)
                     .await?;
-                published(appended)
+                Ok(published(appended))
             }
             Route::Deliver(channel, push) => {
                 self.deliver(&channel, push);
@@ -216,7 +216,7 @@ impl Broker {
         }
         let (indices, batch): (Vec<usize>, Vec<Append>) = std::mem::take(appends).into_iter().unzip();
         for (index, result) in indices.into_iter().zip(self.store.append_all(batch).await) {
-            results[index] = Some(result.map_err(BrokerError::from).and_then(published));
+            results[index] = Some(result.map(published).map_err(BrokerError::from));
         }
     }
 

@@ -154,16 +154,16 @@ impl Hub {
     /// Hands a push to every local subscriber of the channel. Returns how many got it.
     pub fn broadcast(&self, channel: &str, push: &Arc<Prepared>) -> usize {
         let shard = self.shard(channel).lock();
-        let Some(subscribers) = shard.channels.get(channel) else {
+        let Some(members) = shard.channels.get(channel) else {
             return 0;
         };
-        for member in subscribers.values() {
+        for member in members.values() {
             member.subscriber.deliver(push);
         }
         if matches!(push.kind, PushKind::Publication { .. }) {
-            metrics::counter!("herald_publications_out_total").increment(subscribers.len() as u64);
+            metrics::counter!("herald_publications_out_total").increment(members.len() as u64);
         }
-        subscribers.len()
+        members.len()
     }
 
     /// Presence: every local subscriber's info, by client id.

@@ -16,5 +16,31 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/herald.client.rs"));
 }
 
+impl proto::Command {
+    /// `connect` with a token (the client side: `herald sub`, the load generator, tests).
+    pub fn connect(id: u32, token: &str) -> Self {
+        Self {
+            id,
+            connect: Some(proto::ConnectRequest {
+                token: token.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `subscribe` to a channel, with nothing else asked.
+    pub fn subscribe(id: u32, channel: &str) -> Self {
+        Self {
+            id,
+            subscribe: Some(proto::SubscribeRequest {
+                channel: channel.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 pub use codec::{DecodeError, Format};
 pub use codes::{DisconnectCode, ErrorCode, UnsubscribeCode};

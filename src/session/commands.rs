@@ -212,21 +212,7 @@ impl Connection {
                 })),
             );
         }
-        if let Some(req) = c.publish {
-            let result = match self.publish_request(req) {
-                Ok(request) => self.ctx.broker.publish(request).await.map_err(Failure::from),
-                Err(failure) => Err(failure),
-            };
-            return (
-                "publish",
-                result.map(|_| {
-                    answer(Reply {
-                        publish: Some(Default::default()),
-                        ..Default::default()
-                    })
-                }),
-            );
-        }
+        // `publish` never gets here: `handle_message` sends it to `handle_publishes`.
         if let Some(req) = c.presence {
             let result = self.presence(req);
             return (
@@ -530,7 +516,8 @@ impl Connection {
     }
 }
 
-/// A command that `dispatch` would hand to the publish handler.
+/// A publish command: one that `dispatch`, which tries connect, subscribe and unsubscribe
+/// first, would otherwise have taken for a publish.
 fn is_publish(c: &Command) -> bool {
     c.publish.is_some() && c.connect.is_none() && c.subscribe.is_none() && c.unsubscribe.is_none()
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,6 @@ use crate::config::Config;
 use crate::limits::TokenBucket;
 use crate::protocol::codec::{ping, Format};
 use crate::protocol::DisconnectCode;
-use bytes::Bytes;
 
 /// What every session of the node shares.
 pub struct SessionContext {
@@ -87,8 +87,7 @@ where
     // Command handling is boxed inside `serve`: its futures are large (several KB) and live only
     // while a command runs, so an idle connection does not carry them (issue 5: memory per idle
     // connection).
-    let serve = connection.serve(&mut incoming);
-    let code = serve.await;
+    let code = connection.serve(&mut incoming).await;
     shared.queue().close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));
     connection.cleanup();
     // Let the writer send what is queued and the close frame, but not forever.

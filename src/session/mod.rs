@@ -140,8 +140,7 @@ impl SessionShared {
     /// task: for benchmarks and tests of the hub, which need sessions but no sockets.
     #[doc(hidden)]
     pub fn subscribe_detached(self: &Arc<Self>, channel: &str) -> Subscriber {
-        let channel: Arc<str> = Arc::from(channel);
-        let subscription = Arc::new(Mutex::new(Subscription {
+        let subscription = Subscription {
             phase: Phase::Active,
             positioned: false,
             epoch: Arc::from(""),
@@ -149,8 +148,20 @@ impl SessionShared {
             join_leave: false,
             server_side: false,
             expires_at: None,
-        }));
-        self.subs.lock().insert(channel.clone(), subscription.clone());
+        };
+        self.register(&mut self.subs.lock(), Arc::from(channel), subscription)
+    }
+
+    /// Adds a subscription to the session's table (`subs`, locked by the caller) and returns the
+    /// handle the hub delivers through.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        subs: &mut HashMap<Arc<str>, Arc<Mutex<Subscription>>>,
+        channel: Arc<str>,
+        subscription: Subscription,
+    ) -> Subscriber {
+        let subscription = Arc::new(Mutex::new(subscription));
+        subs.insert(channel.clone(), subscription.clone());
         Subscriber {
             session: self.clone(),
             channel,

@@ -88,20 +88,9 @@ impl Outbound {
         &self.closing
     }
 
-    pub fn queued_bytes(&self) -> usize {
-        self.state.lock().bytes
-    }
-
     /// Waits for something to write (or a close) and takes all of it.
     pub async fn drain(&self) -> Drained {
-        loop {
-            if let Some(drained) = self.take() {
-                return drained;
-            }
-            // notify_one stores a permit when nobody waits, so a push between the check and
-            // this await is not lost.
-            self.notify.notified().await;
-        }
+        self.drain_coalesced(0).await
     }
 
     /// Like [`Outbound::drain`], but first lets the producers that are ready run, as long as they
@@ -110,32 +99,39 @@ impl Outbound {
     /// subscribers each frame held 16); when nothing more comes it costs one yield.
     pub async fn drain_coalesced(&self, rounds: usize) -> Drained {
         loop {
-            let queued = self.queued_bytes();
-            let closing = self.state.lock().close.is_some();
-            if queued > 0 && !closing {
-                let mut last = queued;
-                for _ in 0..rounds {
-                    tokio::task::yield_now().await;
-                    let now = self.queued_bytes();
-                    if now == last {
-                        break;
-                    }
-                    last = now;
+            let mut last = self.growing();
+            for _ in 0..rounds {
+                if last == 0 {
+                    break;
                 }
+                tokio::task::yield_now().await;
+                let now = self.growing();
+                if now == last {
+                    break;
+                }
+                last = now;
             }
-            if let Some(drained) = self.take() {
+            if let Some(drained) = self.try_take() {
                 return drained;
             }
+            // notify_one stores a permit when nobody waits, so a push between the check and
+            // this await is not lost.
             self.notify.notified().await;
+        }
+    }
+
+    /// Bytes queued, or 0 once a close is decided (nothing is worth waiting for then).
+    fn growing(&self) -> usize {
+        let state = self.state.lock();
+        if state.close.is_some() {
+            0
+        } else {
+            state.bytes
         }
     }
 
     /// What is queued (or a close), without waiting.
     pub fn try_take(&self) -> Option<Drained> {
-        self.take()
-    }
-
-    fn take(&self) -> Option<Drained> {
         let mut state = self.state.lock();
         if state.items.is_empty() && state.close.is_none() {
             return None;

@@ -9,10 +9,9 @@ use std::mem;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use super::connection::{ttl_of, Connection, State, SubResults};
-use super::{Phase, Subscriber, Subscription};
+use super::{Phase, Subscription};
 use crate::config::ChannelOptions;
 use crate::protocol::proto::{self, ClientInfo, Push, Reply, SubscribeResult};
 use crate::protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
@@ -69,7 +68,7 @@ impl Connection {
                     ErrorCode::LIMIT_EXCEEDED.into()
                 });
             }
-            let subscription = Arc::new(Mutex::new(Subscription {
+            let subscription = Subscription {
                 phase: Phase::Subscribing(Vec::new()),
                 positioned,
                 epoch: Arc::from(""),
@@ -77,13 +76,8 @@ impl Connection {
                 join_leave: options.join_leave && (options.force_push_join_leave || setup.join_leave_requested),
                 server_side: setup.server_side,
                 expires_at: setup.expires_at,
-            }));
-            subs.insert(channel.clone(), subscription.clone());
-            Subscriber {
-                session: self.shared.clone(),
-                channel: channel.clone(),
-                subscription,
-            }
+            };
+            self.shared.register(&mut subs, channel.clone(), subscription)
         };
         metrics::gauge!("herald_subscriptions").increment(1.0);
         let info = self.client_info(setup.chan_info);

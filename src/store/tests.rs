@@ -33,6 +33,17 @@ fn open(path: &Path) -> (Store, Arc<Mutex<Vec<Committed>>>) {
     (store, seen)
 }
 
+/// Opening the store at `path` fails with an error that names the path and says `why`.
+fn assert_refused(path: &Path, why: &str) {
+    let err = Store::open(path, Durability::Flush, Duration::from_millis(50), Box::new(|_| {}))
+        .err()
+        .expect("the store was opened");
+    let text = err.to_string();
+    assert!(
+        text.contains(why) && text.contains(&path.display().to_string()),
+        "{text}"
+    );
+}
 #[tokio::test]
 async fn offsets_are_contiguous_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,19 +238,7 @@ async fn unknown_format_version_is_refused() {
         db.insert(VERSION_KEY, b"99".as_slice()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(
-        dir.path(),
-        Durability::Flush,
-        Duration::from_millis(50),
-        Box::new(|_| {}),
-    )
-    .err()
-    .unwrap();
-    let text = err.to_string();
-    assert!(
-        text.contains("99") && text.contains(&dir.path().display().to_string()),
-        "{text}"
-    );
+    assert_refused(dir.path(), "99");
 }
 
 #[tokio::test]
@@ -412,19 +411,7 @@ async fn a_database_without_a_format_version_is_refused() {
         db.insert(b"something", b"else".as_slice()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(
-        dir.path(),
-        Durability::Flush,
-        Duration::from_millis(50),
-        Box::new(|_| {}),
-    )
-    .err()
-    .unwrap();
-    let text = err.to_string();
-    assert!(
-        text.contains("format version is missing") && text.contains(&dir.path().display().to_string()),
-        "{text}"
-    );
+    assert_refused(dir.path(), "format version is missing");
 }
 
 #[tokio::test]
@@ -505,17 +492,5 @@ async fn a_store_behind_its_seal_is_refused() {
         },
     )
     .unwrap();
-    let err = Store::open(
-        dir.path(),
-        Durability::Flush,
-        Duration::from_millis(50),
-        Box::new(|_| {}),
-    )
-    .err()
-    .unwrap();
-    let text = err.to_string();
-    assert!(
-        text.contains("lost writes") && text.contains(&dir.path().display().to_string()),
-        "{text}"
-    );
+    assert_refused(dir.path(), "lost writes");
 }

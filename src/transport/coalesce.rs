@@ -73,7 +73,9 @@ impl Coalescing {
     /// Writes what is held; `Ready(Ok)` once all of it is written.
     fn poll_release(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.held.is_empty() {
-            let written = ready!(self.io().poll_write_priv(cx, &self.held))?;
+            let Self { io, held, .. } = self;
+            let io = io.as_mut().expect("present until drop");
+            let written = ready!(Pin::new(io).poll_write(cx, held))?;
             if written == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -94,23 +96,6 @@ impl Coalescing {
     }
 }
 
-/// `TcpStream`'s `AsyncWrite` through a shared reference.
-trait WriteShared {
-    fn poll_write_priv(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>>;
-}
-
-impl WriteShared for TcpStream {
-    fn poll_write_priv(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        loop {
-            ready!(self.poll_write_ready(cx))?;
-            match self.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
-    }
-}
-
 impl AsyncRead for Coalescing {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         // Answers leave before the connection waits for more input. A full socket does not stop
@@ -128,7 +113,7 @@ impl AsyncWrite for Coalescing {
         if self.held.len() + buf.len() > MAX_HELD || self.switch.stopped() {
             ready!(self.poll_release(cx))?;
             if buf.len() > MAX_HELD || self.switch.stopped() {
-                return self.io().poll_write_priv(cx, buf);
+                return Pin::new(self.io.as_mut().expect("present until drop")).poll_write(cx, buf);
             }
         }
         self.held.extend_from_slice(buf);

@@ -57,6 +57,20 @@ allow_subscribe_for_client = true
 allow_history_for_subscriber = true
 "#;
 
+/// The address a `herald serve` child (started with piped stdout) reports once it listens.
+pub fn listen_address(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("herald listening on ") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    rx
+}
+
 /// A running `herald serve` child process; killed on drop.
 pub struct Node {
     child: Option<Child>,
@@ -123,16 +137,7 @@ impl Node {
             .stderr(log)
             .spawn()
             .expect("spawning herald");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("herald listening on ") {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx
+        let addr = listen_address(&mut child)
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("herald did not start:\n{}", self.log()));
         self.addr = addr.parse().unwrap();
@@ -506,24 +511,12 @@ pub mod cmd {
 
     /// A connect command with id 1 (for sending raw, when the reply is not awaited by `call`).
     pub fn connect(token: &str) -> Command {
-        Command {
-            id: 1,
-            connect: Some(ConnectRequest {
-                token: token.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        Command::connect(1, token)
     }
 
+    /// Without an id: `Client::call` gives it one.
     pub fn subscribe(channel: &str) -> Command {
-        Command {
-            subscribe: Some(SubscribeRequest {
-                channel: channel.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        Command::subscribe(0, channel)
     }
 
     pub fn subscribe_with(request: SubscribeRequest) -> Command {
