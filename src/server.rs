@@ -88,7 +88,8 @@ pub async fn run(
         )
         .route(
             "/api/{method}",
-            post(crate::api::handler).layer(axum::extract::DefaultBodyLimit::max(config.api.max_body_size)),
+            // The handler reads the body itself, after checking the key (issue 11).
+            post(crate::api::handler),
         )
         .route("/health", get(health))
         .route("/metrics", get(move || std::future::ready(metrics.render())))
@@ -104,14 +105,13 @@ pub async fn run(
         addr: config.http.listen,
         error,
     })?;
+    let listening = listening(&config);
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %local, %scheme, storage = %config.storage.path.display(), "herald listening");
     ready(local);
 
     let tracker = TaskTracker::new();
-    let rate = (config.client.connection_rate_limit > 0)
-        .then(|| (config.client.connection_rate_limit, config.client.connection_burst));
-    crate::transport::accept_loop(listener, tls, app, rate, shutdown.clone(), tracker.clone()).await;
+    crate::transport::accept_loop(listener, tls, app, listening, shutdown.clone(), tracker.clone()).await;
 
     tracing::info!("shutting down: closing clients with 3001");
     tracker.close();
@@ -130,6 +130,40 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "store flush failed at shutdown"),
     }
     Ok(())
+}
+
+/// The listener's limits. The open-file limit is first raised to its hard limit (as the Go
+/// runtime does for its servers): a soft limit of 1024 is a common default that a node with
+/// thousands of clients outgrows. The caps on pending connections then follow what is left.
+fn listening(config: &Config) -> crate::transport::Listening {
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            None
+        }
+    };
+    let http = &config.http;
+    let (total, per_address) = crate::transport::admission::effective_caps(
+        http.max_pending_connections,
+        http.max_pending_connections_per_ip,
+        open_files,
+    );
+    if (total, per_address) != (http.max_pending_connections, http.max_pending_connections_per_ip) {
+        tracing::info!(
+            open_files,
+            max_pending_connections = total,
+            max_pending_connections_per_ip = per_address,
+            "pending-connection caps lowered to fit the open-file limit"
+        );
+    }
+    crate::transport::Listening {
+        rate: (config.client.connection_rate_limit > 0)
+            .then_some((config.client.connection_rate_limit, config.client.connection_burst)),
+        admission: crate::transport::admission::Admission::new(total, per_address),
+        header_read_timeout: http.header_read_timeout,
+        idle_timeout: http.idle_timeout,
+    }
 }
 
 /// `/health`: 200 when the delivery path works (the store's writer answers and can flush),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cmd, token, Client, Node, CONFIG};
+use common::{cmd, still_served, token, Client, Node, CONFIG};
 use herald::protocol::proto::Command;
 use herald::protocol::Format;
 use serde_json::json;
@@ -13,28 +13,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 fn with_client(extra: &str) -> String {
     CONFIG.replace("[client]\n", &format!("[client]\n{extra}\n"))
-}
-
-async fn metric(node: &Node, name: &str) -> f64 {
-    let text = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A bystander subscribed to a channel still gets a publication.
-async fn still_served(node: &Node, bystander: &mut Client, channel: &str) {
-    let offset = node.publish(channel, json!({"alive": true})).await["offset"]
-        .as_u64()
-        .unwrap();
-    loop {
-        if let Some(p) = bystander.push().await.r#pub {
-            if p.offset == offset {
-                return;
-            }
-        }
-    }
 }
 
 #[tokio::test]
@@ -55,7 +33,7 @@ async fn channel_limit() {
     })
     .await;
     assert_eq!(s.closed().await.0, 3505);
-    assert!(metric(&node, "herald_limit_rejections_total{limit=\"channel\"}").await >= 2.0);
+    assert!(node.metric("herald_limit_rejections_total{limit=\"channel\"}").await >= 2.0);
 }
 
 #[tokio::test]
@@ -141,12 +119,12 @@ async fn a_client_that_reads_nothing_is_closed_as_slow_and_others_keep_up() {
                 break;
             }
         }
-        if i % 20 == 19 && metric(&node, "herald_slow_disconnects_total").await >= 1.0 {
+        if i % 20 == 19 && node.metric("herald_slow_disconnects_total").await >= 1.0 {
             break;
         }
     }
     assert!(
-        metric(&node, "herald_slow_disconnects_total").await >= 1.0,
+        node.metric("herald_slow_disconnects_total").await >= 1.0,
         "the sleeper was never closed"
     );
     // The sleeper finds its connection closed: after what was already in flight, either the 3008
@@ -170,7 +148,11 @@ async fn connection_rate_limit_sheds_a_storm() {
     assert!((5..40).contains(&opened), "opened {opened}, refused {refused}");
     // After the storm the node accepts again (the metrics request is a connection too).
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(metric(&node, "herald_limit_rejections_total{limit=\"connection_rate\"}").await >= 1.0);
+    assert!(
+        node.metric("herald_limit_rejections_total{limit=\"connection_rate\"}")
+            .await
+            >= 1.0
+    );
     let mut c = Client::connected(&node, Format::Json, "after").await;
     assert!(c.call(cmd::subscribe("after")).await.error.is_none());
 }

@@ -37,6 +37,10 @@ async fn subscribe_rules() {
         assert_eq!(code(&c.call(cmd::subscribe(&"x".repeat(300))).await), Some(107));
         // `$` private channels need a subscription token even where clients may subscribe.
         assert_eq!(code(&c.call(cmd::subscribe("$secret")).await), Some(103));
+        // A channel both private and user-limited needs the token even for its own user.
+        assert_eq!(code(&c.call(cmd::subscribe("$billing#42")).await), Some(103));
+        let t = token(json!({"sub": "42", "channel": "$billing#42"}));
+        assert_eq!(code(&c.call(sub_with_token("$billing#42", t)).await), None);
         // User-limited channels.
         assert_eq!(code(&c.call(cmd::subscribe("dm#1,42")).await), None);
         assert_eq!(code(&c.call(cmd::subscribe("dm#1,2")).await), Some(103));
@@ -78,7 +82,21 @@ async fn subscribe_rules() {
 
 #[tokio::test]
 async fn anonymous_connections() {
-    let config = CONFIG.replace("[client]\n", "[client]\nallow_anonymous = true\n");
+    let config = CONFIG.replace("[client]\n", "[client]\nallow_anonymous = true\n")
+        + r#"
+[channels.namespaces.anon]
+presence = true
+history_size = 10
+history_ttl = "300s"
+allow_subscribe_for_client = true
+allow_subscribe_for_anonymous = true
+allow_publish_for_subscriber = true
+allow_publish_for_anonymous = true
+allow_presence_for_subscriber = true
+allow_presence_for_anonymous = true
+allow_history_for_subscriber = true
+allow_history_for_anonymous = true
+"#;
     let node = Node::start(&config);
     for format in FORMATS {
         let mut anon = Client::open(&node, format).await;
@@ -90,6 +108,21 @@ async fn anonymous_connections() {
         // But a subscription token for the anonymous user ("") does.
         let t = token(json!({"sub": "", "channel": "room"}));
         assert_eq!(code(&anon.call(sub_with_token("room", t)).await), None);
+        // Subscribed, the anonymous user still may not publish, read presence or history: the
+        // subscriber grants need their `_for_anonymous` keys as well.
+        assert_eq!(code(&anon.call(cmd::publish("room", "{}")).await), Some(103));
+        assert_eq!(code(&anon.call(cmd::presence("room")).await), Some(103));
+        assert_eq!(code(&anon.call(cmd::history("room", 5, None, false)).await), Some(103));
+        // Where the namespace admits the anonymous user, everything works.
+        for command in [
+            cmd::subscribe("anon:x"),
+            cmd::publish("anon:x", "{}"),
+            cmd::presence("anon:x"),
+            cmd::history("anon:x", 5, None, false),
+        ] {
+            let reply = anon.call(command).await;
+            assert_eq!(code(&reply), None, "{reply:?}");
+        }
     }
 }
 

@@ -74,16 +74,24 @@ pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiRes
     }
 }
 
-/// `POST /api/{method}`.
+/// `POST /api/{method}`. The key is checked from the headers before a byte of the body is
+/// read (401 at once), a declared `Content-Length` over `api.max_body_size` is refused (413)
+/// before reading, and the body must arrive within `http.body_read_timeout` (408): an
+/// unauthenticated or slow client cannot pin the node's memory (issue 11).
 pub async fn handler(
     State(broker): State<Arc<Broker>>,
     Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     if !authorized(&headers, broker.config().api.key.as_deref()) {
         return (StatusCode::UNAUTHORIZED, "unauthorized: missing or wrong API key").into_response();
     }
+    let body = match read_body(body, &headers, broker.config()).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
     let text = if body.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {
@@ -136,6 +144,48 @@ fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
+/// The whole request body, within `api.max_body_size` bytes and `http.body_read_timeout`.
+async fn read_body(
+    body: axum::body::Body,
+    headers: &HeaderMap,
+    config: &crate::config::Config,
+) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let limit = config.api.max_body_size;
+    let too_large = || {
+        metrics::counter!("herald_limit_rejections_total", "limit" => "api_body").increment(1);
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {limit} bytes (api.max_body_size)"),
+        )
+            .into_response()
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(config.http.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")).into_response()),
+        Err(_) => {
+            metrics::counter!("herald_http_timeouts_total", "timeout" => "body_read").increment(1);
+            Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request body not received within {:?} (http.body_read_timeout)",
+                    config.http.body_read_timeout
+                ),
+            )
+                .into_response())
+        }
+    }
+}
+
 fn authorized(headers: &HeaderMap, key: Option<&str>) -> bool {
     let Some(key) = key else { return false };
     let given = headers.get("x-api-key").and_then(|v| v.to_str().ok()).or_else(|| {
@@ -147,6 +197,28 @@ fn authorized(headers: &HeaderMap, key: Option<&str>) -> bool {
     given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.as_bytes()))
 }
 
+/// Compares digests of the two, so that neither the position of the first difference nor the
+/// key's length shows in the time taken.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_by_content_only() {
+        assert!(constant_time_eq(b"secret-key", b"secret-key"));
+        assert!(!constant_time_eq(b"secret-key", b"secret-kez"));
+        assert!(!constant_time_eq(b"secret-key", b"secret-key-longer"));
+        assert!(!constant_time_eq(b"", b"x"));
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "apikey k1".parse().unwrap());
+        assert!(authorized(&headers, Some("k1")));
+        assert!(!authorized(&headers, Some("k2")));
+        assert!(!authorized(&headers, None));
+    }
 }

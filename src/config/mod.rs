@@ -43,6 +43,24 @@ pub struct HttpConfig {
     /// PEM certificate chain; with `tls_key`, the listener serves `https://` and `wss://`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Time a client has to send a request's headers, counted from the connection's accept (or
+    /// from the first byte of a later request on a kept-alive connection), and to finish a TLS
+    /// handshake. Past it the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive HTTP connection may stay idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time a client has to send a whole request body (API calls); past it the answer is 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most connections that are not WebSockets (yet) held at once: handshakes, API calls and
+    /// idle keep-alive connections. Beyond it new connections are closed at accept. Lowered at
+    /// startup to half the process's open-file limit.
+    pub max_pending_connections: usize,
+    /// The same, per client address, so one host cannot hold them all. Lowered at startup to a
+    /// quarter of the effective max_pending_connections.
+    pub max_pending_connections_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +69,11 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             tls_cert: None,
             tls_key: None,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_pending_connections: 4096,
+            max_pending_connections_per_ip: 256,
         }
     }
 }
@@ -245,12 +268,17 @@ pub struct ChannelOptions {
     pub allow_subscribe_for_client: bool,
     pub allow_subscribe_for_anonymous: bool,
     pub allow_publish_for_client: bool,
+    /// The publish grants above cover the anonymous user too.
     pub allow_publish_for_anonymous: bool,
     pub allow_publish_for_subscriber: bool,
     pub allow_presence_for_client: bool,
     pub allow_presence_for_subscriber: bool,
+    /// The presence grants above cover the anonymous user too.
+    pub allow_presence_for_anonymous: bool,
     pub allow_history_for_client: bool,
     pub allow_history_for_subscriber: bool,
+    /// The history grants above cover the anonymous user too.
+    pub allow_history_for_anonymous: bool,
     /// Channels like `dialog#42,43` are open to the listed users only.
     pub allow_user_limited_channels: bool,
 }
@@ -272,8 +300,10 @@ impl Default for ChannelOptions {
             allow_publish_for_subscriber: false,
             allow_presence_for_client: false,
             allow_presence_for_subscriber: false,
+            allow_presence_for_anonymous: false,
             allow_history_for_client: false,
             allow_history_for_subscriber: false,
+            allow_history_for_anonymous: false,
             allow_user_limited_channels: false,
         }
     }
@@ -391,6 +421,25 @@ impl Config {
                     problems.push(format!("key `{key}`: file {} does not exist", path.display()));
                 }
             }
+        }
+        let h = &self.http;
+        for (key, value) in [
+            ("http.header_read_timeout", h.header_read_timeout),
+            ("http.idle_timeout", h.idle_timeout),
+            ("http.body_read_timeout", h.body_read_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("key `{key}`: must be greater than zero"));
+            }
+        }
+        if h.max_pending_connections == 0 {
+            problems.push("key `http.max_pending_connections`: must be greater than zero".to_owned());
+        }
+        if h.max_pending_connections_per_ip == 0 || h.max_pending_connections_per_ip > h.max_pending_connections {
+            problems.push(
+                "key `http.max_pending_connections_per_ip`: must be between 1 and http.max_pending_connections"
+                    .to_owned(),
+            );
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             problems.push("key `http.tls_cert`: http.tls_cert and http.tls_key must be set together".to_owned());

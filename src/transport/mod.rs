@@ -1,13 +1,17 @@
 //! Listeners, TLS and HTTP serving. Knows nothing of channels: it accepts connections, speaks
 //! HTTP/1.1 (and h2) on them, upgrades WebSocket requests and hands everything to the router.
 
+pub mod admission;
 pub mod coalesce;
 pub mod tls;
+pub mod watchdog;
 pub mod websocket;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use admission::{AcceptBackoff, Admission};
 use axum::Router;
 use coalesce::{CoalesceSwitch, Coalescing};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -18,76 +22,154 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use watchdog::{Activity, Counted, Watch};
+
+/// How the listener treats connections before they are WebSockets.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// (connections per second, burst) accepted; the excess is closed at once.
+    pub rate: Option<(u32, u32)>,
+    /// Caps on connections that are still plain HTTP.
+    pub admission: Arc<Admission>,
+    /// Time to send a request's headers (and to finish a TLS handshake).
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive connection may stay idle between requests.
+    pub idle_timeout: Duration,
+}
 
 /// Accepts connections until `shutdown`, serving each with `app`.
-/// `rate`: (connections per second, burst) accepted; the excess is closed at once.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,
-    rate: Option<(u32, u32)>,
+    listening: Listening,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut bucket = rate.map(|(rate, burst)| crate::limits::TokenBucket::new(rate, burst, std::time::Instant::now()));
+    let mut bucket = listening
+        .rate
+        .map(|(rate, burst)| crate::limits::TokenBucket::new(rate, burst, Instant::now()));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    backoff.succeeded();
+                    a
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // EMFILE and friends: back off instead of spinning, and say so once per
+                    // interval rather than once per failure.
+                    metrics::counter!("herald_accept_errors_total").increment(1);
+                    let after = backoff.failed(Instant::now());
+                    if let Some(failures) = after.report {
+                        tracing::warn!(error = %e, failures, "accept failed (counting failures since the last report, at most one report per {:?})", admission::LOG_INTERVAL);
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(after.wait) => continue,
+                    }
                 }
             },
         };
         if let Some(bucket) = &mut bucket {
-            if !bucket.take(std::time::Instant::now()) {
+            if !bucket.take(Instant::now()) {
                 metrics::counter!("herald_limit_rejections_total", "limit" => "connection_rate").increment(1);
                 drop(stream);
                 continue;
             }
         }
+        let slot = match listening.admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                metrics::counter!("herald_limit_rejections_total", "limit" => refusal.label()).increment(1);
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let listening = listening.clone();
         tracker.spawn(async move {
+            let accepted = Instant::now();
             match tls {
                 None => {
                     let switch = CoalesceSwitch::default();
                     let app = app.layer(axum::Extension(switch.clone()));
-                    serve_connection(Coalescing::new(stream, switch), peer, app, shutdown).await
+                    let io = Coalescing::new(stream, switch);
+                    serve_connection(io, peer, accepted, app, &listening, shutdown).await
                 }
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, app, shutdown).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(listening.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, peer, accepted, app, &listening, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            metrics::counter!("herald_http_timeouts_total", "timeout" => "tls_handshake").increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
             }
+            // The slot is held until the connection closes or is handed over as a WebSocket
+            // (hyper's connection future ends at the upgrade).
+            drop(slot);
         });
     }
 }
 
-async fn serve_connection<I>(io: I, peer: SocketAddr, app: Router, shutdown: CancellationToken)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    accepted: Instant,
+    app: Router,
+    listening: &Listening,
+    shutdown: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app);
+    let activity = Arc::new(Activity::default());
+    let io = Counted::new(io, activity.clone());
+    let counting = activity.clone();
+    let service = tower::service_fn(move |request| {
+        let guard = counting.request();
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(request).await;
+            drop(guard);
+            response
+        }
+    });
+    let service = TowerToHyperService::new(service);
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::trace!(%peer, error = %e, "HTTP connection ended with an error");
+    let mut watch = Watch::new(accepted, listening.header_read_timeout, listening.idle_timeout);
+    let mut ticks = tokio::time::interval_at((accepted + watch.tick()).into(), watch.tick());
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::trace!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                return;
+            }
+            _ = ticks.tick() => {
+                if let Some(expired) = watch.observe(activity.counts(), Instant::now()) {
+                    metrics::counter!("herald_http_timeouts_total", "timeout" => expired.label()).increment(1);
+                    tracing::trace!(%peer, timeout = expired.label(), "closing an HTTP connection");
+                    // Dropping the connection closes the socket.
+                    return;
+                }
+            }
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct Node {
     pub dir: tempfile::TempDir,
     config: String,
     env: Vec<(String, String)>,
+    /// The process's open-file limit (soft and hard), when a test sets one.
+    open_files: Option<u64>,
 }
 
 impl Node {
@@ -106,9 +108,41 @@ impl Node {
             dir,
             config: config.to_owned(),
             env,
+            open_files: None,
         };
         node.spawn();
         node
+    }
+
+    /// Starts a node whose process may open at most `open_files` descriptors.
+    pub fn start_with_open_files(config: &str, open_files: u64) -> Node {
+        let mut node = Node {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            config: config.to_owned(),
+            env: Vec::new(),
+            open_files: Some(open_files),
+        };
+        node.spawn();
+        node
+    }
+
+    /// The sum of a metric's series in `/metrics` (`name` is a prefix: labels included).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.http("/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// A plain TCP connection to the node from the loopback address `source` (127.0.0.0/8), so
+    /// that a test can pose as another host.
+    pub async fn tcp_from(&self, source: [u8; 4]) -> std::io::Result<TcpStream> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((source, 0)))?;
+        socket.connect(self.addr).await
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -126,7 +160,16 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("herald.log"))
             .unwrap();
-        let mut child = Process::new(env!("CARGO_BIN_EXE_herald"))
+        let mut process = match self.open_files {
+            // prlimit execs the server: the child's pid is the server's.
+            Some(n) => {
+                let mut p = Process::new("prlimit");
+                p.arg(format!("--nofile={n}:{n}")).arg(env!("CARGO_BIN_EXE_herald"));
+                p
+            }
+            None => Process::new(env!("CARGO_BIN_EXE_herald")),
+        };
+        let mut child = process
             .args(["serve", "--config"])
             .arg(self.config_path())
             .args(["--listen", "127.0.0.1:0"])
@@ -250,6 +293,20 @@ pub fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// A bystander subscribed to `channel` still gets a publication made through the API now.
+pub async fn still_served(node: &Node, bystander: &mut Client, channel: &str) {
+    let offset = node.publish(channel, json!({"alive": true})).await["offset"]
+        .as_u64()
+        .unwrap();
+    loop {
+        if let Some(p) = bystander.push().await.r#pub {
+            if p.offset == offset {
+                return;
+            }
+        }
+    }
 }
 
 /// Polls `condition` until it holds or `timeout` passes.
