@@ -474,3 +474,88 @@ async fn websocket_framing_and_control_frames() {
         assert_eq!(closes, 1, "{format:?}");
     }
 }
+
+/// A client that breaks the WebSocket framing is told so with RFC 6455's codes (1002 protocol
+/// error, 1007 invalid UTF-8, 1009 too big), not 3000 "reconnect", and a bystander is served.
+#[tokio::test]
+async fn websocket_violations_close_with_rfc_codes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start(CONFIG);
+    let mut bystander = Client::connected(&node, Format::Json, "calm").await;
+    bystander.subscribed("calm").await;
+
+    /// A masked client frame (mask key 0: the payload is sent as is).
+    fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut out = vec![first, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+        if masked {
+            out.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+    async fn close_code_after(node: &Node, bytes: Vec<u8>) -> Option<u16> {
+        let mut socket = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let head = format!(
+            "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            node.addr
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let response_end = loop {
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "no handshake answer");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+        buf.drain(..response_end);
+        socket.write_all(&bytes).await.unwrap();
+        // Server frames are unmasked; find the close frame (opcode 8) among them.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            while buf.len() >= 2 {
+                let (opcode, len) = (buf[0] & 0x0f, usize::from(buf[1] & 0x7f));
+                let (header, len) = match len {
+                    126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                    126 | 127 => break,
+                    n => (2, n),
+                };
+                if buf.len() < header + len {
+                    break;
+                }
+                if opcode == 8 {
+                    return (len >= 2).then(|| u16::from_be_bytes([buf[header], buf[header + 1]]));
+                }
+                buf.drain(..header + len);
+            }
+            match tokio::time::timeout_at(deadline, socket.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    let connect = br#"{"id":1,"connect":{}}"#;
+    let cases: [(&str, Vec<u8>, u16); 7] = [
+        ("reserved bit", frame(0x80 | 0x40 | 0x1, connect, true), 1002),
+        ("unmasked client frame", frame(0x81, connect, false), 1002),
+        ("reserved data opcode", frame(0x80 | 0x3, b"x", true), 1002),
+        ("reserved control opcode", frame(0x80 | 0xB, b"", true), 1002),
+        ("fragmented ping", frame(0x9, b"x", true), 1002),
+        ("continuation without a start", frame(0x80, b"x", true), 1002),
+        (
+            "text that is not UTF-8",
+            frame(0x81, &[0x7b, 0xff, 0xfe, 0x7d], true),
+            1007,
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        assert_eq!(close_code_after(&node, bytes).await, Some(expected), "{what}");
+    }
+    common::still_served(&node, &mut bystander, "calm").await;
+}

@@ -111,3 +111,42 @@ async fn an_unreadable_key_file_is_a_startup_error_naming_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("client.token_rsa_public_key"), "{stderr}");
 }
+
+/// Expiry times are the client's (signed) input: one near i64::MIN is long past, so the
+/// connection expires (3005 after `expired_close_delay`) instead of overflowing into a
+/// connection that never expires; one near i64::MAX is accepted as far ahead; and a token
+/// listing thousands of unknown channels is logged once, not once per channel.
+#[tokio::test]
+async fn extreme_expiry_times_and_unknown_channels_in_tokens() {
+    let config = common::CONFIG.replace("[client]\n", "[client]\nexpired_close_delay = \"1s\"\n");
+    let node = Node::start(&config);
+    for format in FORMATS {
+        let mut past = Client::open(&node, format).await;
+        let reply = past
+            .connect(&common::token(json!({"sub": "1", "expire_at": i64::MIN + 1})))
+            .await;
+        let result = reply.connect.expect("connected until the grace ends");
+        assert!(result.expires && result.ttl >= 1, "{result:?}");
+        assert_eq!(past.closed().await.0, 3005);
+
+        let mut far = Client::open(&node, format).await;
+        let result = far
+            .connect(&common::token(json!({"sub": "2", "expire_at": i64::MAX})))
+            .await
+            .connect
+            .expect("connected");
+        assert!(result.expires && result.ttl > 1_000_000, "{result:?}");
+        assert!(far.call(cmd::subscribe("room")).await.error.is_none());
+    }
+    let channels: Vec<String> = (0..2000).map(|i| format!("nowhere{i}:x")).collect();
+    let mut many = Client::open(&node, herald::protocol::Format::Json).await;
+    let result = many
+        .connect(&common::token(json!({"sub": "3", "channels": channels})))
+        .await
+        .connect
+        .expect("connected");
+    assert!(result.subs.is_empty());
+    let log = node.log();
+    assert_eq!(log.matches("unknown channels skipped").count(), 1, "{log}");
+    assert!(!log.contains("nowhere1999"), "every channel was logged");
+}

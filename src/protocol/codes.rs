@@ -99,6 +99,15 @@ impl DisconnectCode {
         }
     }
 
+    // WebSocket closes (RFC 6455 §7.4.1) for clients that break the framing itself.
+    /// A frame the protocol forbids: reserved bits, an unmasked client frame, a bad control
+    /// frame, a reserved opcode.
+    pub const WS_PROTOCOL_ERROR: Self = Self::new(1002, "protocol error");
+    /// A text message that is not UTF-8.
+    pub const WS_INVALID_DATA: Self = Self::new(1007, "invalid frame payload data");
+    /// A message over `client.max_message_size`.
+    pub const WS_MESSAGE_TOO_BIG: Self = Self::new(1009, "message too big");
+
     // Reconnect range.
     pub const CONNECTION_CLOSED: Self = Self::new(3000, "connection closed");
     pub const SHUTDOWN: Self = Self::new(3001, "shutdown");

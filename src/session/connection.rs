@@ -149,7 +149,7 @@ impl Connection {
                 controls = shared.next_controls() => Box::pin(self.handle_controls(controls)).await,
                 item = incoming.next() => match item {
                     Some(Incoming::Message { data, binary }) => Box::pin(self.handle_message(data, binary)).await,
-                    Some(Incoming::TooLarge) => Err(DisconnectCode::custom(1009, "message too big")),
+                    Some(Incoming::Violation(code)) => Err(code),
                     Some(Incoming::Closed) | None => return None,
                 },
                 _ = tokio::time::sleep_until(deadline) => self.on_timer(Instant::now()),
@@ -259,21 +259,53 @@ impl Connection {
 
 /// The `Instant` of a Unix time in seconds (in the past if it has passed).
 pub(crate) fn instant_of(unix_seconds: i64) -> Instant {
-    let delta_ms = unix_seconds.saturating_mul(1000) - crate::store::now_ms();
-    let now = Instant::now();
+    instant_at(unix_seconds, crate::store::now_ms(), Instant::now())
+}
+
+/// The longest a connection or subscription may be scheduled ahead: any later expiry is as good
+/// as never, and `Instant` arithmetic beyond it could overflow.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// [`instant_of`] with the clocks given. Client-supplied times (a token's `expire_at`, an API
+/// `refresh`) may be anywhere in i64: saturating arithmetic, so that a time near i64::MIN is "long
+/// ago" (expired, never "in the far future" by wrapping) and one near i64::MAX is "far ahead".
+fn instant_at(unix_seconds: i64, now_ms: i64, now: Instant) -> Instant {
+    let delta_ms = unix_seconds.saturating_mul(1000).saturating_sub(now_ms);
+    let delta = Duration::from_millis(delta_ms.unsigned_abs()).min(FAR_FUTURE);
     if delta_ms <= 0 {
-        now.checked_sub(Duration::from_millis(delta_ms.unsigned_abs()))
-            .unwrap_or(now)
+        now.checked_sub(delta).unwrap_or(now)
     } else {
-        now + Duration::from_millis(delta_ms as u64)
+        now + delta
     }
 }
 
 /// Seconds from now until a Unix time, at least 1 (the protocol's `ttl`).
 pub(crate) fn ttl_of(unix_seconds: i64) -> u32 {
-    let left = unix_seconds - crate::store::now_ms() / 1000;
+    let left = unix_seconds.saturating_sub(crate::store::now_ms() / 1000);
     left.clamp(1, u32::MAX as i64) as u32
 }
 
 /// Builds `ConnectResult.subs` and similar maps.
 pub(crate) type SubResults = HashMap<String, crate::protocol::proto::SubscribeResult>;
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+
+    #[test]
+    fn client_supplied_times_saturate() {
+        let now = Instant::now();
+        let now_ms = 1_700_000_000_000;
+        // Long ago, however far: due now (or earlier), never wrapped into the future.
+        for t in [i64::MIN, i64::MIN + 1, -1, 0, 1_600_000_000] {
+            assert!(instant_at(t, now_ms, now) <= now, "{t}");
+        }
+        // Ahead: capped, never an overflow.
+        assert_eq!(instant_at(i64::MAX, now_ms, now), now + FAR_FUTURE);
+        assert_eq!(instant_at(1_700_000_060, now_ms, now), now + Duration::from_secs(60));
+        // An expiry's grace is added without overflow.
+        let _ = instant_at(i64::MAX, now_ms, now) + Duration::from_secs(3600);
+        assert_eq!(ttl_of(i64::MIN), 1);
+        assert_eq!(ttl_of(i64::MAX), u32::MAX);
+    }
+}

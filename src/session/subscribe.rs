@@ -189,9 +189,12 @@ impl Connection {
         let mut results = SubResults::new();
         let mut readies = Vec::new();
         let broker = self.ctx.broker.clone();
+        // Channels skipped, reported in one line per connect: a token may list thousands.
+        let mut unknown = Skipped::default();
+        let mut failed = Skipped::default();
         for channel in channels {
             let Ok(options) = broker.options(&channel) else {
-                tracing::warn!(channel = %channel, "server-side subscription to an unknown channel skipped");
+                unknown.add(channel, 0);
                 continue;
             };
             let recover = positions
@@ -213,10 +216,14 @@ impl Connection {
                     readies.push(ready);
                 }
                 Err(Failure::Disconnect(code)) => return Err(code),
-                Err(Failure::Error(e)) => {
-                    tracing::warn!(channel = %channel, code = e.code, "server-side subscription failed")
-                }
+                Err(Failure::Error(e)) => failed.add(channel, e.code),
             }
+        }
+        if unknown.count > 0 {
+            tracing::warn!(count = unknown.count, first = ?unknown.first, "server-side subscriptions to unknown channels skipped");
+        }
+        if failed.count > 0 {
+            tracing::warn!(count = failed.count, first = ?failed.first, "server-side subscriptions failed");
         }
         Ok((results, readies))
     }
@@ -314,6 +321,25 @@ impl super::SessionShared {
                     });
                 }
             }
+        }
+    }
+}
+
+/// Channels a connect skipped: how many, and the first few with their error codes, for one
+/// log line.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    first: Vec<(String, u32)>,
+}
+
+impl Skipped {
+    const SHOWN: usize = 5;
+
+    fn add(&mut self, channel: String, code: u32) {
+        self.count += 1;
+        if self.first.len() < Self::SHOWN {
+            self.first.push((channel, code));
         }
     }
 }

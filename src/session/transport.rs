@@ -13,8 +13,9 @@ use crate::protocol::DisconnectCode;
 pub enum Incoming {
     /// A whole message: text (JSON) or binary (Protobuf).
     Message { data: Bytes, binary: bool },
-    /// The client sent a message over the size limit.
-    TooLarge,
+    /// The client broke the transport's rules (a message over the size limit, a malformed
+    /// frame): the connection is closed with this code.
+    Violation(DisconnectCode),
     /// The client closed the connection, or it broke.
     Closed,
 }

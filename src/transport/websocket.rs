@@ -164,8 +164,25 @@ fn incoming_of(item: Result<Message, tungstenite::Error>, own: &OwnOutput) -> Op
         }
         // Control frames: tungstenite answers pings itself.
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => None,
-        Err(tungstenite::Error::Capacity(_)) => Some(Incoming::TooLarge),
-        Err(_) => Some(Incoming::Closed),
+        Err(e) => Some(violation_of(&e).map_or(Incoming::Closed, Incoming::Violation)),
+    }
+}
+
+/// The close code for a client that broke the WebSocket framing (RFC 6455 §7.4.1), so that it
+/// is told what it did rather than "connection closed, reconnect"; `None` where the connection
+/// simply ended.
+fn violation_of(error: &tungstenite::Error) -> Option<DisconnectCode> {
+    use tungstenite::error::ProtocolError;
+    match error {
+        tungstenite::Error::Capacity(_) => Some(DisconnectCode::WS_MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(DisconnectCode::WS_INVALID_DATA),
+        tungstenite::Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::SendAfterClosing
+            | ProtocolError::ReceivedAfterClosing,
+        ) => None,
+        tungstenite::Error::Protocol(_) | tungstenite::Error::AttackAttempt => Some(DisconnectCode::WS_PROTOCOL_ERROR),
+        _ => None,
     }
 }
 
