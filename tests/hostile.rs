@@ -286,3 +286,85 @@ async fn api_bodies_are_not_read_before_the_key_and_not_waited_for_forever() {
     );
     still_served(&node, &mut bystander, "calm").await;
 }
+
+/// Batches cannot amplify: a batch over `api.max_batch_commands` runs nothing (400), replies
+/// past `api.max_batch_reply_size` are error 106 for the commands not run, four 1 MiB batches at
+/// once leave the memory bounded, and made-up method names do not become metric series.
+#[tokio::test]
+async fn batch_amplification_and_method_names_are_bounded() {
+    let config = CONFIG.replace("[api]\n", "[api]\nmax_batch_reply_size = 65536\n");
+    let node = Node::start(&config);
+    let mut bystander = Client::connected(&node, Format::Json, "calm").await;
+    bystander.subscribed("calm").await;
+    let batch_of = |commands: Vec<serde_json::Value>| serde_json::json!({ "commands": commands });
+
+    // Over the command limit: refused whole, nothing published.
+    let mut commands = vec![serde_json::json!({"publish": {"channel": "never", "data": {}}})];
+    commands.extend((0..10_000).map(|_| serde_json::json!({"info": {}})));
+    let (status, body) = node.api("batch", batch_of(commands)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.as_str().unwrap().contains("max_batch_commands"), "{body}");
+    assert!(node.history_numbers("never", "n").await.is_empty());
+
+    // Over the reply budget: what does not fit is not run and answers 106.
+    let mut commands: Vec<_> = (0..2_000).map(|_| serde_json::json!({"info": {}})).collect();
+    commands.push(serde_json::json!({"publish": {"channel": "late", "data": {"n": 1}}}));
+    let (status, body) = node.api("batch", batch_of(commands)).await;
+    assert_eq!(status, 200);
+    let replies = body["result"]["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 2_001);
+    assert!(replies[0]["info"]["nodes"].is_array(), "{}", replies[0]);
+    assert_eq!(replies[2_000]["error"]["code"], 106, "{}", replies[2_000]);
+    let run = replies.iter().filter(|r| r.get("info").is_some()).count();
+    assert!(
+        (100..1_000).contains(&run),
+        "{run} info commands ran within 64 KiB of replies"
+    );
+    assert!(
+        node.history_numbers("late", "n").await.is_empty(),
+        "a command past the budget ran"
+    );
+
+    // Four 1 MiB batches of `info` at once (this grew RSS by 870 MB): each holds at most
+    // max_batch_commands commands, so the body is refused as too long, or its replies stop at
+    // the budget.
+    let rss_before = node.rss_bytes();
+    let body = format!("{{\"commands\":[{}{{\"info\":{{}}}}]}}", "{\"info\":{}},".repeat(9_999));
+    let big = format!(
+        "{{\"commands\":[{}{{\"info\":{{}}}}]}}",
+        "{\"info\":{}},".repeat(80_000)
+    );
+    assert!(big.len() < 1 << 20);
+    let calls = (0..4).map(|i| {
+        let body = if i % 2 == 0 { body.clone() } else { big.clone() };
+        node.api_with("batch", body, &[("X-API-Key", API_KEY)])
+    });
+    for (i, (status, reply)) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(status, 200);
+            assert_eq!(reply["result"]["replies"].as_array().unwrap().len(), 10_000);
+        } else {
+            assert_eq!(status, 400, "{reply}");
+        }
+    }
+    let rss_after = node.rss_bytes();
+    println!(
+        "RSS {} KB before, {} KB after four 1 MiB batches",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(
+        rss_after < rss_before + 64 * MB,
+        "RSS grew from {rss_before} to {rss_after}"
+    );
+
+    // Made-up method names are all counted as `unknown`.
+    for i in 0..50 {
+        let (status, reply) = node.api(&format!("made-up-{i}"), serde_json::json!({})).await;
+        assert_eq!((status, reply["error"]["code"].as_u64()), (200, Some(104)), "{reply}");
+    }
+    let metrics = reqwest::get(node.http("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("made-up"), "a made-up method became a series");
+    assert!(node.metric("herald_api_requests_total{method=\"unknown\"}").await >= 50.0);
+    still_served(&node, &mut bystander, "calm").await;
+}

@@ -53,9 +53,32 @@ fn params<T: DeserializeOwned>(body: &RawValue) -> Result<T, ApiError> {
     serde_json::from_str(body.get()).map_err(|e| ApiError::Malformed(format!("invalid parameters: {e}")))
 }
 
-/// Runs one API method. `batch` calls this for each of its commands.
+/// The methods, as metric labels: any other name counts as `unknown`, so that clients cannot
+/// create metric series at will (issue 11).
+const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+];
+
+fn method_label(method: &str) -> &'static str {
+    METHODS.iter().find(|m| **m == method).copied().unwrap_or("unknown")
+}
+
+/// Runs one API method other than `batch` (which [`handler`] runs, and which may not nest).
+/// `batch` calls this for each of its commands.
 pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiResult {
-    metrics::counter!("herald_api_requests_total", "method" => method.to_owned()).increment(1);
+    metrics::counter!("herald_api_requests_total", "method" => method_label(method)).increment(1);
     match method {
         "publish" => publish::publish(broker, params(body)?).await,
         "broadcast" => publish::broadcast(broker, params(body)?).await,
@@ -69,7 +92,7 @@ pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiRes
         "history_remove" => history::history_remove(broker, params(body)?).await,
         "channels" => server::channels(broker, params(body)?),
         "info" => server::info(broker),
-        "batch" => Box::pin(server::batch(broker, params(body)?)).await,
+        "batch" => Err(ApiError::Malformed("batch inside batch".into())),
         _ => Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
     }
 }
@@ -109,8 +132,32 @@ pub async fn handler(
             .get(*h)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport"))
     });
-    match call(&broker, &method, body).await {
-        Ok(result) => json_response(StatusCode::OK, &serde_json::json!({ "result": result })),
+    let outcome = if method == "batch" {
+        metrics::counter!("herald_api_requests_total", "method" => "batch").increment(1);
+        // A batch's replies are written as JSON text as they come (bounded by
+        // api.max_batch_reply_size), never held as a tree.
+        match params(body) {
+            Ok(batch) => server::batch(&broker, batch).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        call(&broker, &method, body)
+            .await
+            .map(|result| serde_json::to_vec(&result).expect("a JSON value serializes into memory"))
+    };
+    match outcome {
+        Ok(result) => {
+            let mut body = Vec::with_capacity(result.len() + 11);
+            body.extend_from_slice(b"{\"result\":");
+            body.extend_from_slice(&result);
+            body.push(b'}');
+            (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
         Err(ApiError::Malformed(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
         Err(ApiError::Code(code)) if transport_errors => (
             status_of(code),

@@ -49,24 +49,78 @@ pub fn info(broker: &Arc<Broker>) -> ApiResult {
 /// Runs each command in order; each reply is `{"<method>": result}` or `{"error": …}`.
 /// Consecutive publishes go to the broker together, in order, so that one group commit serves
 /// them all. A malformed command ends the batch with an error; the commands before it have run.
-pub async fn batch(broker: &Arc<Broker>, b: Batch) -> ApiResult {
-    let mut replies = Vec::with_capacity(b.commands.len());
+///
+/// Bounded (issue 11): at most `api.max_batch_commands` commands (else 400 before any runs), and
+/// replies are kept as JSON text, at most `api.max_batch_reply_size` bytes of them: once over,
+/// the commands not yet run are not run and each answers error 106. Returns the result's JSON.
+pub async fn batch(broker: &Arc<Broker>, b: Batch) -> Result<Vec<u8>, ApiError> {
+    let api = &broker.config().api;
+    if b.commands.len() > api.max_batch_commands {
+        return Err(ApiError::Malformed(format!(
+            "batch of {} commands, over api.max_batch_commands ({})",
+            b.commands.len(),
+            api.max_batch_commands
+        )));
+    }
+    let mut replies = Replies::new(api.max_batch_reply_size);
     // Publishes not yet sent: a request, or the error reply of one that was refused.
     let mut publishes: Vec<Result<PublishRequest, Value>> = Vec::new();
     let outcome = run_commands(broker, b.commands, &mut publishes, &mut replies).await;
     // However the batch ends, the publishes queued before that point are carried out.
     send_publishes(broker, &mut publishes, &mut replies).await;
     outcome?;
-    Ok(json!({ "replies": replies }))
+    Ok(replies.finish())
+}
+
+/// The replies of a batch, as the JSON text of `{"replies": [...]}` being written.
+struct Replies {
+    text: Vec<u8>,
+    count: usize,
+    budget: usize,
+}
+
+impl Replies {
+    fn new(budget: usize) -> Self {
+        Self {
+            text: b"{\"replies\":[".to_vec(),
+            count: 0,
+            budget,
+        }
+    }
+
+    fn push(&mut self, reply: &Value) {
+        if self.count > 0 {
+            self.text.push(b',');
+        }
+        self.count += 1;
+        serde_json::to_writer(&mut self.text, reply).expect("a JSON value serializes into memory");
+    }
+
+    fn over_budget(&self) -> bool {
+        self.text.len() > self.budget
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.text.extend_from_slice(b"]}");
+        self.text
+    }
 }
 
 async fn run_commands(
     broker: &Arc<Broker>,
     commands: Vec<std::collections::BTreeMap<String, Box<RawValue>>>,
     publishes: &mut Vec<Result<PublishRequest, Value>>,
-    replies: &mut Vec<Value>,
+    replies: &mut Replies,
 ) -> Result<(), ApiError> {
+    let over_budget = json!({ "error": super::error_json(crate::protocol::ErrorCode::LIMIT_EXCEEDED) });
     for command in commands {
+        if replies.over_budget() {
+            // Not run: the reply would outgrow api.max_batch_reply_size.
+            send_publishes(broker, publishes, replies).await;
+            metrics::counter!("herald_limit_rejections_total", "limit" => "api_batch_reply").increment(1);
+            replies.push(&over_budget);
+            continue;
+        }
         let mut entries = command.into_iter();
         let (Some((method, params)), None) = (entries.next(), entries.next()) else {
             return Err(ApiError::Malformed(
@@ -92,7 +146,7 @@ async fn run_commands(
             Err(ApiError::Code(code)) => json!({ "error": super::error_json(code) }),
             Err(ApiError::Malformed(message)) => return Err(malformed(message)),
         };
-        replies.push(reply);
+        replies.push(&reply);
     }
     Ok(())
 }
@@ -100,7 +154,7 @@ async fn run_commands(
 async fn send_publishes(
     broker: &Arc<Broker>,
     publishes: &mut Vec<Result<PublishRequest, Value>>,
-    replies: &mut Vec<Value>,
+    replies: &mut Replies,
 ) {
     if publishes.is_empty() {
         return;
@@ -118,7 +172,8 @@ async fn send_publishes(
         .collect();
     let mut results = broker.publish_all(requests).await.into_iter();
     for reply in refused {
-        replies.push(reply.unwrap_or_else(|| publish::publish_reply(results.next().expect("one result per request"))));
+        let reply = reply.unwrap_or_else(|| publish::publish_reply(results.next().expect("one result per request")));
+        replies.push(&reply);
     }
 }
 

@@ -172,6 +172,11 @@ pub struct ApiConfig {
     pub key: Option<String>,
     /// Largest request body in bytes; a larger one is answered 413.
     pub max_body_size: usize,
+    /// Most commands in one `batch`; a longer batch is answered 400 and runs nothing.
+    pub max_batch_commands: usize,
+    /// Most bytes of replies one `batch` may build; once over, its remaining commands are not
+    /// run and answer error 106.
+    pub max_batch_reply_size: usize,
 }
 
 impl Default for ApiConfig {
@@ -179,6 +184,8 @@ impl Default for ApiConfig {
         Self {
             key: None,
             max_body_size: 1 << 20,
+            max_batch_commands: 10_000,
+            max_batch_reply_size: 16 << 20,
         }
     }
 }
@@ -443,6 +450,12 @@ impl Config {
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             problems.push("key `http.tls_cert`: http.tls_cert and http.tls_key must be set together".to_owned());
+        }
+        if self.api.max_batch_commands == 0 {
+            problems.push("key `api.max_batch_commands`: must be greater than zero".to_owned());
+        }
+        if self.api.max_batch_reply_size == 0 {
+            problems.push("key `api.max_batch_reply_size`: must be greater than zero".to_owned());
         }
         if self.api.key.as_deref() == Some("") {
             problems.push("key `api.key`: must not be empty (remove it to disable the API)".to_owned());
