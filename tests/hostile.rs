@@ -368,3 +368,60 @@ async fn batch_amplification_and_method_names_are_bounded() {
     assert!(node.metric("herald_api_requests_total{method=\"unknown\"}").await >= 50.0);
     still_served(&node, &mut bystander, "calm").await;
 }
+
+/// A client that stops reading while its queue stays under `max_queue_bytes` (here 64 MiB, so
+/// the queue limit never fires) is closed as slow once its socket has taken no byte for
+/// `client.write_timeout`, and the server lets go of what was queued for it.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
+    let config = CONFIG.replace(
+        "[client]\n",
+        "[client]\nmax_queue_bytes = 67108864\nwrite_timeout = \"2s\"\n",
+    );
+    let node = Node::start(&config);
+    let mut bystander = Client::connected(&node, Format::Json, "calm").await;
+    bystander.subscribed("calm").await;
+    let mut deaf = Client::connected(&node, Format::Json, "deaf").await;
+    deaf.subscribed("calm").await;
+    let rss_before = node.rss_bytes();
+    // 12 MiB of publications: more than loopback's socket buffers hold, far less than the queue
+    // limit. The bystander reads them all; the deaf client none.
+    let payload = "x".repeat(16 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < 768 {
+            if bystander.push().await.r#pub.is_some() {
+                seen += 1;
+            }
+        }
+        bystander
+    });
+    for n in 0..768 {
+        node.publish("calm", serde_json::json!({ "n": n, "pad": payload }))
+            .await;
+    }
+    let mut bystander = reader.await.unwrap();
+    let node_ref = &node;
+    assert!(
+        common::eventually(Duration::from_secs(15), || async move {
+            node_ref.metric("herald_write_timeouts_total").await >= 1.0
+        })
+        .await,
+        "the deaf client was never closed:\n{}",
+        node.log()
+    );
+    assert!(node.metric("herald_disconnects_total{code=\"3008\"}").await >= 1.0);
+    // What the kernel still holds reaches the deaf client, then the connection ends.
+    let drained = tokio::time::timeout(Duration::from_secs(20), async {
+        while deaf.next_raw().await.is_some() {}
+    })
+    .await;
+    assert!(drained.is_ok(), "the deaf client's connection did not end");
+    still_served(&node, &mut bystander, "calm").await;
+    let rss_after = node.rss_bytes();
+    println!("RSS {} KB before, {} KB after", rss_before / 1024, rss_after / 1024);
+    assert!(
+        rss_after < rss_before + 32 * MB,
+        "RSS grew from {rss_before} to {rss_after}"
+    );
+}

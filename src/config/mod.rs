@@ -111,6 +111,10 @@ pub struct ClientConfig {
     pub max_message_size: usize,
     /// Bytes a connection may have queued for sending; beyond it the client is slow (3008).
     pub max_queue_bytes: usize,
+    /// A client whose socket takes no byte for this long while the server has data for it is
+    /// slow too (3008): one that stops reading cannot hold its queue forever.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Subscribe every authenticated user to `#<user>` server-side.
     pub subscribe_to_personal_channel: bool,
     /// Most publications a `history` command returns.
@@ -151,6 +155,7 @@ impl Default for ClientConfig {
             shutdown_spread: Duration::from_secs(1),
             max_message_size: 65536,
             max_queue_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(30),
             subscribe_to_personal_channel: false,
             history_max_publication_limit: 300,
             recovery_max_publication_limit: 300,
@@ -410,6 +415,9 @@ impl Config {
         }
         if c.max_message_size == 0 {
             problems.push("key `client.max_message_size`: must be greater than zero".to_owned());
+        }
+        if c.write_timeout.is_zero() {
+            problems.push("key `client.write_timeout`: must be greater than zero".to_owned());
         }
         if c.max_queue_bytes < c.max_message_size {
             problems.push("key `client.max_queue_bytes`: must be at least client.max_message_size".to_owned());

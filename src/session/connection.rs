@@ -111,8 +111,18 @@ async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) 
             () = own_output => shared.queue().try_take().unwrap_or_default(),
         };
         let bytes: usize = drained.items.iter().map(Bytes::len).sum();
-        if transport.send(&drained.items).await.is_err() {
-            shared.queue().close(DisconnectCode::WRITE_ERROR);
+        if let Err(e) = transport.send(&drained.items).await {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                // The client takes no bytes (client.write_timeout): slow, as if its queue had
+                // overflowed. The close frame cannot get through a full socket either.
+                metrics::counter!("herald_slow_disconnects_total").increment(1);
+                metrics::counter!("herald_write_timeouts_total").increment(1);
+                let code = DisconnectCode::SLOW.code.to_string();
+                metrics::counter!("herald_disconnects_total", "code" => code).increment(1);
+                shared.queue().close(DisconnectCode::SLOW);
+            } else {
+                shared.queue().close(DisconnectCode::WRITE_ERROR);
+            }
             return;
         }
         metrics::counter!("herald_bytes_out_total").increment(bytes as u64);

@@ -59,6 +59,7 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let limit = ctx.config.client.max_message_size;
+    let write_timeout = ctx.config.client.write_timeout;
     let sessions = ctx.sessions.clone();
     let task = async move {
         let upgraded = match on_upgrade.await {
@@ -83,7 +84,12 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         let socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(config)).await;
         let peer_closed = own.clone();
         let incoming = socket.filter_map(move |item| std::future::ready(incoming_of(item, &peer_closed)));
-        let transport = WebSocketTransport { write, own, format };
+        let transport = WebSocketTransport {
+            write,
+            own,
+            format,
+            write_timeout,
+        };
         session::run(ctx, format, transport, Box::pin(incoming)).await;
         drop(permit);
     };
@@ -244,15 +250,37 @@ struct WebSocketTransport {
     write: WriteHalf<Io>,
     own: Arc<OwnOutput>,
     format: Format,
+    /// `client.write_timeout`: longest wait for the socket to take any byte.
+    write_timeout: std::time::Duration,
 }
 
 impl WebSocketTransport {
     async fn write_own_output(&mut self) -> std::io::Result<()> {
         let own = std::mem::take(&mut *self.own.bytes.lock());
-        if !own.is_empty() {
-            self.write.write_all(&own).await?;
+        self.write_all(&own).await
+    }
+
+    /// Writes all of `bytes`, failing with `TimedOut` when the socket takes no byte for
+    /// `write_timeout`: a client that stops reading (even one that still answers pings) ends
+    /// instead of holding its queue forever (issue 11). A slow reader that keeps taking bytes
+    /// is not cut, however long the frame.
+    async fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match tokio::time::timeout(self.write_timeout, self.write.write(bytes)).await {
+                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
         }
         Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match tokio::time::timeout(self.write_timeout, self.write.flush()).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
     }
 }
 
@@ -261,7 +289,7 @@ impl Transport for WebSocketTransport {
         self.write_own_output().await?;
         if replies.is_empty() {
             // TLS may hold what was written until flushed.
-            return self.write.flush().await;
+            return self.flush().await;
         }
         let opcode = match self.format {
             Format::Json => OPCODE_TEXT,
@@ -273,8 +301,8 @@ impl Transport for WebSocketTransport {
         let mut frame = Vec::with_capacity(MAX_HEADER + len);
         put_header(&mut frame, opcode, len);
         join_into(self.format, replies, &mut frame);
-        self.write.write_all(&frame).await?;
-        self.write.flush().await
+        self.write_all(&frame).await?;
+        self.flush().await
     }
 
     fn own_output(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
