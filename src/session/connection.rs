@@ -232,6 +232,10 @@ impl Connection {
                 self.unsubscribe_with_push(&channel, code);
                 Ok(())
             }
+            Control::Gap { channel, subscription } => {
+                self.unsubscribe_after_gap(&channel, &subscription);
+                Ok(())
+            }
             Control::Subscribe { channel } => self.server_subscribe(&channel).await,
             Control::Refresh { expired, expire_at } => {
                 if expired {

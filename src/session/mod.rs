@@ -36,6 +36,12 @@ pub enum Control {
         channel: Arc<str>,
         code: UnsubscribeCode,
     },
+    /// A gap broke this very subscription: unsubscribe it (2500) unless the client has since
+    /// replaced it with a new subscription to the same channel, which must be left alone.
+    Gap {
+        channel: Arc<str>,
+        subscription: SubscriptionHandle,
+    },
     /// Server-side subscribe (API `subscribe`).
     Subscribe {
         channel: String,
@@ -45,6 +51,16 @@ pub enum Control {
         expired: bool,
         expire_at: Option<i64>,
     },
+}
+
+/// Names one subscription (not just its channel) in a [`Control`].
+#[derive(Clone)]
+pub struct SubscriptionHandle(pub(crate) Arc<Mutex<Subscription>>);
+
+impl std::fmt::Debug for SubscriptionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SubscriptionHandle({:p})", Arc::as_ptr(&self.0))
+    }
 }
 
 /// Who a connected session is.
@@ -86,11 +102,20 @@ pub(crate) struct Subscription {
 }
 
 pub(crate) enum Phase {
-    /// The subscribe reply is not queued yet: pushes wait here, in order.
-    Subscribing(Vec<Arc<Prepared>>),
+    /// The subscribe reply is not queued yet: pushes wait here, in order, their bytes held in
+    /// the queue's budget ([`queue::Outbound::reserve`]) so that a flood during a slow setup is
+    /// a slow client (3008), not unbounded memory.
+    Subscribing(Buffered),
     Active,
     /// A gap was seen; the connection task is unsubscribing it.
     Broken,
+}
+
+/// Pushes buffered while subscribing, and the queue budget they hold.
+#[derive(Default)]
+pub(crate) struct Buffered {
+    pub pushes: Vec<Arc<Prepared>>,
+    pub bytes: usize,
 }
 
 enum Admit {
@@ -196,6 +221,14 @@ impl SessionShared {
             .is_some_and(|s| !matches!(s.lock().phase, Phase::Broken))
     }
 
+    /// Whether `subscription` is (still) the session's subscription to `channel`.
+    pub(crate) fn holds(&self, channel: &str, subscription: &SubscriptionHandle) -> bool {
+        self.subs
+            .lock()
+            .get(channel)
+            .is_some_and(|current| Arc::ptr_eq(current, &subscription.0))
+    }
+
     pub fn subscribed_channels(&self) -> Vec<Arc<str>> {
         self.subs.lock().keys().cloned().collect()
     }
@@ -218,9 +251,18 @@ impl Subscriber {
     pub fn deliver(&self, push: &Arc<Prepared>) {
         let mut sub = self.subscription.lock();
         match &mut sub.phase {
-            Phase::Subscribing(buffer) => buffer.push(push.clone()),
+            Phase::Subscribing(buffer) => {
+                let size = push.bytes(self.session.format).len();
+                // Over budget, the queue marks the client slow and the connection ends.
+                if self.session.queue.reserve(size) {
+                    buffer.bytes += size;
+                    buffer.pushes.push(push.clone());
+                }
+            }
             Phase::Broken => {}
-            Phase::Active => self.session.deliver_to(&self.channel, &mut sub, push),
+            Phase::Active => self
+                .session
+                .deliver_to(&self.channel, &mut sub, &self.subscription, push),
         }
     }
 }
@@ -237,5 +279,89 @@ impl SessionShared {
             // await is not lost.
             self.control_ready.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::proto::Publication;
+
+    fn publication(offset: u64, size: usize) -> Arc<Prepared> {
+        let data = Bytes::from(format!("\"{}\"", "x".repeat(size)));
+        Prepared::publication(
+            "ch",
+            Arc::from("e"),
+            Publication {
+                offset,
+                data,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A gap names the subscription that saw it: a new subscription to the same channel (an
+    /// unsubscribe and a subscribe in the frame being handled) is not the one to end.
+    #[tokio::test]
+    async fn a_gap_names_its_own_subscription() {
+        let session = SessionShared::new(Format::Json, 1 << 20);
+        let positioned = || Subscription {
+            phase: Phase::Active,
+            positioned: true,
+            epoch: Arc::from("e"),
+            offset: 1,
+            join_leave: false,
+            server_side: false,
+            expires_at: None,
+        };
+        let old = session.register(&mut session.subs.lock(), Arc::from("ch"), positioned());
+        old.deliver(&publication(3, 1));
+        let controls = session.next_controls().await;
+        let [Control::Gap { channel, subscription }] = &controls[..] else {
+            panic!("{controls:?}");
+        };
+        assert_eq!(&**channel, "ch");
+        assert!(session.holds("ch", subscription));
+        // The client resubscribes before the control is handled.
+        session.subs.lock().remove("ch");
+        let new = session.register(&mut session.subs.lock(), Arc::from("ch"), positioned());
+        assert!(
+            !session.holds("ch", subscription),
+            "the gap would end the new subscription"
+        );
+        assert!(session.holds("ch", &SubscriptionHandle(new.subscription.clone())));
+    }
+
+    /// A subscription still being set up buffers pushes within the queue's byte budget: a flood
+    /// during a slow setup makes the client slow (3008) instead of growing without bound.
+    #[tokio::test]
+    async fn pushes_buffered_while_subscribing_count_against_the_queue() {
+        let session = SessionShared::new(Format::Json, 10_000);
+        let subscriber = session.register(
+            &mut session.subs.lock(),
+            Arc::from("ch"),
+            Subscription {
+                phase: Phase::Subscribing(Buffered::default()),
+                positioned: false,
+                epoch: Arc::from(""),
+                offset: 0,
+                join_leave: false,
+                server_side: false,
+                expires_at: None,
+            },
+        );
+        for offset in 1..=8 {
+            subscriber.deliver(&publication(offset, 1_000));
+        }
+        assert!(!session.queue.closing().is_cancelled(), "8 KB buffered within 10 KB");
+        for offset in 9..=12 {
+            subscriber.deliver(&publication(offset, 1_000));
+        }
+        assert!(session.queue.closing().is_cancelled());
+        assert_eq!(session.queue.drain().await.close, Some(DisconnectCode::SLOW));
+        let Phase::Subscribing(buffer) = &subscriber.subscription.lock().phase else {
+            panic!("still subscribing");
+        };
+        assert!(buffer.bytes <= 10_000 && buffer.pushes.len() < 12);
     }
 }

@@ -23,6 +23,9 @@ pub struct Outbound {
 struct State {
     items: Vec<Bytes>,
     bytes: usize,
+    /// Budget held for pushes waiting elsewhere to be queued: those buffered by subscriptions
+    /// being set up. They count against the limit like queued bytes (issue 11).
+    reserved: usize,
     close: Option<DisconnectCode>,
 }
 
@@ -50,15 +53,8 @@ impl Outbound {
         if state.close.is_some() {
             return false;
         }
-        if state.bytes + bytes.len() > self.limit {
-            // A slow client loses its queue, not the server its memory.
-            state.items.clear();
-            state.bytes = 0;
-            state.close = Some(DisconnectCode::SLOW);
-            drop(state);
-            metrics::counter!("herald_slow_disconnects_total").increment(1);
-            self.closing.cancel();
-            self.notify.notify_one();
+        if state.bytes + state.reserved + bytes.len() > self.limit {
+            self.overflow(state);
             return false;
         }
         state.bytes += bytes.len();
@@ -70,6 +66,38 @@ impl Outbound {
             self.notify.notify_one();
         }
         true
+    }
+
+    /// A slow client loses its queue, not the server its memory.
+    fn overflow(&self, mut state: parking_lot::MutexGuard<'_, State>) {
+        state.items.clear();
+        state.bytes = 0;
+        state.close = Some(DisconnectCode::SLOW);
+        drop(state);
+        metrics::counter!("herald_slow_disconnects_total").increment(1);
+        self.closing.cancel();
+        self.notify.notify_one();
+    }
+
+    /// Holds `bytes` of the budget for a push buffered outside the queue. Returns false, and
+    /// marks the client slow, when that would exceed the limit (or the connection is closing).
+    pub fn reserve(&self, bytes: usize) -> bool {
+        let mut state = self.state.lock();
+        if state.close.is_some() {
+            return false;
+        }
+        if state.bytes + state.reserved + bytes > self.limit {
+            self.overflow(state);
+            return false;
+        }
+        state.reserved += bytes;
+        true
+    }
+
+    /// Gives back budget held by [`Outbound::reserve`] (the pushes are queued or dropped).
+    pub fn release(&self, bytes: usize) {
+        let mut state = self.state.lock();
+        state.reserved = state.reserved.saturating_sub(bytes);
     }
 
     /// Asks for the connection to close with `code` once what is queued has been written.
@@ -159,6 +187,22 @@ mod tests {
         assert!(drained.items.is_empty());
         assert_eq!(drained.close, Some(DisconnectCode::SLOW));
         assert!(!q.push(Bytes::from_static(b"1")), "nothing is queued after close");
+    }
+
+    #[tokio::test]
+    async fn reserved_bytes_count_against_the_limit() {
+        let q = Outbound::new(10);
+        assert!(q.reserve(6));
+        assert!(q.push(Bytes::from_static(b"1234")));
+        // Taking what is queued does not give back what is reserved.
+        assert_eq!(q.try_take().unwrap().items.len(), 1);
+        assert!(q.push(Bytes::from_static(b"1234")));
+        assert!(!q.reserve(1), "6 reserved + 4 queued + 1 > 10");
+        assert_eq!(q.drain().await.close, Some(DisconnectCode::SLOW));
+        let q = Outbound::new(10);
+        assert!(q.reserve(8));
+        q.release(8);
+        assert!(q.push(Bytes::from_static(b"1234567890")));
     }
 
     #[tokio::test]

@@ -69,7 +69,7 @@ impl Connection {
                 });
             }
             let subscription = Subscription {
-                phase: Phase::Subscribing(Vec::new()),
+                phase: Phase::Subscribing(Default::default()),
                 positioned,
                 epoch: Arc::from(""),
                 offset: 0,
@@ -143,8 +143,9 @@ impl Connection {
             };
             sub.epoch = r.epoch;
             sub.offset = r.offset;
-            for push in buffer {
-                self.shared.deliver_to(&r.channel, &mut sub, &push);
+            self.shared.queue().release(buffer.bytes);
+            for push in buffer.pushes {
+                self.shared.deliver_to(&r.channel, &mut sub, &subscription, &push);
             }
         }
     }
@@ -155,11 +156,21 @@ impl Connection {
         if let Some(subscription) = &removed {
             // Deliveries racing with the hub's removal below are dropped, not judged: a gap
             // seen now must not end a later subscription to the same channel.
-            subscription.lock().phase = Phase::Broken;
+            let previous = std::mem::replace(&mut subscription.lock().phase, Phase::Broken);
+            if let Phase::Subscribing(buffer) = previous {
+                self.shared.queue().release(buffer.bytes);
+            }
             metrics::gauge!("herald_subscriptions").decrement(1.0);
             self.ctx.broker.leave(channel, &self.shared.id);
         }
         removed.is_some()
+    }
+
+    /// Ends the subscription that saw a gap (2500), if it is still the channel's subscription.
+    pub(crate) fn unsubscribe_after_gap(&self, channel: &str, broken: &super::SubscriptionHandle) {
+        if self.shared.holds(channel, broken) {
+            self.unsubscribe_with_push(channel, UnsubscribeCode::INSUFFICIENT_STATE);
+        }
     }
 
     /// Ends a subscription on the server's initiative and tells the client with an unsubscribe push.
@@ -303,7 +314,14 @@ impl Connection {
 
 impl super::SessionShared {
     /// Delivers one push to one subscription whose lock the caller holds.
-    pub(crate) fn deliver_to(&self, channel: &str, sub: &mut Subscription, push: &Arc<crate::hub::Prepared>) {
+    /// `sub` is `handle`, locked by the caller.
+    pub(crate) fn deliver_to(
+        &self,
+        channel: &str,
+        sub: &mut Subscription,
+        handle: &Arc<parking_lot::Mutex<Subscription>>,
+        push: &Arc<crate::hub::Prepared>,
+    ) {
         match sub.admit(push) {
             super::Admit::Send => {
                 self.queue.push(push.bytes(self.format).clone());
@@ -315,9 +333,9 @@ impl super::SessionShared {
                 if sub.server_side {
                     self.queue.close(DisconnectCode::INSUFFICIENT_STATE);
                 } else {
-                    self.control(super::Control::Unsubscribe {
+                    self.control(super::Control::Gap {
                         channel: Arc::from(channel),
-                        code: UnsubscribeCode::INSUFFICIENT_STATE,
+                        subscription: super::SubscriptionHandle(handle.clone()),
                     });
                 }
             }
