@@ -425,3 +425,95 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
         "RSS grew from {rss_before} to {rss_after}"
     );
 }
+
+/// No single reply outgrows the client's queue (which would close it with 3008 and have the SDK
+/// reconnect into the same reply): history pages are cut short, a too-large recovery answers
+/// `recovered: false`, and a presence answer over the budget is error 106, all without closing.
+#[tokio::test]
+async fn replies_never_outgrow_the_queue() {
+    let config = CONFIG
+        .replace("[client]\n", "[client]\nmax_queue_bytes = 262144\n")
+        .replace("[api]\n", "[api]\nmax_body_size = 65536\n")
+        .replace(
+            "history_size = 10\nhistory_ttl = \"300s\"\nforce_recovery = true",
+            "history_size = 300\nhistory_ttl = \"300s\"\nforce_recovery = true",
+        );
+    let node = Node::start(&config);
+    let mut client = Client::connected(&node, Format::Json, "reader").await;
+    let first = client.subscribed("big").await;
+    client.call(common::cmd::unsubscribe("big")).await;
+    let pad = "x".repeat(8 * 1024);
+    // In batches of 6 (48 KB, under api.max_body_size).
+    for start in (0..300).step_by(6) {
+        let publishes: Vec<_> = (start..start + 6)
+            .map(|n| serde_json::json!({"publish": {"channel": "big", "data": {"n": n, "pad": pad}}}))
+            .collect();
+        let (status, body) = node.api("batch", serde_json::json!({ "commands": publishes })).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Recovery of all 300: not recovered, and the client stays connected.
+    let recover = common::cmd::subscribe_with(herald::protocol::proto::SubscribeRequest {
+        channel: "big".into(),
+        recover: true,
+        epoch: first.epoch.clone(),
+        offset: first.offset,
+        ..Default::default()
+    });
+    let result = client.call(recover).await.subscribe.expect("subscribed");
+    assert!(
+        result.was_recovering && !result.recovered && result.publications.is_empty(),
+        "{result:?}"
+    );
+    assert_eq!(result.offset, 300);
+
+    // History (as a subscriber now): 300 publications of 8 KB (2.4 MB) asked at once come in pages within the budget
+    // (128 KB), and paging from the last offset gets them all, in order.
+    let mut numbers = Vec::new();
+    let mut since: Option<u64> = None;
+    let mut pages = 0;
+    while numbers.len() < 300 {
+        let history = client
+            .call(common::cmd::history(
+                "big",
+                300,
+                since.map(|o| (o, first.epoch.as_str())),
+                false,
+            ))
+            .await
+            .history
+            .expect("a history page");
+        assert!(!history.publications.is_empty() && history.publications.len() < 300);
+        for p in &history.publications {
+            numbers.push(common::data_of(p)["n"].as_u64().unwrap());
+        }
+        since = history.publications.last().map(|p| p.offset);
+        pages += 1;
+    }
+    assert_eq!(numbers, (0..300).collect::<Vec<_>>());
+    assert!(pages >= 10, "{pages} pages");
+
+    // Presence: 40 members with 4 KB of connection info each (160 KB > 128 KB): error 106.
+    let info = serde_json::json!({ "bio": "y".repeat(4 * 1024) });
+    let mut members = Vec::new();
+    for i in 0..40 {
+        let mut member = Client::open(&node, Format::Json).await;
+        member
+            .connect(&common::token(
+                serde_json::json!({"sub": format!("u{i}"), "info": info}),
+            ))
+            .await;
+        member.subscribed("crowd").await;
+        members.push(member);
+    }
+    client.subscribed("crowd").await;
+    let reply = client.call(common::cmd::presence("crowd")).await;
+    assert_eq!(reply.error.map(|e| e.code), Some(106));
+    assert!(client.silent_for(Duration::from_millis(200)).await || client.closed.is_none());
+    assert!(client
+        .call(common::cmd::presence_stats("crowd"))
+        .await
+        .presence_stats
+        .is_some());
+    assert!(node.metric("herald_slow_disconnects_total").await == 0.0);
+}

@@ -99,7 +99,9 @@ async fn command_flood_gets_111_then_3013_and_others_are_served() {
 
 #[tokio::test]
 async fn a_client_that_reads_nothing_is_closed_as_slow_and_others_keep_up() {
-    let node = Node::start(&with_client("max_message_size = 65536\nmax_queue_bytes = 65536"));
+    let config = with_client("max_message_size = 16384\nmax_queue_bytes = 131072")
+        .replace("[api]\n", "[api]\nmax_body_size = 49152\n");
+    let node = Node::start(&config);
     let mut reader = Client::connected(&node, Format::Json, "reader").await;
     reader.call(cmd::subscribe("firehose")).await;
     let mut sleeper = Client::connected(&node, Format::Json, "sleeper").await;

@@ -110,6 +110,7 @@ pub struct ClientConfig {
     /// Largest inbound WebSocket message in bytes; a larger one closes the connection with 1009.
     pub max_message_size: usize,
     /// Bytes a connection may have queued for sending; beyond it the client is slow (3008).
+    /// One reply (a history page, a recovery, presence) may take at most half of it.
     pub max_queue_bytes: usize,
     /// A client whose socket takes no byte for this long while the server has data for it is
     /// slow too (3008): one that stops reading cannot hold its queue forever.
@@ -154,7 +155,7 @@ impl Default for ClientConfig {
             expired_close_delay: Duration::from_secs(25),
             shutdown_spread: Duration::from_secs(1),
             max_message_size: 65536,
-            max_queue_bytes: 1 << 20,
+            max_queue_bytes: 4 << 20,
             write_timeout: Duration::from_secs(30),
             subscribe_to_personal_channel: false,
             history_max_publication_limit: 300,
@@ -321,6 +322,17 @@ impl Default for ChannelOptions {
     }
 }
 
+/// Room for a reply's own fields around its largest publication.
+const REPLY_MARGIN: usize = 1024;
+
+impl ClientConfig {
+    /// Most bytes one reply (history page, recovery, presence) may take: half the queue, so a
+    /// reply never closes its client as slow by itself.
+    pub fn reply_budget(&self) -> usize {
+        self.max_queue_bytes / 2
+    }
+}
+
 impl ChannelOptions {
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
@@ -419,8 +431,16 @@ impl Config {
         if c.write_timeout.is_zero() {
             problems.push("key `client.write_timeout`: must be greater than zero".to_owned());
         }
-        if c.max_queue_bytes < c.max_message_size {
-            problems.push("key `client.max_queue_bytes`: must be at least client.max_message_size".to_owned());
+        // One reply holding the largest publication a client or the API may send must fit the
+        // reply budget (half the queue), or a subscriber could never recover or page past it.
+        let largest = c.max_message_size.max(self.api.max_body_size);
+        let needed = 2 * (largest + REPLY_MARGIN);
+        if c.max_queue_bytes < needed {
+            problems.push(format!(
+                "key `client.max_queue_bytes`: must be at least {needed}: twice the largest publication \
+                 (max of client.max_message_size and api.max_body_size, {largest}) plus {REPLY_MARGIN}, so \
+                 that a reply holding it fits the reply budget (half the queue)"
+            ));
         }
         if c.token_hmac_secret.as_deref() == Some("") {
             problems.push("key `client.token_hmac_secret`: must not be empty (remove it instead)".to_owned());
@@ -566,6 +586,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("client.ping_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_queue_must_hold_a_reply_with_the_largest_publication() {
+        // 1 MiB queue, 1 MiB API bodies: a recovery of one maximal publication could never fit.
+        let err = Config::from_toml("[client]\nmax_queue_bytes = 1048576\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("client.max_queue_bytes") && err.contains("api.max_body_size"),
+            "{err}"
+        );
+        let fits = "[client]\nmax_queue_bytes = 1048576\n[api]\nmax_body_size = 262144\n";
+        assert_eq!(Config::from_toml(fits).unwrap().client.reply_budget(), 524288);
+        // The embedded default satisfies it.
+        let default = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        assert!(default.client.reply_budget() > default.api.max_body_size);
     }
 
     #[test]

@@ -446,9 +446,18 @@ impl Connection {
     fn presence(&self, req: proto::PresenceRequest) -> Result<proto::PresenceResult, Failure> {
         let broker = &self.ctx.broker;
         rules::presence(broker.options(&req.channel)?, self.asker(&req.channel))?;
-        Ok(proto::PresenceResult {
-            presence: broker.presence(&req.channel)?,
-        })
+        let presence = broker.presence(&req.channel)?;
+        // A reply that could not fit the client's queue would close it (3008) and the SDK would
+        // reconnect into the same reply: answer 106 instead (issue 11).
+        let size: usize = presence
+            .iter()
+            .map(|(client, info)| client.len() + prost::Message::encoded_len(info) + REPLY_OVERHEAD)
+            .sum();
+        if size > self.ctx.config.client.reply_budget() {
+            metrics::counter!("herald_limit_rejections_total", "limit" => "reply_size").increment(1);
+            return Err(ErrorCode::LIMIT_EXCEEDED.into());
+        }
+        Ok(proto::PresenceResult { presence })
     }
 
     fn presence_stats(&self, req: proto::PresenceStatsRequest) -> Result<proto::PresenceStatsResult, Failure> {
@@ -465,9 +474,16 @@ impl Connection {
         let broker = self.ctx.broker.clone();
         rules::history(broker.options(&req.channel)?, self.asker(&req.channel))?;
         let since = req.since.map(|s| (s.epoch, s.offset));
-        let history = broker
+        let mut history = broker
             .history(&req.channel, req.limit.into(), since, req.reverse)
             .await?;
+        // A shorter page rather than a reply the client's queue cannot hold (the client asks
+        // for the next page from the last offset it got).
+        let fitting = fitting_publications(&history.publications, self.ctx.config.client.reply_budget());
+        if fitting < history.publications.len() {
+            metrics::counter!("herald_limit_rejections_total", "limit" => "reply_size").increment(1);
+            history.publications.truncate(fitting);
+        }
         Ok(proto::HistoryResult {
             publications: history.publications,
             epoch: history.epoch,
@@ -514,6 +530,23 @@ impl Connection {
             ttl: claims.expires_at.map_or(0, ttl_of),
         })
     }
+}
+
+/// Bytes a reply spends around each entry beyond its encoded fields (JSON field names, ids):
+/// generous, so that estimates err on the safe side for both formats.
+pub(crate) const REPLY_OVERHEAD: usize = 96;
+
+/// How many of `publications`, from the first, fit in `budget` bytes of reply (at least one,
+/// which the config guarantees fits: see `ClientConfig::reply_budget`).
+pub(crate) fn fitting_publications(publications: &[proto::Publication], budget: usize) -> usize {
+    let mut used = 0;
+    for (i, publication) in publications.iter().enumerate() {
+        used += prost::Message::encoded_len(publication) + REPLY_OVERHEAD;
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    publications.len()
 }
 
 /// A publish command: one that `dispatch`, which tries connect, subscribe and unsubscribe

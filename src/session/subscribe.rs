@@ -114,8 +114,18 @@ impl Connection {
             result.was_recovering = true;
             match broker.recover(&channel, options, &epoch, offset, &position).await {
                 Ok(recovery) => {
-                    result.recovered = recovery.recovered;
-                    result.publications = recovery.publications;
+                    let budget = self.ctx.config.client.reply_budget();
+                    let publications = recovery.publications;
+                    if super::commands::fitting_publications(&publications, budget) < publications.len() {
+                        // Never a partial recovery: too much to replay within the reply budget
+                        // is "not recovered" (the client reloads), not a reply that would close
+                        // it as slow (issue 11).
+                        metrics::counter!("herald_limit_rejections_total", "limit" => "reply_size").increment(1);
+                        result.recovered = false;
+                    } else {
+                        result.recovered = recovery.recovered;
+                        result.publications = publications;
+                    }
                 }
                 Err(e) => {
                     self.drop_subscription(&channel);
