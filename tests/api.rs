@@ -816,3 +816,31 @@ async fn answers_never_wait_for_the_client() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
 }
+
+/// Publication data must be I-JSON (RFC 7493), since subscribers get it as sent: numbers beyond a
+/// double and lone UTF-16 surrogates are refused at publish (API: 400; a JSON client: 107), and
+/// nothing of them is stored or delivered.
+#[tokio::test]
+async fn data_that_some_parsers_reject_is_refused_at_publish() {
+    let node = Node::start(CONFIG);
+    let mut subscriber = Client::connected(&node, Format::Json, "42").await;
+    subscriber.subscribed("ijson").await;
+    for bad in ["1e400", "{\"a\":-1e999}", "\"\\ud800\"", "[\"x\\udc00\"]"] {
+        let body = format!("{{\"channel\":\"ijson\",\"data\":{bad}}}");
+        let (status, reply) = node.api_with("publish", body, &[("X-API-Key", API_KEY)]).await;
+        assert_eq!(status, 400, "{bad}: {reply}");
+        assert!(reply.as_str().unwrap().contains("I-JSON"), "{reply}");
+        let reply = subscriber.call(cmd::publish("ijson", bad)).await;
+        assert_eq!(reply.error.map(|e| e.code), Some(107), "{bad}");
+    }
+    for good in ["1.5e300", "\"\\ud83d\\ude00\"", "{\"n\":1e-400}"] {
+        let body = format!("{{\"channel\":\"ijson\",\"data\":{good}}}");
+        let (status, reply) = node.api_with("publish", body, &[("X-API-Key", API_KEY)]).await;
+        assert_eq!(status, 200, "{good}: {reply}");
+        let publication = subscriber.next_publication().await;
+        assert_eq!(std::str::from_utf8(&publication.data).unwrap(), good);
+    }
+    let (_, history) = node.api("history", json!({"channel": "ijson", "limit": -1})).await;
+    let stored = history["result"]["publications"].as_array().unwrap().len();
+    assert_eq!(stored, 3, "only the accepted three are stored: {history}");
+}

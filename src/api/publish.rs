@@ -34,7 +34,11 @@ pub struct Body {
 impl Body {
     fn data(&self) -> Result<Bytes, ApiError> {
         match (&self.data, &self.b64data) {
-            (Some(raw), _) => Ok(Bytes::from(raw.get().to_owned())),
+            (Some(raw), _) => {
+                crate::protocol::json::check_interoperable(raw.get().as_bytes())
+                    .map_err(|why| ApiError::Malformed(format!("data: {why}")))?;
+                Ok(Bytes::from(raw.get().to_owned()))
+            }
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map(Bytes::from)

@@ -428,6 +428,12 @@ impl Connection {
     fn publish_request(&self, req: proto::PublishRequest) -> Result<PublishRequest, Failure> {
         let options = self.ctx.broker.options(&req.channel)?;
         rules::publish(options, self.asker(&req.channel))?;
+        // JSON data goes to subscribers as it came: refuse what some of their parsers would.
+        if self.shared.format == crate::protocol::Format::Json
+            && crate::protocol::json::check_interoperable(&req.data).is_err()
+        {
+            return Err(ErrorCode::BAD_REQUEST.into());
+        }
         let identity = self.shared.identity().cloned();
         let info = identity.map(|i| proto::ClientInfo {
             user: i.user,
