@@ -11,6 +11,8 @@
 //! - [`broker`]: the node's engine that the API and sessions call: publish, subscribe with
 //!   recovery, history, presence. Callers never assume which node owns a channel.
 //! - [`store`]: the only code that touches sled: per-channel streams with offset and epoch.
+//! - [`cluster`]: membership, links, interest routing and replication between nodes; idle
+//!   without a `[cluster]` section.
 //! - [`api`]: the HTTP server API on top of the broker.
 //! - [`limits`]: token buckets for the rate limits.
 //! - [`server`]: wires everything together and runs until shutdown.
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod limits;

@@ -48,6 +48,12 @@ pub async fn run(
     if !verifier.has_keys() && !config.client.insecure && !config.client.allow_anonymous {
         tracing::warn!("no token key configured (client.token_hmac_secret, …): every connection will be refused");
     }
+    if let Some(cluster) = &config.cluster {
+        tracing::warn!(
+            node = %cluster.node_name,
+            "[cluster] is configured, but clustering is not built yet: this node serves alone"
+        );
+    }
     if config.uses_dev_secrets() {
         tracing::warn!("running with the DEVELOPMENT secrets of the embedded config: anyone can mint tokens and call the API; set your own for production");
     }

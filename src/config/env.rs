@@ -12,9 +12,20 @@
 use super::ConfigError;
 
 const PREFIX: &str = "HERALD_";
-const SECTIONS: &[&str] = &["http", "client", "api", "storage", "log"];
+const SECTIONS: &[&str] = &["http", "client", "api", "storage", "log", "cluster"];
 /// Keys whose values are always strings, even when they look like numbers.
-const STRING_KEYS: &[&str] = &["token_hmac_secret", "key", "path", "listen", "tls_cert", "tls_key"];
+const STRING_KEYS: &[&str] = &[
+    "token_hmac_secret",
+    "key",
+    "path",
+    "listen",
+    "tls_cert",
+    "tls_key",
+    "node_name",
+    "secret",
+    "bind",
+    "advertise",
+];
 /// Every namespace option: the env name's suffix is matched against these.
 const CHANNEL_KEYS: &[&str] = &[
     "presence",
@@ -31,8 +42,10 @@ const CHANNEL_KEYS: &[&str] = &[
     "allow_publish_for_subscriber",
     "allow_presence_for_client",
     "allow_presence_for_subscriber",
+    "allow_presence_for_anonymous",
     "allow_history_for_client",
     "allow_history_for_subscriber",
+    "allow_history_for_anonymous",
     "allow_user_limited_channels",
 ];
 

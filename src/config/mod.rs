@@ -33,6 +33,125 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub channels: ChannelsConfig,
+    /// Clustering; `None` (no `[cluster]` section): a single node, and nothing of the cluster runs.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: how this node finds the others and how they replicate (issue 10).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (at most 255 bytes). Default: the host name.
+    pub node_name: String,
+    /// The inter-node listener (membership and links). Outgoing inter-node sockets bind to its
+    /// address, so that per-address firewall rules match.
+    pub bind: SocketAddr,
+    /// The address other nodes reach this one at, when not `bind` (NAT, containers).
+    pub advertise: Option<SocketAddr>,
+    /// Inter-node addresses (`host:port`) of nodes to join through; empty: this node starts a
+    /// cluster (or waits to be joined).
+    pub seeds: Vec<String>,
+    /// Shared secret keying every inter-node message's HMAC; at least 16 characters. Nodes with
+    /// another secret cannot join, and nothing they send is acted upon.
+    pub secret: Option<String>,
+    /// Raft voters that sequence channels with history (R); a publish is acknowledged once a
+    /// majority of them has it. Nodes beyond R are edge nodes.
+    pub replicas: usize,
+    /// SWIM: how often a member is probed, and how long a probe may take.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// SWIM: how long a suspected member has to refute before it is declared dead.
+    #[serde(with = "humantime_serde")]
+    pub suspect_timeout: Duration,
+    /// Raft: leader heartbeats, and the shortest election timeout (the longest is 1.5 times it).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout: Duration,
+    /// How long a publish forwarded to the leader may wait (through an election); then error 100.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+    /// A voter declared dead for this long is replaced by a live edge node.
+    #[serde(with = "humantime_serde")]
+    pub replace_dead_voter_after: Duration,
+    /// Inter-node messages are accepted within this much clock difference, and never twice.
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            seeds: Vec::new(),
+            secret: None,
+            replicas: 3,
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(200),
+            suspect_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_millis(250),
+            election_timeout: Duration::from_millis(1000),
+            forward_timeout: Duration::from_secs(5),
+            replace_dead_voter_after: Duration::from_secs(60),
+            replay_window: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.node_name.is_empty() || self.node_name.len() > 255 {
+            problems.push("key `cluster.node_name`: must be 1 to 255 bytes (default: the host name)".to_owned());
+        }
+        match self.secret.as_deref() {
+            None => problems.push(
+                "key `cluster.secret`: required with [cluster]: every inter-node message is authenticated with it"
+                    .to_owned(),
+            ),
+            Some(secret) if secret.chars().count() < 16 => {
+                problems.push("key `cluster.secret`: must be at least 16 characters".to_owned())
+            }
+            Some(_) => {}
+        }
+        for seed in &self.seeds {
+            let valid = seed
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                problems.push(format!("key `cluster.seeds`: `{seed}` is not host:port"));
+            }
+        }
+        if self.replicas == 0 {
+            problems.push("key `cluster.replicas`: must be at least 1".to_owned());
+        }
+        for (key, value) in [
+            ("probe_interval", self.probe_interval),
+            ("probe_timeout", self.probe_timeout),
+            ("suspect_timeout", self.suspect_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("election_timeout", self.election_timeout),
+            ("forward_timeout", self.forward_timeout),
+            ("replace_dead_voter_after", self.replace_dead_voter_after),
+            ("replay_window", self.replay_window),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("key `cluster.{key}`: must be greater than zero"));
+            }
+        }
+        if self.probe_timeout >= self.probe_interval {
+            problems.push("key `cluster.probe_timeout`: must be shorter than cluster.probe_interval".to_owned());
+        }
+        if self.heartbeat_interval * 2 > self.election_timeout {
+            problems
+                .push("key `cluster.election_timeout`: must be at least twice cluster.heartbeat_interval".to_owned());
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -488,6 +607,9 @@ impl Config {
         if self.api.key.as_deref() == Some("") {
             problems.push("key `api.key`: must not be empty (remove it to disable the API)".to_owned());
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(&mut problems);
+        }
         check_options("channels.default", &self.channels.default, &mut problems);
         for (name, options) in &self.channels.namespaces {
             let valid = name.len() >= 2
@@ -603,6 +725,50 @@ mod tests {
         // The embedded default satisfies it.
         let default = Config::from_toml(DEFAULT_CONFIG).unwrap();
         assert!(default.client.reply_budget() > default.api.max_body_size);
+    }
+
+    #[test]
+    fn cluster_section_is_optional_and_checked() {
+        assert!(Config::from_toml(DEFAULT_CONFIG).unwrap().cluster.is_none());
+        let minimal = "[cluster]\nsecret = \"0123456789abcdef\"\nnode_name = \"n1\"\n";
+        let cluster = Config::from_toml(minimal).unwrap().cluster.unwrap();
+        assert_eq!((cluster.replicas, cluster.node_name.as_str()), (3, "n1"));
+        let err = Config::from_toml("[cluster]\nseeds = [\"127.0.0.2:7946\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster.secret"), "{err}");
+        let err = Config::from_toml(
+            "[cluster]\nsecret = \"short\"\nseeds = [\"nohost\"]\nreplicas = 0\nheartbeat_interval = \"1s\"\nelection_timeout = \"1s\"\nbogus = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bogus"), "unknown keys stay errors: {err}");
+        let err = Config::from_toml(
+            "[cluster]\nsecret = \"short\"\nseeds = [\"nohost\"]\nreplicas = 0\nheartbeat_interval = \"1s\"\nelection_timeout = \"1s\"\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "cluster.secret",
+            "cluster.seeds",
+            "cluster.replicas",
+            "cluster.election_timeout",
+        ] {
+            assert!(text.contains(key), "{key} not named: {text}");
+        }
+        // From the environment too.
+        let config = Config::load(Sources {
+            file: None,
+            env: vec![
+                ("HERALD_CLUSTER_SECRET".into(), "0123456789abcdef".into()),
+                ("HERALD_CLUSTER_NODE_NAME".into(), "42".into()),
+                ("HERALD_CLUSTER_SEEDS".into(), "[\"127.0.0.2:7946\"]".into()),
+            ],
+            listen: None,
+        })
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!((cluster.node_name.as_str(), cluster.seeds.len()), ("42", 1));
     }
 
     #[test]
