@@ -296,3 +296,78 @@ async fn presence_and_join_leave_follow_live_connections() {
         );
     }
 }
+
+#[tokio::test]
+async fn reads_of_channels_never_published_to_store_nothing() {
+    let mut node = Node::start(CONFIG);
+    let fresh = |kind: &str, n: usize| format!("fresh-{kind}-{n}");
+    let mut c = Client::connected(&node, Format::Json, "1").await;
+    for n in 0..100 {
+        // A positioned subscribe, a client history call, a recovering subscribe, an API history.
+        let result = c.subscribed(&fresh("sub", n)).await;
+        assert!(result.positioned && result.recoverable, "{result:?}");
+        assert_eq!((result.epoch.as_str(), result.offset), ("", 0), "the empty position");
+        let h = c.call(cmd::history(&fresh("sub", n), 10, None, false)).await;
+        let h = h.history.unwrap_or_else(|| panic!("{:?}", h.error));
+        assert!(h.publications.is_empty());
+        assert_eq!((h.epoch.as_str(), h.offset), ("", 0));
+        c.call(cmd::unsubscribe(&fresh("sub", n))).await;
+        let result = c.call(recover(&fresh("recover", n), "", 0)).await.subscribe.unwrap();
+        assert!(result.recovered, "nothing was missed: {result:?}");
+        c.call(cmd::unsubscribe(&fresh("recover", n))).await;
+        let (status, body) = node
+            .api("history", json!({"channel": fresh("api", n), "limit": 10}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    c.close().await;
+    node.restart();
+    // Had any of those reads created a stream, it would answer with its epoch, here and after
+    // the restart (history itself creates nothing).
+    for n in 0..100 {
+        for kind in ["sub", "recover", "api"] {
+            let (_, body) = node
+                .api("history", json!({"channel": fresh(kind, n), "limit": 0}))
+                .await;
+            assert_eq!(
+                (&body["result"]["epoch"], &body["result"]["offset"]),
+                (&json!(""), &json!(0)),
+                "{kind} {n}: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_to_a_channel_never_published_to_follows_its_first_publications() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("first-{format:?}");
+        let mut c = Client::connected(&node, format, "1").await;
+        let told = c.subscribed(&channel).await;
+        assert_eq!((told.epoch.as_str(), told.offset), ("", 0));
+        // The first publication creates the stream with an epoch the subscriber was not told:
+        // it is delivered, not taken for a gap (unsubscribe 2500).
+        let epoch = node.publish(&channel, json!({"n": 1})).await["epoch"].clone();
+        assert_ne!(epoch, json!(""));
+        node.publish(&channel, json!({"n": 2})).await;
+        for expected in 1..=2 {
+            let publication = c.next_publication().await;
+            assert_eq!(
+                (publication.offset, common::data_of(&publication)),
+                (expected, json!({ "n": expected }))
+            );
+        }
+        c.close().await;
+        node.publish(&channel, json!({"n": 3})).await;
+        // An SDK recovers with the epoch it was told (empty) and the last offset it saw.
+        let mut c = Client::connected(&node, format, "1").await;
+        let result = c.call(recover(&channel, &told.epoch, 2)).await.subscribe.unwrap();
+        assert!(result.recovered && result.was_recovering, "{result:?}");
+        assert_eq!(json!(result.epoch), epoch);
+        let offsets: Vec<u64> = result.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3]);
+        node.publish(&channel, json!({"n": 4})).await;
+        assert_eq!(c.next_publication().await.offset, 4);
+    }
+}

@@ -258,7 +258,8 @@ impl Broker {
         self.hub.broadcast(channel, &push);
     }
 
-    /// The current position of a channel's stream (creating it if needed).
+    /// The current position of a channel's stream; [`Position::none`] when it has none (a
+    /// read never creates a stream).
     pub async fn position(&self, channel: &str) -> Result<Position, BrokerError> {
         Ok(self.store.position(channel).await?)
     }

@@ -67,6 +67,23 @@ pub struct Position {
     pub offset: u64,
 }
 
+impl Position {
+    /// The position of a stream that does not exist: no epoch, offset 0. Its first publication
+    /// creates it with a new epoch at offset 1, so a client told this position accepts that
+    /// epoch (an empty epoch matches any, as in the reference protocol's recovery).
+    pub fn none() -> Self {
+        Self {
+            epoch: Arc::from(""),
+            offset: 0,
+        }
+    }
+
+    /// Whether this is the position of a stream that does not exist.
+    pub fn is_none(&self) -> bool {
+        self.epoch.is_empty()
+    }
+}
+
 /// How much history a channel keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -311,7 +328,9 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// The current position of a stream, starting a new stream (new epoch, offset 0) if there is none.
+    /// The current position of a stream; [`Position::none`] when there is no stream. A read:
+    /// nothing is stored for a stream that does not exist. It goes through the writer, so the
+    /// position is durable and every append up to it has been handed to the commit hook.
     pub async fn position(&self, channel: &str) -> Result<Position, StoreError> {
         self.call(|reply| writer::Op::Position {
             channel: channel.into(),

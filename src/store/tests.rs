@@ -494,3 +494,25 @@ async fn a_store_behind_its_seal_is_refused() {
     .unwrap();
     assert_refused(dir.path(), "lost writes");
 }
+
+#[tokio::test]
+async fn the_position_of_a_stream_that_does_not_exist_is_empty_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    for n in 0..100 {
+        assert_eq!(store.position(&format!("fresh-{n}")).await.unwrap(), Position::none());
+    }
+    store.flush().await.unwrap();
+    assert_eq!(store.channels().await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.tree.scan_prefix([keys::META]).count(), 0);
+    // The first append creates the stream, in a new epoch.
+    let first = store
+        .append("fresh-0", publication("1"), Some(retention(10)), None)
+        .await
+        .unwrap()
+        .position;
+    assert!(!first.is_none());
+    assert_eq!(first.offset, 1);
+    assert_eq!(store.position("fresh-0").await.unwrap(), first);
+    assert_eq!(store.channels().await.unwrap(), vec!["fresh-0".to_owned()]);
+}

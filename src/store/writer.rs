@@ -372,13 +372,15 @@ impl Writer {
                     None
                 }
             },
-            Op::Position { channel, reply } => match self.meta(&channel, s) {
+            // A read: a stream that does not exist is not created (issue 11: subscribes and
+            // history calls to fresh names grew the store and the writer's cache without bound).
+            Op::Position { channel, reply } => match self.existing(&channel, s) {
                 Ok(meta) => Some(Done::Position(
                     reply,
-                    Position {
+                    meta.map_or_else(Position::none, |meta| Position {
                         epoch: meta.epoch.as_str().into(),
                         offset: meta.top_offset,
-                    },
+                    }),
                 )),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -593,21 +595,34 @@ impl Writer {
 
     /// The position of a stream: cached, else read from disk, else a new stream.
     fn meta(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
+        if self.existing(channel, s)?.is_none() {
+            let meta = self.new_stream(channel, s);
+            self.streams.insert(channel.clone(), meta);
+        }
+        Ok(self.streams.get_mut(channel).expect("inserted above"))
+    }
+
+    /// The position of a stream that exists: cached, else read from disk (and cached). `None`
+    /// when there is no stream; nothing is created then.
+    fn existing(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Option<&mut StreamMeta>, StoreError> {
         if !self.streams.contains_key(channel) {
             let stored = if s.forgotten.contains(channel) {
                 None
             } else {
                 self.tree.get(keys::meta(channel))?
             };
-            let meta = match stored.map(|bytes| StreamMeta::decode(bytes.as_ref())) {
-                Some(Ok(_)) if self.renew_epochs && self.renewed.insert(channel.clone()) => {
+            let Some(bytes) = stored else {
+                return Ok(None);
+            };
+            let meta = match StreamMeta::decode(bytes.as_ref()) {
+                Ok(_) if self.renew_epochs && self.renewed.insert(channel.clone()) => {
                     tracing::info!(channel = %channel, "unclean shutdown in os durability: stream starts a new epoch");
                     metrics::counter!("herald_streams_renewed_total").increment(1);
                     self.purge_publications(channel, s)?;
                     self.new_stream(channel, s)
                 }
-                Some(Ok(meta)) => meta,
-                Some(Err(e)) => {
+                Ok(meta) => meta,
+                Err(e) => {
                     // The position is unreadable: the stream is lost. Start a new epoch (so no
                     // client mistakes new offsets for old ones) and drop what it held.
                     tracing::error!(channel = %channel, error = %e, "stream position unreadable: stream lost, starting a new epoch");
@@ -615,11 +630,10 @@ impl Writer {
                     self.purge_publications(channel, s)?;
                     self.new_stream(channel, s)
                 }
-                None => self.new_stream(channel, s),
             };
             self.streams.insert(channel.clone(), meta);
         }
-        Ok(self.streams.get_mut(channel).expect("inserted above"))
+        Ok(self.streams.get_mut(channel))
     }
 
     fn new_stream(&self, channel: &Arc<str>, s: &mut Staging) -> StreamMeta {
