@@ -371,3 +371,93 @@ async fn a_subscriber_to_a_channel_never_published_to_follows_its_first_publicat
         assert_eq!(c.next_publication().await.offset, 4);
     }
 }
+
+#[tokio::test]
+async fn history_and_recovery_at_offset_and_limit_extremes() {
+    let node = Node::start(CONFIG);
+    let channel = "extremes";
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = node.publish(channel, json!({ "n": n })).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let all = vec![1, 2, 3, 4, 5];
+    let newest_first = vec![5, 4, 3, 2, 1];
+    for format in FORMATS {
+        let mut c = Client::connected(&node, format, "1").await;
+        c.subscribed(channel).await;
+        let mut history = async |limit: i32, since: Option<u64>, reverse: bool| {
+            let reply = c
+                .call(cmd::history(
+                    channel,
+                    limit,
+                    since.map(|o| (o, epoch.as_str())),
+                    reverse,
+                ))
+                .await;
+            match reply.history {
+                Some(h) => {
+                    assert_eq!((h.offset, h.epoch.as_str()), (5, epoch.as_str()));
+                    Ok(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>())
+                }
+                None => Err(reply.error.unwrap().code),
+            }
+        };
+        // Nothing follows u64::MAX: it must not wrap around to the oldest publications.
+        assert_eq!(history(-1, Some(u64::MAX), false).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(u64::MAX - 1), false).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(5), false).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(0), false).await, Ok(all.clone()));
+        // Everything precedes u64::MAX; nothing precedes 1; "before 0" is not a position.
+        assert_eq!(history(-1, Some(u64::MAX), true).await, Ok(newest_first.clone()));
+        assert_eq!(history(2, Some(u64::MAX), true).await, Ok(vec![5, 4]));
+        assert_eq!(history(-1, Some(1), true).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(0), true).await, Err(107));
+        // Any negative limit is "as many as allowed"; huge ones are capped, not converted wrongly.
+        for limit in [-1, i32::MIN, i32::MAX] {
+            assert_eq!(history(limit, None, false).await, Ok(all.clone()), "limit {limit}");
+            assert_eq!(
+                history(limit, None, true).await,
+                Ok(newest_first.clone()),
+                "limit {limit}"
+            );
+        }
+        assert_eq!(history(0, Some(u64::MAX), false).await, Ok(vec![]));
+        // Recovery from a position past the stream's end is refused, not wrapped.
+        c.call(cmd::unsubscribe(channel)).await;
+        for offset in [u64::MAX, 6] {
+            let result = c.call(recover(channel, &epoch, offset)).await.subscribe.unwrap();
+            assert!(!result.recovered && result.publications.is_empty(), "{result:?}");
+            assert_eq!(result.offset, 5);
+            c.call(cmd::unsubscribe(channel)).await;
+        }
+    }
+    // The API takes an i64 limit and a u64 offset.
+    let api = async |body: serde_json::Value| {
+        let (status, body) = node.api("history", body).await;
+        match body["result"]["publications"].as_array() {
+            Some(p) => Ok(p.iter().map(|p| p["offset"].as_u64().unwrap()).collect::<Vec<_>>()),
+            None => Err((status, body)),
+        }
+    };
+    let since = |offset: u64| json!({"offset": offset, "epoch": epoch});
+    assert_eq!(
+        api(json!({"channel": channel, "limit": -1, "since": since(u64::MAX)})).await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        api(json!({"channel": channel, "limit": -1, "since": since(u64::MAX), "reverse": true})).await,
+        Ok(newest_first.clone())
+    );
+    for limit in [i64::MIN, i64::MAX] {
+        assert_eq!(api(json!({"channel": channel, "limit": limit})).await, Ok(all.clone()));
+    }
+    // Out of range for the field's type: a bad request, not a clamped or wrapped read.
+    let too_big = r#"{"channel": "extremes", "limit": 1, "since": {"offset": 18446744073709551616}}"#;
+    let (status, _) = node
+        .api_with("history", too_big.into(), &[("X-API-Key", common::API_KEY)])
+        .await;
+    assert_eq!(status, 400);
+}

@@ -328,10 +328,12 @@ impl Broker {
         }
         let position = self.store.position(channel).await?;
         let max = self.config.client.history_max_publication_limit;
+        // `limit` comes from clients: negative (down to i64::MIN) means the maximum, and no
+        // positive value converts past it.
         let limit = match limit {
             0 => 0,
             l if l < 0 => max,
-            l => (l as usize).min(max),
+            l => usize::try_from(l).unwrap_or(usize::MAX).min(max),
         };
         let mut range = ReadRange {
             limit,

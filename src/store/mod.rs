@@ -392,11 +392,16 @@ fn read_range(
     }
     // Retained offsets are the newest `size` ones, younger than the ttl.
     let oldest_by_size = top.saturating_sub(retention.size as u64) + 1;
-    let first = oldest_by_size.max(range.after.map_or(1, |a| a + 1));
+    // `after` comes from clients: nothing follows u64::MAX (an unchecked `+ 1` wrapped to the
+    // oldest publications, issue 11).
+    let Some(first_after) = range.after.map_or(Some(1), |a| a.checked_add(1)) else {
+        return Ok(Vec::new());
+    };
+    let first = oldest_by_size.max(first_after);
     if first > top {
         return Ok(Vec::new());
     }
-    let oldest_time = now_ms() - retention.ttl.as_millis() as i64;
+    let oldest_time = oldest_time(retention.ttl);
     let scan = tree.range(keys::publication(channel, first)..=keys::publication(channel, top));
     let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<Option<Publication>, StoreError> {
         let (key, value) = item?;
@@ -427,6 +432,18 @@ fn read_range(
         }
     }
     Ok(out)
+}
+
+/// Unix milliseconds before which a publication is older than `ttl` (a ttl beyond the clock's
+/// range keeps everything rather than wrapping into the future).
+fn oldest_time(ttl: Duration) -> i64 {
+    now_ms().saturating_sub(millis(ttl))
+}
+
+/// A duration in milliseconds, saturating: durations from the config meet Unix times in
+/// arithmetic that must not wrap.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Unix time in milliseconds.

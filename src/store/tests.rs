@@ -516,3 +516,35 @@ async fn the_position_of_a_stream_that_does_not_exist_is_empty_and_stores_nothin
     assert_eq!(store.position("fresh-0").await.unwrap(), first);
     assert_eq!(store.channels().await.unwrap(), vec!["fresh-0".to_owned()]);
 }
+
+#[tokio::test]
+async fn reads_at_offset_extremes_do_not_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    for _ in 0..3 {
+        store
+            .append("c", publication("{}"), Some(retention(10)), None)
+            .await
+            .unwrap();
+    }
+    let pos = store.position("c").await.unwrap();
+    let read = |after: Option<u64>, before: Option<u64>, reverse: bool| {
+        let (store, pos) = (store.clone(), pos.clone());
+        async move {
+            let range = ReadRange {
+                after,
+                before,
+                limit: usize::MAX,
+                reverse,
+            };
+            let read = store.read("c", &pos, range, retention(10)).await.unwrap();
+            read.iter().map(|p| p.offset).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read(Some(u64::MAX), None, false).await, Vec::<u64>::new());
+    assert_eq!(read(Some(u64::MAX), None, true).await, Vec::<u64>::new());
+    assert_eq!(read(None, Some(u64::MAX), true).await, vec![3, 2, 1]);
+    assert_eq!(read(None, Some(0), true).await, Vec::<u64>::new());
+    assert_eq!(read(None, Some(1), false).await, Vec::<u64>::new());
+    assert_eq!(read(Some(0), Some(u64::MAX), false).await, vec![1, 2, 3]);
+}

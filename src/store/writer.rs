@@ -14,7 +14,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{IdempotencyRecord, StreamMeta};
-use super::{keys, now_ms, CommitHook, Position, Retention, StoreError};
+use super::{keys, millis, now_ms, oldest_time, CommitHook, Position, Retention, StoreError};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
 
@@ -484,7 +484,7 @@ impl Writer {
             let record = IdempotencyRecord {
                 epoch: position.epoch.to_string(),
                 offset: position.offset,
-                expires_at_ms: now + i.window.as_millis() as i64,
+                expires_at_ms: now.saturating_add(millis(i.window)),
             };
             s.batch.insert(key.clone(), record.encode_to_vec());
             s.idempotency.insert(key, position.clone());
@@ -542,7 +542,7 @@ impl Writer {
         let now = now_ms();
         let prefix = keys::publication_prefix(channel);
         let mut removed = 0;
-        if now - meta.updated_at_ms > meta_ttl.as_millis() as i64 {
+        if now.saturating_sub(meta.updated_at_ms) > millis(meta_ttl) {
             removed += self.purge_publications(channel, s)?;
             s.batch.remove(keys::meta(channel));
             s.wrote = true;
@@ -552,10 +552,7 @@ impl Writer {
             return Ok(removed + 1);
         }
         let (keep_from, oldest_time) = match history {
-            Some(r) => (
-                meta.top_offset.saturating_sub(r.size as u64) + 1,
-                now - r.ttl.as_millis() as i64,
-            ),
+            Some(r) => (meta.top_offset.saturating_sub(r.size as u64) + 1, oldest_time(r.ttl)),
             None => (u64::MAX, i64::MAX),
         };
         for item in self.tree.scan_prefix(&prefix) {
