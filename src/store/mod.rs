@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
+use records::StreamMeta;
 
 pub use writer::{Appended, Committed, Idempotency};
 
@@ -358,19 +359,23 @@ impl Store {
         self.call(|reply| writer::Op::Flush { reply }).await
     }
 
-    /// Reads retained publications of a stream, never past `position.offset`. Publications older
-    /// than `retention` (by count or age) are not returned.
+    /// Reads retained publications of a stream at `position` (from [`Store::position`]), never
+    /// past its offset. Publications older than `retention` (by count or age) are not returned.
+    ///
+    /// `None` when the stream left `position.epoch` (history removed, or forgotten and started
+    /// again) before the read finished: publication keys carry no epoch, so what was read may
+    /// belong to the next epoch. Ask for the position again.
     pub async fn read(
         &self,
         channel: &str,
         position: &Position,
         range: ReadRange,
         retention: Retention,
-    ) -> Result<Vec<Publication>, StoreError> {
+    ) -> Result<Option<Vec<Publication>>, StoreError> {
         let tree = self.tree.clone();
         let channel = channel.to_owned();
-        let top = position.offset;
-        tokio::task::spawn_blocking(move || read_range(&tree, &channel, top, range, retention))
+        let position = position.clone();
+        tokio::task::spawn_blocking(move || read_range(&tree, &channel, &position, range, retention))
             .await
             .map_err(|_| StoreError::Closed)?
     }
@@ -379,27 +384,28 @@ impl Store {
 fn read_range(
     tree: &sled::Tree,
     channel: &str,
-    top: u64,
+    position: &Position,
     range: ReadRange,
     retention: Retention,
-) -> Result<Vec<Publication>, StoreError> {
+) -> Result<Option<Vec<Publication>>, StoreError> {
+    let top = position.offset;
     let top = match range.before {
         Some(before) => top.min(before.saturating_sub(1)),
         None => top,
     };
     if range.limit == 0 || top == 0 {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     // Retained offsets are the newest `size` ones, younger than the ttl.
     let oldest_by_size = top.saturating_sub(retention.size as u64) + 1;
     // `after` comes from clients: nothing follows u64::MAX (an unchecked `+ 1` wrapped to the
     // oldest publications, issue 11).
     let Some(first_after) = range.after.map_or(Some(1), |a| a.checked_add(1)) else {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     };
     let first = oldest_by_size.max(first_after);
     if first > top {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     let oldest_time = oldest_time(retention.ttl);
     let scan = tree.range(keys::publication(channel, first)..=keys::publication(channel, top));
@@ -431,7 +437,15 @@ fn read_range(
             }
         }
     }
-    Ok(out)
+    // The position came from the writer before the scan. A history removal or a forget since
+    // then writes the new stream position in the same atomic batch as (or a batch before) any
+    // publication of the next epoch, and sled shows a batch whole: if the scan saw such a
+    // publication, the stored position now names another epoch (epochs are never reused).
+    let current = match tree.get(keys::meta(channel))? {
+        Some(bytes) => StreamMeta::decode(bytes.as_ref()).ok().map(|m| m.epoch),
+        None => None,
+    };
+    Ok((current.as_deref() == Some(&*position.epoch)).then_some(out))
 }
 
 /// Unix milliseconds before which a publication is older than `ttl` (a ttl beyond the clock's

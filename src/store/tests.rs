@@ -111,7 +111,8 @@ async fn read_honours_size_limit_after_and_reverse() {
             retention(4),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the stream kept its epoch");
     assert_eq!(offsets(all), vec![7, 8, 9, 10]);
     let two = store
         .read(
@@ -124,7 +125,8 @@ async fn read_honours_size_limit_after_and_reverse() {
             retention(4),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the stream kept its epoch");
     assert_eq!(offsets(two), vec![7, 8]);
     let after = store
         .read(
@@ -138,7 +140,8 @@ async fn read_honours_size_limit_after_and_reverse() {
             retention(4),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the stream kept its epoch");
     assert_eq!(offsets(after), vec![9, 10]);
     let rev = store
         .read(
@@ -152,7 +155,8 @@ async fn read_honours_size_limit_after_and_reverse() {
             retention(4),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the stream kept its epoch");
     assert_eq!(offsets(rev), vec![10, 9, 8]);
     let before = store
         .read(
@@ -167,7 +171,8 @@ async fn read_honours_size_limit_after_and_reverse() {
             retention(4),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the stream kept its epoch");
     assert_eq!(offsets(before), vec![8, 7]);
     // Size trimming removed the old keys from disk, not just from reads.
     assert_eq!(store.tree.scan_prefix(keys::publication_prefix("c")).count(), 4);
@@ -200,7 +205,8 @@ async fn expired_publications_are_not_read() {
             short,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the stream kept its epoch");
     assert_eq!(got.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![2]);
 }
 
@@ -537,7 +543,11 @@ async fn reads_at_offset_extremes_do_not_wrap() {
                 limit: usize::MAX,
                 reverse,
             };
-            let read = store.read("c", &pos, range, retention(10)).await.unwrap();
+            let read = store
+                .read("c", &pos, range, retention(10))
+                .await
+                .unwrap()
+                .expect("the stream kept its epoch");
             read.iter().map(|p| p.offset).collect::<Vec<_>>()
         }
     };
@@ -547,4 +557,53 @@ async fn reads_at_offset_extremes_do_not_wrap() {
     assert_eq!(read(None, Some(0), true).await, Vec::<u64>::new());
     assert_eq!(read(None, Some(1), false).await, Vec::<u64>::new());
     assert_eq!(read(Some(0), Some(u64::MAX), false).await, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_read_does_not_label_the_next_epochs_publications_with_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let all = ReadRange {
+        limit: 100,
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        store
+            .append("c", publication("old"), Some(retention(10)), None)
+            .await
+            .unwrap();
+    }
+    // History and recovery take the position, then read: between the two steps, the history
+    // is removed and the next epoch gets publications under the same offsets.
+    let old = store.position("c").await.unwrap();
+    store.remove_history("c").await.unwrap();
+    for _ in 0..3 {
+        store
+            .append("c", publication("new"), Some(retention(10)), None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.read("c", &old, all, retention(10)).await.unwrap(), None);
+    let new = store.position("c").await.unwrap();
+    let read = store.read("c", &new, all, retention(10)).await.unwrap().unwrap();
+    assert!(read.iter().all(|p| p.data == "new"), "{read:?}");
+    // The same when the stream is forgotten (history_meta_ttl) and starts again.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store
+        .trim("c", Some(retention(10)), Duration::from_millis(1))
+        .await
+        .unwrap();
+    store
+        .append("c", publication("newer"), Some(retention(10)), None)
+        .await
+        .unwrap();
+    assert_eq!(store.read("c", &new, all, retention(10)).await.unwrap(), None);
+    // Forgotten and not started again: nothing to read under the old epoch either.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let newer = store.position("c").await.unwrap();
+    store
+        .trim("c", Some(retention(10)), Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(store.read("c", &newer, all, retention(10)).await.unwrap(), None);
 }
