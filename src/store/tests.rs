@@ -456,8 +456,15 @@ async fn os_durability_flushes_in_the_background_and_renews_epochs_after_a_crash
         // No close: as after a crash, the seal stays unclean.
         store.flush().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The writer thread's final flush on drop seals it clean; make it unclean as a crash would.
+    // The writer thread's final flush on drop seals it clean; wait for it (a fixed sleep lost
+    // the race on a loaded machine), then make it unclean as a crash would.
+    for _ in 0..100 {
+        if seal::read(dir.path()).unwrap().unwrap().clean {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
     seal::write(
         dir.path(),
         seal::SealState {
