@@ -14,6 +14,7 @@ mod seal;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +54,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shut down")]
     Closed,
+    #[error("the store could not write to disk ({0}); it refuses to serve until herald restarts")]
+    Failed(String),
     #[error(
         "store at {path} lost writes that were already durable: it holds batches up to {durable}, its seal says \
          {sealed}. The data file is damaged (torn or truncated); serving it would reuse stream offsets. Restore \
@@ -131,6 +134,11 @@ impl Append {
 pub struct Store {
     tree: sled::Tree,
     ops: mpsc::Sender<writer::Op>,
+    /// Set by the writer when a batch could not be written: reads, which do not go through
+    /// the writer, are refused too.
+    failed: Arc<AtomicBool>,
+    #[cfg(test)]
+    faults: Arc<writer::Faults>,
 }
 
 /// Called by the writer, in offset order per channel, for every durable append.
@@ -216,6 +224,16 @@ impl Store {
                 });
             }
         }
+        if let Some(batch) = sealed.and_then(|s| s.failed) {
+            // The last run stopped after telling the callers of this batch that it failed.
+            if durable >= batch {
+                let undone = writer::undo_batch(&tree, batch)?;
+                db.flush()?;
+                tracing::warn!(path = %path.display(), batch, undone, "the last run stopped after a failed write that reached the disk: undone");
+            } else {
+                tracing::warn!(path = %path.display(), batch, "the last run stopped after a failed write; it never reached the disk");
+            }
+        }
         // No seal on an existing database counts as unclean: nothing witnesses how it stopped.
         let unclean = sealed.map_or(existed, |s| !s.clean);
         let renew_epochs = unclean && durability == Durability::Os;
@@ -228,19 +246,32 @@ impl Store {
             seal::SealState {
                 seq: durable,
                 clean: false,
+                failed: None,
             },
         )
         .map_err(|e| StoreError::Open {
             path: path.to_owned(),
             error: format!("writing {}: {e}", seal::path(path).display()),
         })?;
+        let failed = Arc::new(AtomicBool::new(false));
+        #[cfg(test)]
+        let faults = Arc::new(writer::Faults::default());
         let start = writer::Start {
             dir: path.to_owned(),
             seq: durable,
             renew_epochs,
+            failed: failed.clone(),
+            #[cfg(test)]
+            faults: faults.clone(),
         };
         let ops = writer::spawn(db, tree.clone(), durability, flush_interval, on_commit, start);
-        Ok(Self { tree, ops })
+        Ok(Self {
+            tree,
+            ops,
+            failed,
+            #[cfg(test)]
+            faults,
+        })
     }
 
     async fn call<T>(
@@ -315,8 +346,17 @@ impl Store {
         self.call(|reply| writer::Op::ExpireIdempotency { reply }).await
     }
 
+    /// Refuses reads once the writer failed: what sled holds is then unknown.
+    fn check_serving(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Failed("an earlier write failed".into()));
+        }
+        Ok(())
+    }
+
     /// Every channel with a stream.
     pub async fn channels(&self) -> Result<Vec<String>, StoreError> {
+        self.check_serving()?;
         let tree = self.tree.clone();
         tokio::task::spawn_blocking(move || {
             tree.scan_prefix([keys::META])
@@ -372,6 +412,7 @@ impl Store {
         range: ReadRange,
         retention: Retention,
     ) -> Result<Option<Vec<Publication>>, StoreError> {
+        self.check_serving()?;
         let tree = self.tree.clone();
         let channel = channel.to_owned();
         let position = position.clone();

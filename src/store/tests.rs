@@ -1,3 +1,4 @@
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -470,6 +471,7 @@ async fn os_durability_flushes_in_the_background_and_renews_epochs_after_a_crash
         seal::SealState {
             seq: seal::read(dir.path()).unwrap().unwrap().seq,
             clean: false,
+            failed: None,
         },
     )
     .unwrap();
@@ -502,6 +504,7 @@ async fn a_store_behind_its_seal_is_refused() {
         seal::SealState {
             seq: sealed.seq + 5,
             clean: true,
+            failed: None,
         },
     )
     .unwrap();
@@ -613,4 +616,104 @@ async fn a_read_does_not_label_the_next_epochs_publications_with_the_old_one() {
         .await
         .unwrap();
     assert_eq!(store.read("c", &newer, all, retention(10)).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn after_a_failed_flush_the_store_refuses_to_serve_and_a_restart_undoes_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let position = store.position("c").await.unwrap();
+            let range = ReadRange {
+                limit: 100,
+                ..Default::default()
+            };
+            let read = store.read("c", &position, range, retention(10)).await.unwrap().unwrap();
+            let data: Vec<String> = read
+                .iter()
+                .map(|p| String::from_utf8_lossy(&p.data).into_owned())
+                .collect();
+            (position, data)
+        }
+    };
+    let key = || {
+        Some(Idempotency {
+            key: "k".into(),
+            window: Duration::from_secs(60),
+        })
+    };
+    let epoch;
+    {
+        let (store, seen) = open(dir.path());
+        store
+            .append("c", publication("1"), Some(retention(10)), None)
+            .await
+            .unwrap();
+        // The batch of "2" reaches sled (and the disk), but its flush reports an error.
+        store.faults.fail_next_flush.store(true, Ordering::Relaxed);
+        let failed = store.append("c", publication("2"), Some(retention(10)), None).await;
+        assert!(matches!(failed, Err(StoreError::Failed(_))), "{failed:?}");
+        // The publisher retries: refused, as is everything else until the state is known.
+        let retry = store.append("c", publication("2"), Some(retention(10)), None).await;
+        assert!(matches!(retry, Err(StoreError::Failed(_))), "{retry:?}");
+        assert!(store.position("c").await.is_err());
+        let position = Position::none();
+        assert!(store
+            .read("c", &position, ReadRange::default(), retention(10))
+            .await
+            .is_err());
+        assert!(store.channels().await.is_err());
+        assert!(store.flush().await.is_err(), "/health answers 503");
+        assert!(store.remove_history("c").await.is_err());
+        assert!(store.close().await.is_err(), "not sealed clean");
+        assert_eq!(seen.lock().len(), 1, "the failed publication was not delivered");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sealed = seal::read(dir.path()).unwrap().unwrap();
+    assert!(!sealed.clean && sealed.failed.is_some(), "{sealed:?}");
+    {
+        // The restart undoes the failed batch: the retry appends "2" once, at the offset the
+        // failed attempt would have had (nobody saw it).
+        let (store, _) = open(dir.path());
+        assert_eq!(seal::read(dir.path()).unwrap().unwrap().failed, None);
+        let (position, data) = history(&store).await;
+        assert_eq!((position.offset, data), (1, vec!["1".to_owned()]));
+        epoch = position.epoch;
+        let retry = store
+            .append("c", publication("2"), Some(retention(10)), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            retry.position,
+            Position {
+                epoch: epoch.clone(),
+                offset: 2
+            }
+        );
+        assert_eq!(history(&store).await.1, vec!["1", "2"]);
+        // A failed publish with an idempotency key: its key is undone with it, so the retry
+        // publishes instead of answering with a publication that no longer exists.
+        store.faults.fail_next_flush.store(true, Ordering::Relaxed);
+        assert!(store
+            .append("c", publication("3"), Some(retention(10)), key())
+            .await
+            .is_err());
+        assert!(store.close().await.is_err());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, seen) = open(dir.path());
+    let retry = store
+        .append("c", publication("3"), Some(retention(10)), key())
+        .await
+        .unwrap();
+    assert!(!retry.duplicate);
+    assert_eq!(retry.position, Position { epoch, offset: 3 });
+    assert_eq!(seen.lock().len(), 1, "delivered once");
+    assert_eq!(history(&store).await.1, vec!["1", "2", "3"]);
+    let again = store
+        .append("c", publication("3"), Some(retention(10)), key())
+        .await
+        .unwrap();
+    assert!(again.duplicate);
 }
