@@ -532,7 +532,11 @@ history_meta_ttl = \"{}s\"
     assert!(forgotten, "ret:probe was not forgotten after history_meta_ttl");
     let probe = ok(&node, "history", json!({"channel": "ret:probe", "limit": -1})).await;
     assert_eq!(
-        (probe["offset"].as_u64(), probe["epoch"].as_str(), probe["publications"].clone()),
+        (
+            probe["offset"].as_u64(),
+            probe["epoch"].as_str(),
+            probe["publications"].clone()
+        ),
         (Some(0), Some(""), json!([]))
     );
     let next = node.publish("ret:probe", json!({"n": "again"})).await;
