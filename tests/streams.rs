@@ -296,3 +296,168 @@ async fn presence_and_join_leave_follow_live_connections() {
         );
     }
 }
+
+#[tokio::test]
+async fn reads_of_channels_never_published_to_store_nothing() {
+    let mut node = Node::start(CONFIG);
+    let fresh = |kind: &str, n: usize| format!("fresh-{kind}-{n}");
+    let mut c = Client::connected(&node, Format::Json, "1").await;
+    for n in 0..100 {
+        // A positioned subscribe, a client history call, a recovering subscribe, an API history.
+        let result = c.subscribed(&fresh("sub", n)).await;
+        assert!(result.positioned && result.recoverable, "{result:?}");
+        assert_eq!((result.epoch.as_str(), result.offset), ("", 0), "the empty position");
+        let h = c.call(cmd::history(&fresh("sub", n), 10, None, false)).await;
+        let h = h.history.unwrap_or_else(|| panic!("{:?}", h.error));
+        assert!(h.publications.is_empty());
+        assert_eq!((h.epoch.as_str(), h.offset), ("", 0));
+        c.call(cmd::unsubscribe(&fresh("sub", n))).await;
+        let result = c.call(recover(&fresh("recover", n), "", 0)).await.subscribe.unwrap();
+        assert!(result.recovered, "nothing was missed: {result:?}");
+        c.call(cmd::unsubscribe(&fresh("recover", n))).await;
+        let (status, body) = node
+            .api("history", json!({"channel": fresh("api", n), "limit": 10}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    c.close().await;
+    node.restart();
+    // Had any of those reads created a stream, it would answer with its epoch, here and after
+    // the restart (history itself creates nothing).
+    for n in 0..100 {
+        for kind in ["sub", "recover", "api"] {
+            let (_, body) = node
+                .api("history", json!({"channel": fresh(kind, n), "limit": 0}))
+                .await;
+            assert_eq!(
+                (&body["result"]["epoch"], &body["result"]["offset"]),
+                (&json!(""), &json!(0)),
+                "{kind} {n}: {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_to_a_channel_never_published_to_follows_its_first_publications() {
+    let node = Node::start(CONFIG);
+    for format in FORMATS {
+        let channel = format!("first-{format:?}");
+        let mut c = Client::connected(&node, format, "1").await;
+        let told = c.subscribed(&channel).await;
+        assert_eq!((told.epoch.as_str(), told.offset), ("", 0));
+        // The first publication creates the stream with an epoch the subscriber was not told:
+        // it is delivered, not taken for a gap (unsubscribe 2500).
+        let epoch = node.publish(&channel, json!({"n": 1})).await["epoch"].clone();
+        assert_ne!(epoch, json!(""));
+        node.publish(&channel, json!({"n": 2})).await;
+        for expected in 1..=2 {
+            let publication = c.next_publication().await;
+            assert_eq!(
+                (publication.offset, common::data_of(&publication)),
+                (expected, json!({ "n": expected }))
+            );
+        }
+        c.close().await;
+        node.publish(&channel, json!({"n": 3})).await;
+        // An SDK recovers with the epoch it was told (empty) and the last offset it saw.
+        let mut c = Client::connected(&node, format, "1").await;
+        let result = c.call(recover(&channel, &told.epoch, 2)).await.subscribe.unwrap();
+        assert!(result.recovered && result.was_recovering, "{result:?}");
+        assert_eq!(json!(result.epoch), epoch);
+        let offsets: Vec<u64> = result.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3]);
+        node.publish(&channel, json!({"n": 4})).await;
+        assert_eq!(c.next_publication().await.offset, 4);
+    }
+}
+
+#[tokio::test]
+async fn history_and_recovery_at_offset_and_limit_extremes() {
+    let node = Node::start(CONFIG);
+    let channel = "extremes";
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = node.publish(channel, json!({ "n": n })).await["epoch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let all = vec![1, 2, 3, 4, 5];
+    let newest_first = vec![5, 4, 3, 2, 1];
+    for format in FORMATS {
+        let mut c = Client::connected(&node, format, "1").await;
+        c.subscribed(channel).await;
+        let mut history = async |limit: i32, since: Option<u64>, reverse: bool| {
+            let reply = c
+                .call(cmd::history(
+                    channel,
+                    limit,
+                    since.map(|o| (o, epoch.as_str())),
+                    reverse,
+                ))
+                .await;
+            match reply.history {
+                Some(h) => {
+                    assert_eq!((h.offset, h.epoch.as_str()), (5, epoch.as_str()));
+                    Ok(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>())
+                }
+                None => Err(reply.error.unwrap().code),
+            }
+        };
+        // Nothing follows u64::MAX: it must not wrap around to the oldest publications.
+        assert_eq!(history(-1, Some(u64::MAX), false).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(u64::MAX - 1), false).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(5), false).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(0), false).await, Ok(all.clone()));
+        // Everything precedes u64::MAX; nothing precedes 1; "before 0" is not a position.
+        assert_eq!(history(-1, Some(u64::MAX), true).await, Ok(newest_first.clone()));
+        assert_eq!(history(2, Some(u64::MAX), true).await, Ok(vec![5, 4]));
+        assert_eq!(history(-1, Some(1), true).await, Ok(vec![]));
+        assert_eq!(history(-1, Some(0), true).await, Err(107));
+        // Any negative limit is "as many as allowed"; huge ones are capped, not converted wrongly.
+        for limit in [-1, i32::MIN, i32::MAX] {
+            assert_eq!(history(limit, None, false).await, Ok(all.clone()), "limit {limit}");
+            assert_eq!(
+                history(limit, None, true).await,
+                Ok(newest_first.clone()),
+                "limit {limit}"
+            );
+        }
+        assert_eq!(history(0, Some(u64::MAX), false).await, Ok(vec![]));
+        // Recovery from a position past the stream's end is refused, not wrapped.
+        c.call(cmd::unsubscribe(channel)).await;
+        for offset in [u64::MAX, 6] {
+            let result = c.call(recover(channel, &epoch, offset)).await.subscribe.unwrap();
+            assert!(!result.recovered && result.publications.is_empty(), "{result:?}");
+            assert_eq!(result.offset, 5);
+            c.call(cmd::unsubscribe(channel)).await;
+        }
+    }
+    // The API takes an i64 limit and a u64 offset.
+    let api = async |body: serde_json::Value| {
+        let (status, body) = node.api("history", body).await;
+        match body["result"]["publications"].as_array() {
+            Some(p) => Ok(p.iter().map(|p| p["offset"].as_u64().unwrap()).collect::<Vec<_>>()),
+            None => Err((status, body)),
+        }
+    };
+    let since = |offset: u64| json!({"offset": offset, "epoch": epoch});
+    assert_eq!(
+        api(json!({"channel": channel, "limit": -1, "since": since(u64::MAX)})).await,
+        Ok(vec![])
+    );
+    assert_eq!(
+        api(json!({"channel": channel, "limit": -1, "since": since(u64::MAX), "reverse": true})).await,
+        Ok(newest_first.clone())
+    );
+    for limit in [i64::MIN, i64::MAX] {
+        assert_eq!(api(json!({"channel": channel, "limit": limit})).await, Ok(all.clone()));
+    }
+    // Out of range for the field's type: a bad request, not a clamped or wrapped read.
+    let too_big = r#"{"channel": "extremes", "limit": 1, "since": {"offset": 18446744073709551616}}"#;
+    let (status, _) = node
+        .api_with("history", too_big.into(), &[("X-API-Key", common::API_KEY)])
+        .await;
+    assert_eq!(status, 400);
+}

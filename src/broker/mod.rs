@@ -38,6 +38,10 @@ pub enum BrokerError {
     NotAvailable,
     #[error("unrecoverable position")]
     UnrecoverablePosition,
+    /// The stream changed epoch during every attempt to read it (history removed again and
+    /// again): a temporary error, the client may retry.
+    #[error("the stream kept changing while it was read")]
+    StreamChanging,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -50,6 +54,7 @@ impl BrokerError {
             Self::BadRequest(_) => ErrorCode::BAD_REQUEST,
             Self::NotAvailable => ErrorCode::NOT_AVAILABLE,
             Self::UnrecoverablePosition => ErrorCode::UNRECOVERABLE_POSITION,
+            Self::StreamChanging => ErrorCode::INTERNAL,
             Self::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 ErrorCode::INTERNAL
@@ -102,6 +107,9 @@ fn published(appended: Appended) -> PublishResult {
         epoch: appended.position.epoch.to_string(),
     }
 }
+
+/// How often `history` reads a stream that changes epoch under it before giving up.
+const HISTORY_ATTEMPTS: usize = 3;
 
 /// A page of history and the stream's current position.
 #[derive(Debug, Clone, Default)]
@@ -258,7 +266,8 @@ impl Broker {
         self.hub.broadcast(channel, &push);
     }
 
-    /// The current position of a channel's stream (creating it if needed).
+    /// The current position of a channel's stream; [`Position::none`] when it has none (a
+    /// read never creates a stream).
     pub async fn position(&self, channel: &str) -> Result<Position, BrokerError> {
         Ok(self.store.position(channel).await?)
     }
@@ -298,7 +307,11 @@ impl Broker {
             limit: missed as usize,
             ..Default::default()
         };
-        let publications = self.store.read(channel, position, range, retention(options)).await?;
+        let Some(publications) = self.store.read(channel, position, range, retention(options)).await? else {
+            // The stream left the epoch `position` names while it was read: the subscriber,
+            // positioned there, learns of the change from its first live publication (2500).
+            return not_recovered;
+        };
         let contiguous = publications.len() as u64 == missed
             && publications.first().is_some_and(|p| p.offset == offset + 1)
             && publications.last().is_some_and(|p| p.offset == position.offset);
@@ -325,37 +338,46 @@ impl Broker {
         if !options.history_enabled() {
             return Err(BrokerError::NotAvailable);
         }
-        let position = self.store.position(channel).await?;
         let max = self.config.client.history_max_publication_limit;
+        // `limit` comes from clients: negative (down to i64::MIN) means the maximum, and no
+        // positive value converts past it.
         let limit = match limit {
             0 => 0,
             l if l < 0 => max,
-            l => (l as usize).min(max),
+            l => usize::try_from(l).unwrap_or(usize::MAX).min(max),
         };
-        let mut range = ReadRange {
-            limit,
-            reverse,
-            ..Default::default()
-        };
-        if let Some((epoch, offset)) = since {
-            if !epoch.is_empty() && epoch != *position.epoch {
-                return Err(BrokerError::UnrecoverablePosition);
-            }
-            if reverse {
-                if offset == 0 {
-                    return Err(BrokerError::BadRequest("reverse history since offset 0"));
+        // The position and the publications are read in two steps: when the stream changes
+        // epoch in between, read both again rather than label the next epoch's publications
+        // with this one.
+        for _ in 0..HISTORY_ATTEMPTS {
+            let position = self.store.position(channel).await?;
+            let mut range = ReadRange {
+                limit,
+                reverse,
+                ..Default::default()
+            };
+            if let Some((epoch, offset)) = &since {
+                if !epoch.is_empty() && *epoch != *position.epoch {
+                    return Err(BrokerError::UnrecoverablePosition);
                 }
-                range.before = Some(offset);
-            } else {
-                range.after = Some(offset);
+                if reverse {
+                    if *offset == 0 {
+                        return Err(BrokerError::BadRequest("reverse history since offset 0"));
+                    }
+                    range.before = Some(*offset);
+                } else {
+                    range.after = Some(*offset);
+                }
+            }
+            if let Some(publications) = self.store.read(channel, &position, range, retention(options)).await? {
+                return Ok(History {
+                    publications,
+                    epoch: position.epoch.to_string(),
+                    offset: position.offset,
+                });
             }
         }
-        let publications = self.store.read(channel, &position, range, retention(options)).await?;
-        Ok(History {
-            publications,
-            epoch: position.epoch.to_string(),
-            offset: position.offset,
-        })
+        Err(BrokerError::StreamChanging)
     }
 
     /// Drops a channel's history; its stream starts a new epoch.

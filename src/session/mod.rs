@@ -131,6 +131,13 @@ impl Subscription {
             PushKind::JoinLeave => Admit::Skip,
             PushKind::Publication { offset: 0, .. } => Admit::Send,
             PushKind::Publication { .. } if !self.positioned => Admit::Send,
+            // Positioned on a stream that did not exist (empty epoch, offset 0): its first
+            // publication creates it, and names the epoch that follows.
+            PushKind::Publication { epoch, offset: 1 } if self.epoch.is_empty() && self.offset == 0 => {
+                self.epoch = epoch.clone();
+                self.offset = 1;
+                Admit::Send
+            }
             PushKind::Publication { epoch, offset } => {
                 if **epoch != *self.epoch {
                     Admit::Gap

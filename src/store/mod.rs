@@ -14,6 +14,7 @@ mod seal;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
+use records::StreamMeta;
 
 pub use writer::{Appended, Committed, Idempotency};
 
@@ -52,6 +54,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shut down")]
     Closed,
+    #[error("the store could not write to disk ({0}); it refuses to serve until herald restarts")]
+    Failed(String),
     #[error(
         "store at {path} lost writes that were already durable: it holds batches up to {durable}, its seal says \
          {sealed}. The data file is damaged (torn or truncated); serving it would reuse stream offsets. Restore \
@@ -65,6 +69,23 @@ pub enum StoreError {
 pub struct Position {
     pub epoch: Arc<str>,
     pub offset: u64,
+}
+
+impl Position {
+    /// The position of a stream that does not exist: no epoch, offset 0. Its first publication
+    /// creates it with a new epoch at offset 1, so a client told this position accepts that
+    /// epoch (an empty epoch matches any, as in the reference protocol's recovery).
+    pub fn none() -> Self {
+        Self {
+            epoch: Arc::from(""),
+            offset: 0,
+        }
+    }
+
+    /// Whether this is the position of a stream that does not exist.
+    pub fn is_none(&self) -> bool {
+        self.epoch.is_empty()
+    }
 }
 
 /// How much history a channel keeps.
@@ -113,6 +134,11 @@ impl Append {
 pub struct Store {
     tree: sled::Tree,
     ops: mpsc::Sender<writer::Op>,
+    /// Set by the writer when a batch could not be written: reads, which do not go through
+    /// the writer, are refused too.
+    failed: Arc<AtomicBool>,
+    #[cfg(test)]
+    faults: Arc<writer::Faults>,
 }
 
 /// Called by the writer, in offset order per channel, for every durable append.
@@ -198,6 +224,16 @@ impl Store {
                 });
             }
         }
+        if let Some(batch) = sealed.and_then(|s| s.failed) {
+            // The last run stopped after telling the callers of this batch that it failed.
+            if durable >= batch {
+                let undone = writer::undo_batch(&tree, batch)?;
+                db.flush()?;
+                tracing::warn!(path = %path.display(), batch, undone, "the last run stopped after a failed write that reached the disk: undone");
+            } else {
+                tracing::warn!(path = %path.display(), batch, "the last run stopped after a failed write; it never reached the disk");
+            }
+        }
         // No seal on an existing database counts as unclean: nothing witnesses how it stopped.
         let unclean = sealed.map_or(existed, |s| !s.clean);
         let renew_epochs = unclean && durability == Durability::Os;
@@ -210,19 +246,32 @@ impl Store {
             seal::SealState {
                 seq: durable,
                 clean: false,
+                failed: None,
             },
         )
         .map_err(|e| StoreError::Open {
             path: path.to_owned(),
             error: format!("writing {}: {e}", seal::path(path).display()),
         })?;
+        let failed = Arc::new(AtomicBool::new(false));
+        #[cfg(test)]
+        let faults = Arc::new(writer::Faults::default());
         let start = writer::Start {
             dir: path.to_owned(),
             seq: durable,
             renew_epochs,
+            failed: failed.clone(),
+            #[cfg(test)]
+            faults: faults.clone(),
         };
         let ops = writer::spawn(db, tree.clone(), durability, flush_interval, on_commit, start);
-        Ok(Self { tree, ops })
+        Ok(Self {
+            tree,
+            ops,
+            failed,
+            #[cfg(test)]
+            faults,
+        })
     }
 
     async fn call<T>(
@@ -297,8 +346,17 @@ impl Store {
         self.call(|reply| writer::Op::ExpireIdempotency { reply }).await
     }
 
+    /// Refuses reads once the writer failed: what sled holds is then unknown.
+    fn check_serving(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Failed("an earlier write failed".into()));
+        }
+        Ok(())
+    }
+
     /// Every channel with a stream.
     pub async fn channels(&self) -> Result<Vec<String>, StoreError> {
+        self.check_serving()?;
         let tree = self.tree.clone();
         tokio::task::spawn_blocking(move || {
             tree.scan_prefix([keys::META])
@@ -311,7 +369,9 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// The current position of a stream, starting a new stream (new epoch, offset 0) if there is none.
+    /// The current position of a stream; [`Position::none`] when there is no stream. A read:
+    /// nothing is stored for a stream that does not exist. It goes through the writer, so the
+    /// position is durable and every append up to it has been handed to the commit hook.
     pub async fn position(&self, channel: &str) -> Result<Position, StoreError> {
         self.call(|reply| writer::Op::Position {
             channel: channel.into(),
@@ -339,19 +399,24 @@ impl Store {
         self.call(|reply| writer::Op::Flush { reply }).await
     }
 
-    /// Reads retained publications of a stream, never past `position.offset`. Publications older
-    /// than `retention` (by count or age) are not returned.
+    /// Reads retained publications of a stream at `position` (from [`Store::position`]), never
+    /// past its offset. Publications older than `retention` (by count or age) are not returned.
+    ///
+    /// `None` when the stream left `position.epoch` (history removed, or forgotten and started
+    /// again) before the read finished: publication keys carry no epoch, so what was read may
+    /// belong to the next epoch. Ask for the position again.
     pub async fn read(
         &self,
         channel: &str,
         position: &Position,
         range: ReadRange,
         retention: Retention,
-    ) -> Result<Vec<Publication>, StoreError> {
+    ) -> Result<Option<Vec<Publication>>, StoreError> {
+        self.check_serving()?;
         let tree = self.tree.clone();
         let channel = channel.to_owned();
-        let top = position.offset;
-        tokio::task::spawn_blocking(move || read_range(&tree, &channel, top, range, retention))
+        let position = position.clone();
+        tokio::task::spawn_blocking(move || read_range(&tree, &channel, &position, range, retention))
             .await
             .map_err(|_| StoreError::Closed)?
     }
@@ -360,24 +425,30 @@ impl Store {
 fn read_range(
     tree: &sled::Tree,
     channel: &str,
-    top: u64,
+    position: &Position,
     range: ReadRange,
     retention: Retention,
-) -> Result<Vec<Publication>, StoreError> {
+) -> Result<Option<Vec<Publication>>, StoreError> {
+    let top = position.offset;
     let top = match range.before {
         Some(before) => top.min(before.saturating_sub(1)),
         None => top,
     };
     if range.limit == 0 || top == 0 {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     // Retained offsets are the newest `size` ones, younger than the ttl.
     let oldest_by_size = top.saturating_sub(retention.size as u64) + 1;
-    let first = oldest_by_size.max(range.after.map_or(1, |a| a + 1));
+    // `after` comes from clients: nothing follows u64::MAX (an unchecked `+ 1` wrapped to the
+    // oldest publications, issue 11).
+    let Some(first_after) = range.after.map_or(Some(1), |a| a.checked_add(1)) else {
+        return Ok(Some(Vec::new()));
+    };
+    let first = oldest_by_size.max(first_after);
     if first > top {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
-    let oldest_time = now_ms() - retention.ttl.as_millis() as i64;
+    let oldest_time = oldest_time(retention.ttl);
     let scan = tree.range(keys::publication(channel, first)..=keys::publication(channel, top));
     let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<Option<Publication>, StoreError> {
         let (key, value) = item?;
@@ -407,7 +478,27 @@ fn read_range(
             }
         }
     }
-    Ok(out)
+    // The position came from the writer before the scan. A history removal or a forget since
+    // then writes the new stream position in the same atomic batch as (or a batch before) any
+    // publication of the next epoch, and sled shows a batch whole: if the scan saw such a
+    // publication, the stored position now names another epoch (epochs are never reused).
+    let current = match tree.get(keys::meta(channel))? {
+        Some(bytes) => StreamMeta::decode(bytes.as_ref()).ok().map(|m| m.epoch),
+        None => None,
+    };
+    Ok((current.as_deref() == Some(&*position.epoch)).then_some(out))
+}
+
+/// Unix milliseconds before which a publication is older than `ttl` (a ttl beyond the clock's
+/// range keeps everything rather than wrapping into the future).
+fn oldest_time(ttl: Duration) -> i64 {
+    now_ms().saturating_sub(millis(ttl))
+}
+
+/// A duration in milliseconds, saturating: durations from the config meet Unix times in
+/// arithmetic that must not wrap.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Unix time in milliseconds.

@@ -10,7 +10,9 @@
 //! were already durable, and possibly acknowledged and delivered: a torn or damaged data file
 //! from which sled recovered only a prefix. Serving it would reuse `(epoch, offset)` pairs, so
 //! the store is refused. A seal that is not `clean` tells that the last run did not shut down
-//! cleanly, which matters in `os` durability (see `writer`).
+//! cleanly, which matters in `os` durability (see `writer`). A seal with `failed=N` tells that
+//! batch N could not be written (its callers got an error) and the store stopped there: the
+//! next start undoes batch N if sled holds it (see `writer::undo_batch`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,9 @@ pub struct SealState {
     pub seq: u64,
     /// Written by a clean shutdown.
     pub clean: bool,
+    /// The sequence number of a batch whose writing failed (its callers were answered with an
+    /// error) after which the store stopped: the next start undoes it if sled holds it.
+    pub failed: Option<u64>,
 }
 
 pub fn path(dir: &Path) -> PathBuf {
@@ -44,15 +49,17 @@ pub fn read(dir: &Path) -> Result<Option<SealState>, String> {
     }
     let mut seq = None;
     let mut clean = None;
+    let mut failed = None;
     for line in lines {
         match line.split_once('=') {
             Some(("seq", v)) => seq = v.parse().ok(),
             Some(("clean", v)) => clean = v.parse().ok(),
+            Some(("failed", v)) => failed = Some(v.parse().map_err(|_| malformed())?),
             _ => return Err(malformed()),
         }
     }
     match (seq, clean) {
-        (Some(seq), Some(clean)) => Ok(Some(SealState { seq, clean })),
+        (Some(seq), Some(clean)) => Ok(Some(SealState { seq, clean, failed })),
         _ => Err(malformed()),
     }
 }
@@ -63,6 +70,9 @@ pub fn write(dir: &Path, state: SealState) -> std::io::Result<()> {
     {
         let mut file = std::fs::File::create(&tmp)?;
         write!(file, "{HEADER}\nseq={}\nclean={}\n", state.seq, state.clean)?;
+        if let Some(batch) = state.failed {
+            writeln!(file, "failed={batch}")?;
+        }
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path(dir))?;
@@ -78,9 +88,20 @@ mod tests {
     fn round_trip_and_malformed() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read(dir.path()), Ok(None));
-        let state = SealState { seq: 42, clean: true };
+        let state = SealState {
+            seq: 42,
+            clean: true,
+            failed: None,
+        };
         write(dir.path(), state).unwrap();
         assert_eq!(read(dir.path()), Ok(Some(state)));
+        let failed = SealState {
+            seq: 42,
+            clean: false,
+            failed: Some(44),
+        };
+        write(dir.path(), failed).unwrap();
+        assert_eq!(read(dir.path()), Ok(Some(failed)));
         std::fs::write(path(dir.path()), "garbage").unwrap();
         assert!(read(dir.path()).unwrap_err().contains("herald.seal"));
     }

@@ -6,6 +6,7 @@
 //! else assigns them; idempotency keys are checked and recorded here for the same reason.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{IdempotencyRecord, StreamMeta};
-use super::{keys, now_ms, CommitHook, Position, Retention, StoreError};
+use super::{keys, millis, now_ms, oldest_time, CommitHook, Position, Retention, StoreError};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
 
@@ -105,6 +106,20 @@ struct Writer {
     /// the first time it is used; otherwise a new publication could take a lost one's offset.
     renew_epochs: bool,
     renewed: HashSet<Arc<str>>,
+    /// Set once a batch could not be written: from then on nothing is served (see `fail`).
+    /// Shared with the store's readers.
+    failed: Arc<AtomicBool>,
+    #[cfg(test)]
+    faults: Arc<Faults>,
+}
+
+/// Failures a test can inject into the writer.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct Faults {
+    /// The next flush reports an error after sled has flushed: the worst case, a batch that
+    /// reached the disk although its callers are told it failed.
+    pub fail_next_flush: AtomicBool,
 }
 
 /// The key, in the streams tree, of the last batch's sequence number (see `seal`).
@@ -117,6 +132,9 @@ pub(super) struct Start {
     pub dir: std::path::PathBuf,
     pub seq: u64,
     pub renew_epochs: bool,
+    pub failed: Arc<AtomicBool>,
+    #[cfg(test)]
+    pub faults: Arc<Faults>,
 }
 
 pub(super) fn spawn(
@@ -140,6 +158,9 @@ pub(super) fn spawn(
         sealed_at: Instant::now(),
         renew_epochs: start.renew_epochs,
         renewed: HashSet::new(),
+        failed: start.failed,
+        #[cfg(test)]
+        faults: start.faults,
     };
     std::thread::Builder::new()
         .name("herald-store-writer".into())
@@ -157,9 +178,21 @@ enum Done {
     Flush(Reply<()>),
 }
 
+impl Op {
+    /// Answers the operation with `error` without doing it.
+    fn refuse(self, error: StoreError) {
+        match self {
+            Op::Append { reply, .. } => drop(reply.send(Err(error))),
+            Op::Position { reply, .. } | Op::Reset { reply, .. } => drop(reply.send(Err(error))),
+            Op::Trim { reply, .. } | Op::ExpireIdempotency { reply } => drop(reply.send(Err(error))),
+            Op::Flush { reply } | Op::Close { reply } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
 impl Done {
     fn fail(self, error: &str) {
-        let err = || StoreError::Corrupt(format!("batch failed: {error}"));
+        let err = || StoreError::Failed(error.to_owned());
         match self {
             Done::Append(r, _) | Done::Duplicate(r, _) => drop(r.send(Err(err()))),
             Done::Position(r, _) => drop(r.send(Err(err()))),
@@ -236,14 +269,16 @@ impl Writer {
                 let result = if self.shut_down() {
                     Ok(())
                 } else {
-                    Err(StoreError::Corrupt("final flush failed".into()))
+                    Err(StoreError::Failed("the final flush failed, or an earlier write".into()))
                 };
                 let _ = reply.send(result);
                 return;
             }
             if dirty_since.is_some_and(|since| since.elapsed() >= flush_interval) {
-                if self.flush() {
-                    self.seal(false, false);
+                match self.flush() {
+                    Ok(()) => self.seal(false, false),
+                    // Every batch applied was already answered (`os` durability).
+                    Err(e) => self.fail(&e, None),
                 }
                 dirty_since = None;
             }
@@ -252,23 +287,55 @@ impl Writer {
         self.shut_down();
     }
 
-    /// Flushes and seals the store as cleanly shut down; false if the flush failed.
+    /// Flushes and seals the store as cleanly shut down; false if the flush failed or the
+    /// store had failed before (its seal then stays unclean, see `fail`).
     fn shut_down(&mut self) -> bool {
-        let flushed = self.flush();
-        if flushed {
-            self.seal(true, true);
+        if self.failed.load(Ordering::Relaxed) {
+            return false;
         }
-        flushed
-    }
-
-    fn flush(&self) -> bool {
-        metrics::counter!("herald_store_flushes_total").increment(1);
-        match self.db.flush() {
-            Ok(_) => true,
+        match self.flush() {
+            Ok(()) => {
+                self.seal(true, true);
+                true
+            }
             Err(e) => {
-                tracing::error!(error = %e, "store flush failed");
+                self.fail(&e, None);
                 false
             }
+        }
+    }
+
+    /// Makes every batch applied so far durable.
+    fn flush(&self) -> Result<(), StoreError> {
+        metrics::counter!("herald_store_flushes_total").increment(1);
+        self.db.flush()?;
+        #[cfg(test)]
+        if self.faults.fail_next_flush.swap(false, Ordering::Relaxed) {
+            return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
+                "injected flush failure",
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Stops serving after a batch could not be written or flushed: what sled holds is then
+    /// unknown (the batch may or may not reach the disk; sled itself refuses further work after
+    /// an I/O error, and a later successful fsync would not prove the earlier data durable).
+    /// Every later operation, read or write, is refused, `/health` answers 503, and the seal
+    /// stays unclean. `unanswered` is the batch whose callers were told it failed: the seal
+    /// records it, and the next start undoes it if it reached the disk, so a caller's retry
+    /// appends it once. In `os` durability the unclean seal also renews every epoch.
+    fn fail(&mut self, error: &StoreError, unanswered: Option<u64>) {
+        tracing::error!(error = %error, "the store could not write: it refuses to serve until herald restarts");
+        metrics::counter!("herald_store_failures_total").increment(1);
+        self.failed.store(true, Ordering::Relaxed);
+        let state = super::seal::SealState {
+            seq: self.sealed,
+            clean: false,
+            failed: unanswered,
+        };
+        if let Err(e) = super::seal::write(&self.dir, state) {
+            tracing::error!(error = %e, "recording the failed batch in the store seal failed");
         }
     }
 
@@ -277,7 +344,12 @@ impl Writer {
         if !force && (self.sealed == self.seq || self.sealed_at.elapsed() < SEAL_INTERVAL) {
             return;
         }
-        match super::seal::write(&self.dir, super::seal::SealState { seq: self.seq, clean }) {
+        let state = super::seal::SealState {
+            seq: self.seq,
+            clean,
+            failed: None,
+        };
+        match super::seal::write(&self.dir, state) {
             Ok(()) => {
                 self.sealed = self.seq;
                 self.sealed_at = Instant::now();
@@ -288,6 +360,12 @@ impl Writer {
 
     /// Applies one batch of operations; returns whether anything was written.
     fn apply(&mut self, ops: &mut Vec<Op>) -> bool {
+        if self.failed.load(Ordering::Relaxed) {
+            for op in ops.drain(..) {
+                op.refuse(StoreError::Failed("an earlier write failed".into()));
+            }
+            return false;
+        }
         let mut staging = Staging::default();
         let mut done = Vec::with_capacity(ops.len());
         for op in ops.drain(..) {
@@ -307,19 +385,14 @@ impl Writer {
         }
         let must_flush = staging.flush_requested || (wrote && self.durability == Durability::Flush);
         if failed.is_none() && must_flush {
-            metrics::counter!("herald_store_flushes_total").increment(1);
-            if let Err(e) = self.db.flush() {
-                failed = Some(e.into());
+            if let Err(e) = self.flush() {
+                failed = Some(e);
             }
         }
         if let Some(e) = failed {
-            // Nothing of this batch is acknowledged; forget the positions it advanced so they are
-            // reloaded from disk.
-            tracing::error!(error = %e, "store batch failed");
-            self.streams.clear();
-            if wrote {
-                self.seq -= 1;
-            }
+            // Nothing of this batch is acknowledged, yet it may be in sled's tree and reach the
+            // disk: serving on would build on it (a retried publish appended twice, issue 11).
+            self.fail(&e, wrote.then_some(self.seq));
             let text = e.to_string();
             done.into_iter().for_each(|d| d.fail(&text));
             return false;
@@ -372,13 +445,15 @@ impl Writer {
                     None
                 }
             },
-            Op::Position { channel, reply } => match self.meta(&channel, s) {
+            // A read: a stream that does not exist is not created (issue 11: subscribes and
+            // history calls to fresh names grew the store and the writer's cache without bound).
+            Op::Position { channel, reply } => match self.existing(&channel, s) {
                 Ok(meta) => Some(Done::Position(
                     reply,
-                    Position {
+                    meta.map_or_else(Position::none, |meta| Position {
                         epoch: meta.epoch.as_str().into(),
                         offset: meta.top_offset,
-                    },
+                    }),
                 )),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -452,7 +527,13 @@ impl Writer {
         }
         let position = match history {
             Some(retention) => {
+                let batch = self.seq + 1;
                 let meta = self.meta(&channel, s)?;
+                if meta.batch != batch {
+                    // What a restart restores if this batch fails (see `undo_batch`).
+                    meta.batch = batch;
+                    meta.top_before_batch = meta.top_offset;
+                }
                 meta.top_offset += 1;
                 meta.updated_at_ms = now;
                 let position = Position {
@@ -482,7 +563,8 @@ impl Writer {
             let record = IdempotencyRecord {
                 epoch: position.epoch.to_string(),
                 offset: position.offset,
-                expires_at_ms: now + i.window.as_millis() as i64,
+                expires_at_ms: now.saturating_add(millis(i.window)),
+                batch: self.seq + 1,
             };
             s.batch.insert(key.clone(), record.encode_to_vec());
             s.idempotency.insert(key, position.clone());
@@ -540,7 +622,7 @@ impl Writer {
         let now = now_ms();
         let prefix = keys::publication_prefix(channel);
         let mut removed = 0;
-        if now - meta.updated_at_ms > meta_ttl.as_millis() as i64 {
+        if now.saturating_sub(meta.updated_at_ms) > millis(meta_ttl) {
             removed += self.purge_publications(channel, s)?;
             s.batch.remove(keys::meta(channel));
             s.wrote = true;
@@ -550,10 +632,7 @@ impl Writer {
             return Ok(removed + 1);
         }
         let (keep_from, oldest_time) = match history {
-            Some(r) => (
-                meta.top_offset.saturating_sub(r.size as u64) + 1,
-                now - r.ttl.as_millis() as i64,
-            ),
+            Some(r) => (meta.top_offset.saturating_sub(r.size as u64) + 1, oldest_time(r.ttl)),
             None => (u64::MAX, i64::MAX),
         };
         for item in self.tree.scan_prefix(&prefix) {
@@ -593,21 +672,34 @@ impl Writer {
 
     /// The position of a stream: cached, else read from disk, else a new stream.
     fn meta(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
+        if self.existing(channel, s)?.is_none() {
+            let meta = self.new_stream(channel, s);
+            self.streams.insert(channel.clone(), meta);
+        }
+        Ok(self.streams.get_mut(channel).expect("inserted above"))
+    }
+
+    /// The position of a stream that exists: cached, else read from disk (and cached). `None`
+    /// when there is no stream; nothing is created then.
+    fn existing(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Option<&mut StreamMeta>, StoreError> {
         if !self.streams.contains_key(channel) {
             let stored = if s.forgotten.contains(channel) {
                 None
             } else {
                 self.tree.get(keys::meta(channel))?
             };
-            let meta = match stored.map(|bytes| StreamMeta::decode(bytes.as_ref())) {
-                Some(Ok(_)) if self.renew_epochs && self.renewed.insert(channel.clone()) => {
+            let Some(bytes) = stored else {
+                return Ok(None);
+            };
+            let meta = match StreamMeta::decode(bytes.as_ref()) {
+                Ok(_) if self.renew_epochs && self.renewed.insert(channel.clone()) => {
                     tracing::info!(channel = %channel, "unclean shutdown in os durability: stream starts a new epoch");
                     metrics::counter!("herald_streams_renewed_total").increment(1);
                     self.purge_publications(channel, s)?;
                     self.new_stream(channel, s)
                 }
-                Some(Ok(meta)) => meta,
-                Some(Err(e)) => {
+                Ok(meta) => meta,
+                Err(e) => {
                     // The position is unreadable: the stream is lost. Start a new epoch (so no
                     // client mistakes new offsets for old ones) and drop what it held.
                     tracing::error!(channel = %channel, error = %e, "stream position unreadable: stream lost, starting a new epoch");
@@ -615,11 +707,10 @@ impl Writer {
                     self.purge_publications(channel, s)?;
                     self.new_stream(channel, s)
                 }
-                None => self.new_stream(channel, s),
             };
             self.streams.insert(channel.clone(), meta);
         }
-        Ok(self.streams.get_mut(channel).expect("inserted above"))
+        Ok(self.streams.get_mut(channel))
     }
 
     fn new_stream(&self, channel: &Arc<str>, s: &mut Staging) -> StreamMeta {
@@ -627,12 +718,54 @@ impl Writer {
             epoch: new_epoch(),
             top_offset: 0,
             updated_at_ms: now_ms(),
+            batch: self.seq + 1,
+            top_before_batch: 0,
         };
         s.batch.insert(keys::meta(channel), meta.encode_to_vec());
         s.wrote = true;
         s.forgotten.remove(channel);
         meta
     }
+}
+
+/// Undoes batch `batch`, whose callers were told it failed, in a store that holds it (at
+/// startup, before the writer runs): streams it appended to go back to the offset they had
+/// before it, and the idempotency keys it recorded are removed, so a retried publish is
+/// appended once. Offsets are reused safely: nothing of that batch was ever served (not
+/// answered, not delivered, and reads stop at positions the writer answered). A publication that
+/// batch trimmed by count stays removed: a recovery reaching back to it answers
+/// `recovered: false`. Returns how many records were undone.
+pub(super) fn undo_batch(tree: &sled::Tree, batch: u64) -> Result<usize, StoreError> {
+    let mut undo = sled::Batch::default();
+    let mut undone = 0;
+    for item in tree.scan_prefix([keys::META]) {
+        let (key, value) = item?;
+        // An unreadable position is left for `existing` to report when the stream is used.
+        let Ok(mut meta) = StreamMeta::decode(value.as_ref()) else {
+            continue;
+        };
+        let Some(channel) = keys::channel_of_meta(&key) else {
+            continue;
+        };
+        if meta.batch != batch {
+            continue;
+        }
+        for offset in meta.top_before_batch + 1..=meta.top_offset {
+            undo.remove(keys::publication(channel, offset));
+        }
+        meta.top_offset = meta.top_before_batch;
+        undo.insert(key, meta.encode_to_vec());
+        undone += 1;
+    }
+    for item in tree.scan_prefix([keys::IDEMPOTENCY]) {
+        let (key, value) = item?;
+        if IdempotencyRecord::decode(value.as_ref()).is_ok_and(|r| r.batch == batch) {
+            undo.remove(key);
+            undone += 1;
+        }
+    }
+    tree.apply_batch(undo)?;
+    Ok(undone)
 }
 
 /// A fresh epoch: 8 random alphanumerics, enough that two incarnations of a stream never share one.
