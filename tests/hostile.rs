@@ -517,3 +517,95 @@ async fn replies_never_outgrow_the_queue() {
         .is_some());
     assert!(node.metric("herald_slow_disconnects_total").await == 0.0);
 }
+
+/// Bytes of the files under `dir`.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => disk_usage(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Subscribes (positioned and recovering) and history calls on 10,000 channel names that were
+/// never published to create nothing: no stream on disk, no memory kept, after a restart too
+/// (60k such subscribes grew RSS from 10 to 81 MB and the store by 22 MB before).
+#[tokio::test]
+async fn reading_fresh_channel_names_creates_nothing() {
+    let mut node = Node::start(CONFIG);
+    let mut bystander = Client::connected(&node, Format::Json, "calm").await;
+    bystander.subscribed("calm").await;
+    node.publish("calm", serde_json::json!({"warm": 1})).await;
+    let _ = bystander.next_publication().await;
+    let rss_before = node.rss_bytes();
+    let disk_before = disk_usage(&node.storage_path());
+    let mut churn = Client::connected(&node, Format::Protobuf, "churn").await;
+    let mut id = 1000;
+    for wave in 0..100 {
+        // 50 positioned subscribes (half of them recovering) and their unsubscribes, in one frame.
+        let mut commands = Vec::new();
+        for i in 0..50 {
+            let channel = format!("fresh-{wave}-{i}");
+            commands.push(herald::protocol::proto::Command {
+                id,
+                ..common::cmd::subscribe_with(herald::protocol::proto::SubscribeRequest {
+                    channel: channel.clone(),
+                    recover: i % 2 == 0,
+                    epoch: "made-up".into(),
+                    offset: 7,
+                    ..Default::default()
+                })
+            });
+            commands.push(herald::protocol::proto::Command {
+                id: id + 1,
+                ..common::cmd::unsubscribe(&channel)
+            });
+            id += 2;
+        }
+        churn.send_frame(&commands).await;
+        // And 50 API history reads of other fresh names, in one batch.
+        let reads: Vec<_> = (0..50)
+            .map(|i| serde_json::json!({"history": {"channel": format!("unread-{wave}-{i}"), "limit": 10}}))
+            .collect();
+        let (status, _) = node.api("batch", serde_json::json!({ "commands": reads })).await;
+        assert_eq!(status, 200);
+    }
+    // Every subscribe answered with the empty position.
+    let mut answered = 0;
+    while answered < 5_000 {
+        let reply = churn.push_or_reply().await;
+        if let Some(result) = reply.subscribe {
+            assert_eq!((result.epoch.as_str(), result.offset), ("", 0), "{result:?}");
+            answered += 1;
+        }
+    }
+    still_served(&node, &mut bystander, "calm").await;
+    let rss_after = node.rss_bytes();
+    let disk_after = disk_usage(&node.storage_path());
+    println!(
+        "RSS {} KB -> {} KB, store {disk_before} B -> {disk_after} B after 5,000 subscribes and 5,000 history reads of fresh names",
+        rss_before / 1024,
+        rss_after / 1024,
+    );
+    assert!(
+        rss_after < rss_before + 16 * MB,
+        "RSS grew from {rss_before} to {rss_after}"
+    );
+    assert!(
+        disk_after < disk_before + MB,
+        "the store grew from {disk_before} to {disk_after}"
+    );
+    // Nothing comes back after a restart either: the names still have no stream.
+    node.restart();
+    let (_, history) = node
+        .api("history", serde_json::json!({"channel": "fresh-7-3", "limit": 1}))
+        .await;
+    assert_eq!(history["result"]["epoch"].as_str().unwrap_or(""), "", "{history}");
+}
