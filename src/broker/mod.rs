@@ -20,10 +20,9 @@ use bytes::Bytes;
 
 use crate::auth::ChannelName;
 use crate::config::{ChannelOptions, Config};
-use crate::hub::{Hub, Prepared};
+use crate::hub::{Deliver, Hub, Interest, Prepared};
 use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
-use crate::session::Subscriber;
 use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Store, StoreError};
 
 pub use registry::Registry;
@@ -368,22 +367,34 @@ impl Broker {
         Ok(())
     }
 
-    /// Adds a session to a channel and announces the join when the namespace wants it.
-    pub fn join(&self, channel: &str, options: &ChannelOptions, subscriber: Subscriber, info: ClientInfo) {
-        self.hub.subscribe(channel, subscriber, info.clone());
+    /// Adds a subscription to a channel and announces the join when the namespace wants it.
+    pub fn join(&self, channel: &str, options: &ChannelOptions, subscriber: impl Deliver, info: ClientInfo) {
+        self.hub.subscribe(channel, subscriber, info.clone(), |change| {
+            self.interest_changed(channel, change)
+        });
         if options.join_leave {
             self.deliver(channel, Prepared::join(channel, info));
         }
     }
 
-    /// Removes a session from a channel and announces the leave when the namespace wants it.
+    /// Removes a client from a channel and announces the leave when the namespace wants it.
     pub fn leave(&self, channel: &str, client: &str) {
-        if let Some(info) = self.hub.unsubscribe(channel, client) {
+        let left = self
+            .hub
+            .unsubscribe(channel, client, |change| self.interest_changed(channel, change));
+        if let Some(info) = left {
             if self.options(channel).is_ok_and(|o| o.join_leave) {
                 self.deliver(channel, Prepared::leave(channel, info));
             }
         }
     }
+
+    /// The one place where this node's interest in a channel changes (its first local
+    /// subscriber, or its last gone). Nothing listens without a cluster; the cluster will tell
+    /// its peers here. Runs under the hub's shard lock, so per channel the changes arrive in the
+    /// order they happened: it must not block or call the hub.
+    #[inline]
+    fn interest_changed(&self, _channel: &str, _change: Interest) {}
 
     pub fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         if !self.options(channel)?.presence {
