@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
-use crate::broker::Broker;
+use crate::broker::{Broker, NodeId};
 use crate::config::Config;
 use crate::hub::{Hub, Prepared};
 use crate::session::SessionContext;
@@ -67,7 +67,7 @@ pub async fn run(
             commit_hub.broadcast(&c.channel, &push);
         }),
     )?;
-    let broker = Arc::new(Broker::new(config.clone(), hub, store));
+    let broker = Arc::new(Broker::new(config.clone(), NodeId::random(), hub, store));
     let retention = broker.clone();
     let retention_shutdown = shutdown.clone();
     tokio::spawn(async move { retention.run_retention(retention_shutdown).await });

@@ -8,9 +8,16 @@
 //! - Presence belongs to live subscriptions: an entry disappears with its connection.
 //!
 //! Callers never assume the channel's owner is this node: today it always is; the cluster will
-//! route inside these methods without changing their signatures.
+//! route inside these methods without changing their signatures. The HTTP API and sessions reach
+//! the hub, the store and other sessions only through these methods.
+//!
+//! - [`users`]: server-API calls that target a user's connections.
+//! - [`node`]: this node's id and figures.
+//! - [`registry`]: the node's connected sessions.
 
+mod node;
 mod registry;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +32,9 @@ use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
 use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Store, StoreError};
 
+pub use node::{NodeId, NodeInfo};
 pub use registry::Registry;
+pub use users::UserTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -118,6 +127,7 @@ pub struct Recovery {
 
 pub struct Broker {
     config: Arc<Config>,
+    node: NodeId,
     hub: Arc<Hub>,
     store: Store,
     sessions: Registry,
@@ -125,9 +135,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>, hub: Arc<Hub>, store: Store) -> Self {
+    pub fn new(config: Arc<Config>, node: NodeId, hub: Arc<Hub>, store: Store) -> Self {
         Self {
             config,
+            node,
             hub,
             store,
             sessions: Registry::default(),
@@ -139,16 +150,13 @@ impl Broker {
         &self.config
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.hub
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
     }
 
-    pub fn sessions(&self) -> &Registry {
+    /// The node's connected sessions, for sessions to register themselves.
+    pub(crate) fn sessions(&self) -> &Registry {
         &self.sessions
-    }
-
-    pub fn uptime(&self) -> std::time::Duration {
-        self.started.elapsed()
     }
 
     /// The options of the channel's namespace; 102 for an unknown namespace, 107 for a bad name.
@@ -396,27 +404,44 @@ impl Broker {
     #[inline]
     fn interest_changed(&self, _channel: &str, _change: Interest) {}
 
-    pub fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
+    /// Who is subscribed to a channel, by client id. 108 when the namespace keeps no presence.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         if !self.options(channel)?.presence {
             return Err(BrokerError::NotAvailable);
         }
         Ok(self.hub.presence(channel))
     }
 
-    pub fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
+    /// (clients, distinct users) subscribed to a channel. 108 when the namespace keeps no presence.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
         if !self.options(channel)?.presence {
             return Err(BrokerError::NotAvailable);
         }
         Ok(self.hub.presence_stats(channel))
     }
 
-    /// Channels with subscribers, filtered by a glob pattern (`*` wildcard).
-    pub fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
+    /// Channels with subscribers and their number, filtered by a glob pattern (`*` wildcard).
+    pub async fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
         self.hub
             .channels()
             .into_iter()
             .filter(|(name, _)| pattern.is_empty() || glob_match(pattern, name))
             .collect()
+    }
+
+    /// Every node's figures (API `info`): this node's only, until there is a cluster.
+    pub async fn info(&self) -> Vec<NodeInfo> {
+        let (clients, users) = self.sessions.counts();
+        vec![NodeInfo {
+            id: self.node.clone(),
+            name: node::hostname(),
+            version: crate::VERSION,
+            clients,
+            users,
+            channels: self.hub.channels().len(),
+            subscriptions: self.hub.num_subscriptions(),
+            uptime: self.started.elapsed(),
+        }]
     }
 
     /// Flushes the store (`/health` uses it to prove the writer is alive).
