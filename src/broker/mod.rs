@@ -11,10 +11,12 @@
 //! route inside these methods without changing their signatures. The HTTP API and sessions reach
 //! the hub, the store and other sessions only through these methods.
 //!
+//! - [`fanout`]: the one way a push reaches subscribers, and the step from store commits to it.
 //! - [`users`]: server-API calls that target a user's connections.
 //! - [`node`]: this node's id and figures.
 //! - [`registry`]: the node's connected sessions.
 
+pub mod fanout;
 mod node;
 mod registry;
 mod users;
@@ -30,8 +32,9 @@ use crate::config::{ChannelOptions, Config};
 use crate::hub::{Deliver, Hub, Interest, Prepared};
 use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
-use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Store, StoreError};
+use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Stamp, Store, StoreError};
 
+pub use fanout::{commit_queue, CommitQueue};
 pub use node::{NodeId, NodeInfo};
 pub use registry::Registry;
 pub use users::UserTarget;
@@ -135,6 +138,8 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker over `store`, whose commit hook must feed the queue given to
+    /// [`Broker::run_fan_out`] (see [`commit_queue`]).
     pub fn new(config: Arc<Config>, node: NodeId, hub: Arc<Hub>, store: Store) -> Self {
         Self {
             config,
@@ -169,13 +174,7 @@ impl Broker {
     /// every subscriber.
     pub async fn publish(&self, request: PublishRequest) -> Result<PublishResult, BrokerError> {
         match self.route(request)? {
-            Route::Append(a) => {
-                let appended = self
-                    .store
-                    .append(&a.channel, a.publication, a.history, a.idempotency)
-                    .await?;
-                Ok(published(appended))
-            }
+            Route::Append(a) => Ok(published(self.store.append_entry(*a).await?)),
             Route::Deliver(channel, push) => {
                 self.deliver(&channel, push);
                 Ok(PublishResult::default())
@@ -228,16 +227,19 @@ impl Broker {
     }
 
     /// Where a publication goes: through the store (history or an idempotency key; delivery
-    /// then happens in the store's commit hook, in offset order, once durable), or straight to
+    /// then happens in [`Broker::run_fan_out`], in offset order, once durable), or straight to
     /// the subscribers.
     fn route(&self, request: PublishRequest) -> Result<Route, BrokerError> {
         let options = self.options(&request.channel)?;
         metrics::counter!("herald_publications_in_total").increment(1);
+        // The broker decides the entry's time and the epoch it starts a stream with; the store
+        // only applies them (the same entry gives the same stream anywhere).
+        let stamp = Stamp::now();
         let publication = Publication {
             data: request.data,
             info: request.info,
             tags: request.tags,
-            time: crate::store::now_ms(),
+            time: stamp.time_ms,
             ..Default::default()
         };
         let history = (options.history_enabled() && !request.skip_history).then(|| retention(options));
@@ -254,15 +256,17 @@ impl Broker {
                 publication,
                 history,
                 idempotency,
+                stamp,
             })));
         }
         let push = Prepared::publication(&request.channel, Arc::from(""), publication);
         Ok(Route::Deliver(request.channel, push))
     }
 
-    /// Hands a push to the channel's local subscribers.
+    /// Delivers a push that does not go through a stream (a publication without history,
+    /// join, leave), in the caller's order.
     pub fn deliver(&self, channel: &str, push: Arc<Prepared>) {
-        self.hub.broadcast(channel, &push);
+        self.fan_out(channel, &push);
     }
 
     /// The current position of a channel's stream (creating it if needed).
@@ -371,7 +375,8 @@ impl Broker {
         if !options.history_enabled() {
             return Err(BrokerError::NotAvailable);
         }
-        self.store.remove_history(channel).await?;
+        // A fresh epoch, decided here like an append's.
+        self.store.remove_history(channel, Stamp::now()).await?;
         Ok(())
     }
 

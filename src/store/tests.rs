@@ -27,7 +27,7 @@ fn open(path: &Path) -> (Store, Arc<Mutex<Vec<Committed>>>) {
         path,
         Durability::Flush,
         Duration::from_millis(50),
-        Box::new(move |c| hook_seen.lock().push(c)),
+        Box::new(move |mut group: CommitGroup| hook_seen.lock().append(&mut group.commits)),
     )
     .unwrap();
     (store, seen)
@@ -213,7 +213,7 @@ async fn remove_history_starts_a_new_epoch() {
         .await
         .unwrap()
         .position;
-    let reset = store.remove_history("c").await.unwrap();
+    let reset = store.remove_history("c", Stamp::now()).await.unwrap();
     assert_ne!(reset.epoch, first.epoch);
     assert_eq!(reset.offset, 0);
     let next = store

@@ -1,20 +1,21 @@
 //! The single writer: every mutation of the streams tree happens on this thread.
 //!
 //! It takes all queued operations at once, applies them as one sled batch, flushes (in `flush`
-//! durability) and only then answers the callers and reports each append to the commit hook, in
-//! the order the offsets were assigned. Offsets are contiguous within an epoch because nothing
-//! else assigns them; idempotency keys are checked and recorded here for the same reason.
+//! durability) and only then answers the callers and hands the batch's appends to the commit
+//! hook as one [`CommitGroup`], in the order the offsets were assigned (the group answers the
+//! publishers once its consumer has delivered it). Offsets are contiguous within an epoch because
+//! nothing else assigns them; idempotency keys are checked and recorded here for the same reason.
+//! The apply is deterministic: time and new epochs come from each entry's [`Stamp`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{IdempotencyRecord, StreamMeta};
-use super::{keys, now_ms, CommitHook, Position, Retention, StoreError};
+use super::{keys, now_ms, CommitHook, Position, Retention, Stamp, StoreError};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
 
@@ -49,14 +50,18 @@ pub(super) enum Op {
         /// delivery still goes through the commit hook.
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
+        stamp: Stamp,
         reply: Reply<Appended>,
     },
     Position {
         channel: Arc<str>,
+        /// Starts the stream if there is none.
+        stamp: Stamp,
         reply: Reply<Position>,
     },
     Reset {
         channel: Arc<str>,
+        stamp: Stamp,
         reply: Reply<Position>,
     },
     Trim {
@@ -85,6 +90,30 @@ pub struct Committed {
     pub epoch: Arc<str>,
     /// The publication with its offset set (0 without history).
     pub publication: Publication,
+}
+
+/// The appends that one batch made durable, in the order the writer assigned their offsets
+/// (so in offset order within each channel), handed to the commit hook in one piece.
+///
+/// The group holds its publishers' answers and sends them when it is dropped: whoever consumes
+/// the group delivers `commits` first and drops it after, so a publish reply never overtakes the
+/// delivery of its own publication, nor of anything committed before it. A consumer that drops
+/// the group unread still answers them (the appends are durable either way).
+pub struct CommitGroup {
+    /// Take them (`std::mem::take`) to deliver them; the answers stay in the group.
+    pub commits: Vec<Committed>,
+    acks: Vec<(Reply<Appended>, Position)>,
+}
+
+impl Drop for CommitGroup {
+    fn drop(&mut self) {
+        for (reply, position) in self.acks.drain(..) {
+            let _ = reply.send(Ok(Appended {
+                position,
+                duplicate: false,
+            }));
+        }
+    }
 }
 
 struct Writer {
@@ -327,6 +356,10 @@ impl Writer {
         if must_flush && wrote {
             self.seal(false, false);
         }
+        let mut group = CommitGroup {
+            commits: Vec::new(),
+            acks: Vec::new(),
+        };
         for d in done {
             match d {
                 Done::Append(reply, committed) => {
@@ -334,11 +367,8 @@ impl Writer {
                         epoch: committed.epoch.clone(),
                         offset: committed.publication.offset,
                     };
-                    (self.on_commit)(*committed);
-                    let _ = reply.send(Ok(Appended {
-                        position,
-                        duplicate: false,
-                    }));
+                    group.commits.push(*committed);
+                    group.acks.push((reply, position));
                 }
                 Done::Duplicate(reply, position) => {
                     metrics::counter!("herald_idempotent_duplicates_total").increment(1);
@@ -352,6 +382,11 @@ impl Writer {
                 Done::Flush(reply) => drop(reply.send(Ok(()))),
             }
         }
+        // The hook only queues the group (see `broker::fanout`): delivery and the publishers'
+        // answers happen off this thread, so fan-out width does not add to group commit.
+        if !group.commits.is_empty() {
+            (self.on_commit)(group);
+        }
         wrote
     }
 
@@ -363,8 +398,9 @@ impl Writer {
                 publication,
                 history,
                 idempotency,
+                stamp,
                 reply,
-            } => match self.stage_append(channel, *publication, history, idempotency, s) {
+            } => match self.stage_append(channel, *publication, history, idempotency, &stamp, s) {
                 Ok(Ok(committed)) => Some(Done::Append(reply, Box::new(committed))),
                 Ok(Err(first)) => Some(Done::Duplicate(reply, first)),
                 Err(e) => {
@@ -372,7 +408,7 @@ impl Writer {
                     None
                 }
             },
-            Op::Position { channel, reply } => match self.meta(&channel, s) {
+            Op::Position { channel, stamp, reply } => match self.meta(&channel, &stamp, s) {
                 Ok(meta) => Some(Done::Position(
                     reply,
                     Position {
@@ -385,7 +421,7 @@ impl Writer {
                     None
                 }
             },
-            Op::Reset { channel, reply } => match self.reset(&channel, s) {
+            Op::Reset { channel, stamp, reply } => match self.reset(&channel, &stamp, s) {
                 Ok(position) => {
                     tracing::info!(channel = %channel, epoch = %position.epoch, "history removed, new epoch");
                     Some(Done::Position(reply, position))
@@ -422,15 +458,19 @@ impl Writer {
     }
 
     /// `Ok(Ok(_))`: appended; `Ok(Err(first))`: a repeat of an idempotency key.
+    ///
+    /// Deterministic: the time and a new stream's epoch come from `stamp`, never from this
+    /// node's clock or RNG, so the same entries applied to two stores give the same streams.
     fn stage_append(
         &mut self,
         channel: Arc<str>,
         mut publication: Publication,
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
+        stamp: &Stamp,
         s: &mut Staging,
     ) -> Result<Result<Committed, Position>, StoreError> {
-        let now = now_ms();
+        let now = stamp.time_ms;
         let idempotency_key = idempotency.as_ref().map(|i| keys::idempotency(&channel, &i.key));
         if let Some(key) = &idempotency_key {
             if let Some(first) = s.idempotency.get(key) {
@@ -452,7 +492,7 @@ impl Writer {
         }
         let position = match history {
             Some(retention) => {
-                let meta = self.meta(&channel, s)?;
+                let meta = self.meta(&channel, stamp, s)?;
                 meta.top_offset += 1;
                 meta.updated_at_ms = now;
                 let position = Position {
@@ -496,10 +536,24 @@ impl Writer {
         }))
     }
 
-    /// Drops every publication of a stream and starts a new epoch at offset 0.
-    fn reset(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Position, StoreError> {
+    /// Drops every publication of a stream and starts the stamp's epoch at offset 0.
+    fn reset(&mut self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> Result<Position, StoreError> {
+        // Offsets restart at 1: under the same epoch they would name two publications.
+        let current = match self.streams.get(channel) {
+            Some(meta) => Some(meta.epoch.clone()),
+            None if s.forgotten.contains(channel) => None,
+            None => match self.tree.get(keys::meta(channel))? {
+                Some(bytes) => StreamMeta::decode(bytes.as_ref()).ok().map(|m| m.epoch),
+                None => None,
+            },
+        };
+        if current.as_deref() == Some(&*stamp.epoch) {
+            return Err(StoreError::Corrupt(format!(
+                "a reset of {channel} must start a new epoch, got the current one"
+            )));
+        }
         self.purge_publications(channel, s)?;
-        let meta = self.new_stream(channel, s);
+        let meta = self.new_stream(channel, stamp, s);
         let position = Position {
             epoch: meta.epoch.as_str().into(),
             offset: 0,
@@ -591,8 +645,9 @@ impl Writer {
         Ok(removed)
     }
 
-    /// The position of a stream: cached, else read from disk, else a new stream.
-    fn meta(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
+    /// The position of a stream: cached, else read from disk, else a new stream (in the
+    /// stamp's epoch).
+    fn meta(&mut self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
         if !self.streams.contains_key(channel) {
             let stored = if s.forgotten.contains(channel) {
                 None
@@ -604,7 +659,7 @@ impl Writer {
                     tracing::info!(channel = %channel, "unclean shutdown in os durability: stream starts a new epoch");
                     metrics::counter!("herald_streams_renewed_total").increment(1);
                     self.purge_publications(channel, s)?;
-                    self.new_stream(channel, s)
+                    self.new_stream(channel, stamp, s)
                 }
                 Some(Ok(meta)) => meta,
                 Some(Err(e)) => {
@@ -613,33 +668,24 @@ impl Writer {
                     tracing::error!(channel = %channel, error = %e, "stream position unreadable: stream lost, starting a new epoch");
                     metrics::counter!("herald_streams_lost_total").increment(1);
                     self.purge_publications(channel, s)?;
-                    self.new_stream(channel, s)
+                    self.new_stream(channel, stamp, s)
                 }
-                None => self.new_stream(channel, s),
+                None => self.new_stream(channel, stamp, s),
             };
             self.streams.insert(channel.clone(), meta);
         }
         Ok(self.streams.get_mut(channel).expect("inserted above"))
     }
 
-    fn new_stream(&self, channel: &Arc<str>, s: &mut Staging) -> StreamMeta {
+    fn new_stream(&self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> StreamMeta {
         let meta = StreamMeta {
-            epoch: new_epoch(),
+            epoch: stamp.epoch.to_string(),
             top_offset: 0,
-            updated_at_ms: now_ms(),
+            updated_at_ms: stamp.time_ms,
         };
         s.batch.insert(keys::meta(channel), meta.encode_to_vec());
         s.wrote = true;
         s.forgotten.remove(channel);
         meta
     }
-}
-
-/// A fresh epoch: 8 random alphanumerics, enough that two incarnations of a stream never share one.
-fn new_epoch() -> String {
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect()
 }
