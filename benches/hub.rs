@@ -21,7 +21,7 @@ fn fan_out(c: &mut Criterion) {
             let format = if i % 2 == 0 { Format::Json } else { Format::Protobuf };
             let session = SessionShared::new(format, usize::MAX / 2);
             let subscriber = session.subscribe_detached("room");
-            hub.subscribe("room", subscriber, ClientInfo::default());
+            hub.subscribe("room", subscriber, ClientInfo::default(), |_| {});
             shared.push(session);
         }
         group.throughput(Throughput::Elements(sessions as u64));

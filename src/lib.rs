@@ -8,8 +8,9 @@
 //! - [`session`]: one client connection: its state machine, subscriptions, pings, bounded queue.
 //! - [`auth`]: JWT verification and channel permission rules.
 //! - [`hub`]: the local index channel → sessions; fan-out encodes once per format.
-//! - [`broker`]: the node's engine that the API and sessions call: publish, subscribe with
-//!   recovery, history, presence. Callers never assume which node owns a channel.
+//! - [`broker`]: the node's engine and the only way in for the API and sessions: publish (and
+//!   the fan-out of commits, off the store's writer), subscribe with recovery, history, presence.
+//!   Callers never assume which node owns a channel.
 //! - [`store`]: the only code that touches sled: per-channel streams with offset and epoch.
 //! - [`cluster`]: membership, links, interest routing and replication between nodes; idle
 //!   without a `[cluster]` section.

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
-use crate::broker::Broker;
+use crate::broker::{Broker, NodeId};
 use crate::config::Config;
-use crate::hub::{Hub, Prepared};
+use crate::hub::Hub;
 use crate::session::SessionContext;
 use crate::store::Store;
 
@@ -62,18 +62,23 @@ pub async fn run(
         _ => None,
     };
 
-    let hub = Arc::new(Hub::default());
-    let commit_hub = hub.clone();
+    // The store's commits reach subscribers through the broker's fan-out task, off the writer
+    // thread (see `broker::fanout`).
+    let (commit_hook, commits) = crate::broker::commit_queue();
     let store = Store::open(
         &config.storage.path,
         config.storage.durability,
         config.storage.flush_interval,
-        Box::new(move |c| {
-            let push = Prepared::publication(&c.channel, c.epoch, c.publication);
-            commit_hub.broadcast(&c.channel, &push);
-        }),
+        commit_hook,
     )?;
-    let broker = Arc::new(Broker::new(config.clone(), hub, store));
+    let broker = Arc::new(Broker::new(
+        config.clone(),
+        NodeId::random(),
+        Arc::new(Hub::default()),
+        store,
+    ));
+    let fan_out = broker.clone();
+    tokio::spawn(async move { fan_out.run_fan_out(commits).await });
     let retention = broker.clone();
     let retention_shutdown = shutdown.clone();
     tokio::spawn(async move { retention.run_retention(retention_shutdown).await });

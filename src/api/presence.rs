@@ -13,13 +13,13 @@ pub struct Channel {
     pub channel: String,
 }
 
-pub fn presence(broker: &Arc<Broker>, c: Channel) -> ApiResult {
-    let presence = broker.presence(&c.channel)?;
+pub async fn presence(broker: &Arc<Broker>, c: Channel) -> ApiResult {
+    let presence = broker.presence(&c.channel).await?;
     serde_json::to_value(crate::protocol::proto::PresenceResult { presence })
         .map_err(|e| ApiError::Malformed(e.to_string()))
 }
 
-pub fn presence_stats(broker: &Arc<Broker>, c: Channel) -> ApiResult {
-    let (clients, users) = broker.presence_stats(&c.channel)?;
+pub async fn presence_stats(broker: &Arc<Broker>, c: Channel) -> ApiResult {
+    let (clients, users) = broker.presence_stats(&c.channel).await?;
     Ok(json!({ "num_clients": clients, "num_users": users }))
 }

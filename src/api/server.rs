@@ -20,30 +20,35 @@ pub struct Batch {
     commands: Vec<std::collections::BTreeMap<String, Box<RawValue>>>,
 }
 
-pub fn channels(broker: &Arc<Broker>, c: Channels) -> ApiResult {
+pub async fn channels(broker: &Arc<Broker>, c: Channels) -> ApiResult {
     let channels: Map<String, Value> = broker
         .channels(&c.pattern)
+        .await
         .into_iter()
         .map(|(name, clients)| (name, json!({ "num_clients": clients })))
         .collect();
     Ok(json!({ "channels": channels }))
 }
 
-pub fn info(broker: &Arc<Broker>) -> ApiResult {
-    let (clients, users) = broker.sessions().counts();
-    let channels = broker.hub().channels();
-    Ok(json!({
-        "nodes": [{
-            "uid": node_uid(),
-            "name": hostname(),
-            "version": crate::VERSION,
-            "num_clients": clients,
-            "num_users": users,
-            "num_channels": channels.len(),
-            "num_subs": broker.hub().num_subscriptions(),
-            "uptime": broker.uptime().as_secs(),
-        }]
-    }))
+pub async fn info(broker: &Arc<Broker>) -> ApiResult {
+    let nodes: Vec<Value> = broker
+        .info()
+        .await
+        .into_iter()
+        .map(|node| {
+            json!({
+                "uid": node.id.as_str(),
+                "name": node.name,
+                "version": node.version,
+                "num_clients": node.clients,
+                "num_users": node.users,
+                "num_channels": node.channels,
+                "num_subs": node.subscriptions,
+                "uptime": node.uptime.as_secs(),
+            })
+        })
+        .collect();
+    Ok(json!({ "nodes": nodes }))
 }
 
 /// Runs each command in order; each reply is `{"<method>": result}` or `{"error": …}`.
@@ -175,15 +180,4 @@ async fn send_publishes(
         let reply = reply.unwrap_or_else(|| publish::publish_reply(results.next().expect("one result per request")));
         replies.push(&reply);
     }
-}
-
-fn node_uid() -> &'static str {
-    static UID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    UID.get_or_init(|| uuid::Uuid::new_v4().to_string())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "herald".into())
 }

@@ -1,6 +1,5 @@
 //! Methods that act on a user's live connections: `subscribe`, `unsubscribe`, `disconnect`,
-//! `refresh`. They reach the connections through the broker's registry and the sessions'
-//! control channels; they do not wait for the sessions.
+//! `refresh`. The broker reaches the connections; these do not wait for the sessions.
 
 use std::sync::Arc;
 
@@ -8,9 +7,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ApiResult;
-use crate::broker::Broker;
-use crate::protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
-use crate::session::Control;
+use crate::broker::{Broker, UserTarget};
+use crate::protocol::{DisconnectCode, ErrorCode};
 
 #[derive(Deserialize)]
 pub struct Subscription {
@@ -53,49 +51,39 @@ fn empty() -> Value {
     json!({})
 }
 
-pub fn subscribe(broker: &Arc<Broker>, s: Subscription) -> ApiResult {
-    broker.options(&s.channel)?;
-    for session in broker.sessions().of_user(&s.user, s.client.as_deref()) {
-        session.control(Control::Subscribe {
-            channel: s.channel.clone(),
-        });
+fn target<'a>(user: &'a str, client: &'a Option<String>) -> UserTarget<'a> {
+    UserTarget {
+        user,
+        client: client.as_deref(),
     }
+}
+
+pub async fn subscribe(broker: &Arc<Broker>, s: Subscription) -> ApiResult {
+    broker.subscribe_user(target(&s.user, &s.client), &s.channel).await?;
     Ok(empty())
 }
 
-pub fn unsubscribe(broker: &Arc<Broker>, s: Subscription) -> ApiResult {
-    if s.channel.is_empty() {
-        return Err(ErrorCode::BAD_REQUEST.into());
-    }
-    for session in broker.sessions().of_user(&s.user, s.client.as_deref()) {
-        session.control(Control::Unsubscribe {
-            channel: Arc::from(s.channel.as_str()),
-            code: UnsubscribeCode::SERVER,
-        });
-    }
+pub async fn unsubscribe(broker: &Arc<Broker>, s: Subscription) -> ApiResult {
+    broker.unsubscribe_user(target(&s.user, &s.client), &s.channel).await?;
     Ok(empty())
 }
 
-pub fn disconnect(broker: &Arc<Broker>, d: Disconnect) -> ApiResult {
+pub async fn disconnect(broker: &Arc<Broker>, d: Disconnect) -> ApiResult {
     let code = match d.disconnect {
         None => DisconnectCode::FORCE_DISCONNECT,
         Some(c) if (3000..=4999).contains(&c.code) => DisconnectCode::custom(c.code, c.reason),
         Some(_) => return Err(ErrorCode::BAD_REQUEST.into()),
     };
-    for session in broker.sessions().of_user(&d.user, d.client.as_deref()) {
-        if !d.whitelist.iter().any(|w| **w == *session.id) {
-            session.control(Control::Disconnect(code.clone()));
-        }
-    }
+    broker
+        .disconnect_user(target(&d.user, &d.client), &d.whitelist, code)
+        .await?;
     Ok(empty())
 }
 
-pub fn refresh(broker: &Arc<Broker>, r: Refresh) -> ApiResult {
-    for session in broker.sessions().of_user(&r.user, r.client.as_deref()) {
-        session.control(Control::Refresh {
-            expired: r.expired,
-            expire_at: r.expire_at.filter(|at| *at > 0),
-        });
-    }
+pub async fn refresh(broker: &Arc<Broker>, r: Refresh) -> ApiResult {
+    let expire_at = r.expire_at.filter(|at| *at > 0);
+    broker
+        .refresh_user(target(&r.user, &r.client), r.expired, expire_at)
+        .await?;
     Ok(empty())
 }

@@ -8,9 +8,18 @@
 //! - Presence belongs to live subscriptions: an entry disappears with its connection.
 //!
 //! Callers never assume the channel's owner is this node: today it always is; the cluster will
-//! route inside these methods without changing their signatures.
+//! route inside these methods without changing their signatures. The HTTP API and sessions reach
+//! the hub, the store and other sessions only through these methods.
+//!
+//! - [`fanout`]: the one way a push reaches subscribers, and the step from store commits to it.
+//! - [`users`]: server-API calls that target a user's connections.
+//! - [`node`]: this node's id and figures.
+//! - [`registry`]: the node's connected sessions.
 
+pub mod fanout;
+mod node;
 mod registry;
+mod users;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,13 +29,15 @@ use bytes::Bytes;
 
 use crate::auth::ChannelName;
 use crate::config::{ChannelOptions, Config};
-use crate::hub::{Hub, Prepared};
+use crate::hub::{Deliver, Hub, Interest, Prepared};
 use crate::protocol::proto::{ClientInfo, Publication};
 use crate::protocol::ErrorCode;
-use crate::session::Subscriber;
-use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Store, StoreError};
+use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention, Stamp, Store, StoreError};
 
+pub use fanout::{commit_queue, CommitQueue};
+pub use node::{NodeId, NodeInfo};
 pub use registry::Registry;
+pub use users::UserTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -127,6 +138,7 @@ pub struct Recovery {
 
 pub struct Broker {
     config: Arc<Config>,
+    node: NodeId,
     hub: Arc<Hub>,
     store: Store,
     sessions: Registry,
@@ -134,9 +146,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>, hub: Arc<Hub>, store: Store) -> Self {
+    /// A broker over `store`, whose commit hook must feed the queue given to
+    /// [`Broker::run_fan_out`] (see [`commit_queue`]).
+    pub fn new(config: Arc<Config>, node: NodeId, hub: Arc<Hub>, store: Store) -> Self {
         Self {
             config,
+            node,
             hub,
             store,
             sessions: Registry::default(),
@@ -148,16 +163,13 @@ impl Broker {
         &self.config
     }
 
-    pub fn hub(&self) -> &Hub {
-        &self.hub
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
     }
 
-    pub fn sessions(&self) -> &Registry {
+    /// The node's connected sessions, for sessions to register themselves.
+    pub(crate) fn sessions(&self) -> &Registry {
         &self.sessions
-    }
-
-    pub fn uptime(&self) -> std::time::Duration {
-        self.started.elapsed()
     }
 
     /// The options of the channel's namespace; 102 for an unknown namespace, 107 for a bad name.
@@ -170,13 +182,7 @@ impl Broker {
     /// every subscriber.
     pub async fn publish(&self, request: PublishRequest) -> Result<PublishResult, BrokerError> {
         match self.route(request)? {
-            Route::Append(a) => {
-                let appended = self
-                    .store
-                    .append(&a.channel, a.publication, a.history, a.idempotency)
-                    .await?;
-                Ok(published(appended))
-            }
+            Route::Append(a) => Ok(published(self.store.append_entry(*a).await?)),
             Route::Deliver(channel, push) => {
                 self.deliver(&channel, push);
                 Ok(PublishResult::default())
@@ -229,16 +235,19 @@ impl Broker {
     }
 
     /// Where a publication goes: through the store (history or an idempotency key; delivery
-    /// then happens in the store's commit hook, in offset order, once durable), or straight to
+    /// then happens in [`Broker::run_fan_out`], in offset order, once durable), or straight to
     /// the subscribers.
     fn route(&self, request: PublishRequest) -> Result<Route, BrokerError> {
         let options = self.options(&request.channel)?;
         metrics::counter!("herald_publications_in_total").increment(1);
+        // The broker decides the entry's time and the epoch it starts a stream with; the store
+        // only applies them (the same entry gives the same stream anywhere).
+        let stamp = Stamp::now();
         let publication = Publication {
             data: request.data,
             info: request.info,
             tags: request.tags,
-            time: crate::store::now_ms(),
+            time: stamp.time_ms,
             ..Default::default()
         };
         let history = (options.history_enabled() && !request.skip_history).then(|| retention(options));
@@ -255,15 +264,17 @@ impl Broker {
                 publication,
                 history,
                 idempotency,
+                stamp,
             })));
         }
         let push = Prepared::publication(&request.channel, Arc::from(""), publication);
         Ok(Route::Deliver(request.channel, push))
     }
 
-    /// Hands a push to the channel's local subscribers.
+    /// Delivers a push that does not go through a stream (a publication without history,
+    /// join, leave), in the caller's order.
     pub fn deliver(&self, channel: &str, push: Arc<Prepared>) {
-        self.hub.broadcast(channel, &push);
+        self.fan_out(channel, &push);
     }
 
     /// The current position of a channel's stream; [`Position::none`] when it has none (a
@@ -386,48 +397,78 @@ impl Broker {
         if !options.history_enabled() {
             return Err(BrokerError::NotAvailable);
         }
-        self.store.remove_history(channel).await?;
+        // A fresh epoch, decided here like an append's.
+        self.store.remove_history(channel, Stamp::now()).await?;
         Ok(())
     }
 
-    /// Adds a session to a channel and announces the join when the namespace wants it.
-    pub fn join(&self, channel: &str, options: &ChannelOptions, subscriber: Subscriber, info: ClientInfo) {
-        self.hub.subscribe(channel, subscriber, info.clone());
+    /// Adds a subscription to a channel and announces the join when the namespace wants it.
+    pub fn join(&self, channel: &str, options: &ChannelOptions, subscriber: impl Deliver, info: ClientInfo) {
+        self.hub.subscribe(channel, subscriber, info.clone(), |change| {
+            self.interest_changed(channel, change)
+        });
         if options.join_leave {
             self.deliver(channel, Prepared::join(channel, info));
         }
     }
 
-    /// Removes a session from a channel and announces the leave when the namespace wants it.
+    /// Removes a client from a channel and announces the leave when the namespace wants it.
     pub fn leave(&self, channel: &str, client: &str) {
-        if let Some(info) = self.hub.unsubscribe(channel, client) {
+        let left = self
+            .hub
+            .unsubscribe(channel, client, |change| self.interest_changed(channel, change));
+        if let Some(info) = left {
             if self.options(channel).is_ok_and(|o| o.join_leave) {
                 self.deliver(channel, Prepared::leave(channel, info));
             }
         }
     }
 
-    pub fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
+    /// The one place where this node's interest in a channel changes (its first local
+    /// subscriber, or its last gone). Nothing listens without a cluster; the cluster will tell
+    /// its peers here. Runs under the hub's shard lock, so per channel the changes arrive in the
+    /// order they happened: it must not block or call the hub.
+    #[inline]
+    fn interest_changed(&self, _channel: &str, _change: Interest) {}
+
+    /// Who is subscribed to a channel, by client id. 108 when the namespace keeps no presence.
+    pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         if !self.options(channel)?.presence {
             return Err(BrokerError::NotAvailable);
         }
         Ok(self.hub.presence(channel))
     }
 
-    pub fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
+    /// (clients, distinct users) subscribed to a channel. 108 when the namespace keeps no presence.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
         if !self.options(channel)?.presence {
             return Err(BrokerError::NotAvailable);
         }
         Ok(self.hub.presence_stats(channel))
     }
 
-    /// Channels with subscribers, filtered by a glob pattern (`*` wildcard).
-    pub fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
+    /// Channels with subscribers and their number, filtered by a glob pattern (`*` wildcard).
+    pub async fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
         self.hub
             .channels()
             .into_iter()
             .filter(|(name, _)| pattern.is_empty() || glob_match(pattern, name))
             .collect()
+    }
+
+    /// Every node's figures (API `info`): this node's only, until there is a cluster.
+    pub async fn info(&self) -> Vec<NodeInfo> {
+        let (clients, users) = self.sessions.counts();
+        vec![NodeInfo {
+            id: self.node.clone(),
+            name: node::hostname(),
+            version: crate::VERSION,
+            clients,
+            users,
+            channels: self.hub.channels().len(),
+            subscriptions: self.hub.num_subscriptions(),
+            uptime: self.started.elapsed(),
+        }]
     }
 
     /// Flushes the store (`/health` uses it to prove the writer is alive).

@@ -6,6 +6,11 @@
 //! which queues it or, when the client is too slow, closes itself (3008). Delivery happens under
 //! the channel's shard lock so every subscriber sees one order; no lock is held across `.await`.
 //! The last unsubscribe removes the channel's entry.
+//!
+//! The hub reports a channel's first local subscriber and the loss of its last one
+//! ([`Interest`]), under the shard lock, so per channel the reports come in the order the
+//! changes happened. It knows subscriptions only through [`Deliver`]: it does not import the
+//! session.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -16,7 +21,6 @@ use parking_lot::Mutex;
 
 use crate::protocol::codec::{encode_reply, Format};
 use crate::protocol::proto::{ClientInfo, Join, Leave, Publication, Push, Reply};
-use crate::session::Subscriber;
 
 const SHARDS: usize = 64;
 
@@ -99,8 +103,26 @@ impl Prepared {
     }
 }
 
+/// One local subscription as the hub sees it: where a channel's pushes go. A session's
+/// subscription implements it (`session::Subscriber`); tests use recording ones.
+pub trait Deliver: Send + Sync + 'static {
+    /// The client the subscription belongs to: a channel has one subscription per client.
+    fn client(&self) -> &Arc<str>;
+    /// Takes one push of the channel, in the channel's order. Must never block or wait: queue
+    /// it, or give up on the client (3008), and return.
+    fn deliver(&self, push: &Arc<Prepared>);
+}
+
+/// A change of this node's interest in a channel: its first local subscriber (0→1) or the
+/// loss of its last (1→0). Peers hear of these transitions only, never of each subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    Gained,
+    Lost,
+}
+
 struct Member {
-    subscriber: Subscriber,
+    subscriber: Box<dyn Deliver>,
     info: ClientInfo,
 }
 
@@ -130,23 +152,41 @@ impl Hub {
         &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
-    /// Adds a session's subscription to a channel. Returns true if it is the channel's first local
-    /// subscriber.
-    pub fn subscribe(&self, channel: &str, subscriber: Subscriber, info: ClientInfo) -> bool {
+    /// Adds a subscription to a channel. When it is the channel's first local one,
+    /// `on_interest(Gained)` runs under the shard lock (it must not block or call the hub).
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        subscriber: impl Deliver,
+        info: ClientInfo,
+        on_interest: impl FnOnce(Interest),
+    ) {
         let mut shard = self.shard(channel).lock();
         let first = !shard.channels.contains_key(channel);
         let members = shard.channels.entry(Arc::from(channel)).or_default();
-        members.insert(subscriber.session().id.clone(), Member { subscriber, info });
-        first
+        let client = subscriber.client().clone();
+        members.insert(
+            client,
+            Member {
+                subscriber: Box::new(subscriber),
+                info,
+            },
+        );
+        if first {
+            on_interest(Interest::Gained);
+        }
     }
 
-    /// Removes a session from a channel. Returns its presence info if it was subscribed.
-    pub fn unsubscribe(&self, channel: &str, client: &str) -> Option<ClientInfo> {
+    /// Removes a client's subscription to a channel. Returns its presence info if it was
+    /// subscribed. When it was the channel's last local one, `on_interest(Lost)` runs under the
+    /// shard lock (it must not block or call the hub).
+    pub fn unsubscribe(&self, channel: &str, client: &str, on_interest: impl FnOnce(Interest)) -> Option<ClientInfo> {
         let mut shard = self.shard(channel).lock();
         let subscribers = shard.channels.get_mut(channel)?;
         let removed = subscribers.remove(client).map(|s| s.info);
         if subscribers.is_empty() {
             shard.channels.remove(channel);
+            on_interest(Interest::Lost);
         }
         removed
     }
@@ -202,5 +242,48 @@ impl Hub {
             .iter()
             .map(|s| s.lock().channels.values().map(HashMap::len).sum::<usize>())
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Client(Arc<str>);
+
+    impl Deliver for Client {
+        fn client(&self) -> &Arc<str> {
+            &self.0
+        }
+
+        fn deliver(&self, _push: &Arc<Prepared>) {}
+    }
+
+    fn client(id: &str) -> Client {
+        Client(Arc::from(id))
+    }
+
+    /// Only the first subscriber and the loss of the last are reported, once each.
+    #[test]
+    fn interest_is_reported_on_transitions_only() {
+        let hub = Hub::default();
+        let changes = parking_lot::Mutex::new(Vec::new());
+        let record = |change| changes.lock().push(change);
+        hub.subscribe("room", client("a"), ClientInfo::default(), record);
+        hub.subscribe("room", client("b"), ClientInfo::default(), record);
+        hub.subscribe("other", client("a"), ClientInfo::default(), record);
+        assert_eq!(*changes.lock(), vec![Interest::Gained, Interest::Gained]);
+        assert!(hub.unsubscribe("room", "a", record).is_some());
+        assert!(hub.unsubscribe("room", "nobody", record).is_none());
+        assert_eq!(changes.lock().len(), 2, "room still has b");
+        assert!(hub.unsubscribe("room", "b", record).is_some());
+        assert_eq!(changes.lock().last(), Some(&Interest::Lost));
+        assert!(hub.unsubscribe("room", "b", record).is_none(), "already gone");
+        hub.subscribe("room", client("c"), ClientInfo::default(), record);
+        assert_eq!(
+            *changes.lock(),
+            vec![Interest::Gained, Interest::Gained, Interest::Lost, Interest::Gained]
+        );
+        assert_eq!(hub.channels().len(), 2);
     }
 }

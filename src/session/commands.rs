@@ -214,7 +214,7 @@ impl Connection {
         }
         // `publish` never gets here: `handle_message` sends it to `handle_publishes`.
         if let Some(req) = c.presence {
-            let result = self.presence(req);
+            let result = self.presence(req).await;
             return (
                 "presence",
                 result.map(|p| {
@@ -226,7 +226,7 @@ impl Connection {
             );
         }
         if let Some(req) = c.presence_stats {
-            let result = self.presence_stats(req);
+            let result = self.presence_stats(req).await;
             return (
                 "presence_stats",
                 result.map(|p| {
@@ -449,10 +449,10 @@ impl Connection {
         })
     }
 
-    fn presence(&self, req: proto::PresenceRequest) -> Result<proto::PresenceResult, Failure> {
+    async fn presence(&self, req: proto::PresenceRequest) -> Result<proto::PresenceResult, Failure> {
         let broker = &self.ctx.broker;
         rules::presence(broker.options(&req.channel)?, self.asker(&req.channel))?;
-        let presence = broker.presence(&req.channel)?;
+        let presence = broker.presence(&req.channel).await?;
         // A reply that could not fit the client's queue would close it (3008) and the SDK would
         // reconnect into the same reply: answer 106 instead (issue 11).
         let size: usize = presence
@@ -466,10 +466,10 @@ impl Connection {
         Ok(proto::PresenceResult { presence })
     }
 
-    fn presence_stats(&self, req: proto::PresenceStatsRequest) -> Result<proto::PresenceStatsResult, Failure> {
+    async fn presence_stats(&self, req: proto::PresenceStatsRequest) -> Result<proto::PresenceStatsResult, Failure> {
         let broker = &self.ctx.broker;
         rules::presence(broker.options(&req.channel)?, self.asker(&req.channel))?;
-        let (clients, users) = broker.presence_stats(&req.channel)?;
+        let (clients, users) = broker.presence_stats(&req.channel).await?;
         Ok(proto::PresenceStatsResult {
             num_clients: clients as u32,
             num_users: users as u32,

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::hub::{Prepared, PushKind};
+use crate::hub::{Deliver, Prepared, PushKind};
 use crate::protocol::codec::{encode_reply, Format};
 use crate::protocol::proto::Reply;
 use crate::protocol::{DisconnectCode, UnsubscribeCode};
@@ -253,9 +253,15 @@ impl Subscriber {
     pub fn session(&self) -> &Arc<SessionShared> {
         &self.session
     }
+}
+
+impl Deliver for Subscriber {
+    fn client(&self) -> &Arc<str> {
+        &self.session.id
+    }
 
     /// Called by the hub for every push to the channel. Never blocks.
-    pub fn deliver(&self, push: &Arc<Prepared>) {
+    fn deliver(&self, push: &Arc<Prepared>) {
         let mut sub = self.subscription.lock();
         match &mut sub.phase {
             Phase::Subscribing(buffer) => {

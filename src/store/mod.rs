@@ -25,7 +25,7 @@ use crate::config::Durability;
 use crate::protocol::proto::Publication;
 use records::StreamMeta;
 
-pub use writer::{Appended, Committed, Idempotency};
+pub use writer::{Appended, CommitGroup, Committed, Idempotency};
 
 /// Messages of `proto/store.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -108,13 +108,47 @@ pub struct ReadRange {
     pub reverse: bool,
 }
 
-/// One append of [`Store::append_all`]; see [`Store::append`].
+/// What the entries that change streams carry besides their content: the time and the epoch a
+/// stream gets if the entry starts one. Whoever creates the entry decides both (the broker today,
+/// the Raft leader later); the writer's apply only reads them, never this node's clock or RNG,
+/// so the same entries applied to two stores give byte-identical streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// Unix milliseconds: a publication's default time, a stream's last use, an idempotency
+    /// key's start.
+    pub time_ms: i64,
+    /// The epoch of a stream this entry starts (a first append, a reset); unused otherwise.
+    pub epoch: Arc<str>,
+}
+
+impl Stamp {
+    /// Now on this node's clock, with a fresh random candidate epoch.
+    pub fn now() -> Self {
+        Self {
+            time_ms: now_ms(),
+            epoch: new_epoch().into(),
+        }
+    }
+}
+
+/// A fresh epoch: 8 random alphanumerics, enough that two incarnations of a stream never share one.
+pub fn new_epoch() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect()
+}
+
+/// One append entry of [`Store::append_all`]; see [`Store::append`].
 #[derive(Debug)]
 pub struct Append {
     pub channel: Arc<str>,
     pub publication: Publication,
     pub history: Option<Retention>,
     pub idempotency: Option<Idempotency>,
+    pub stamp: Stamp,
 }
 
 impl Append {
@@ -124,6 +158,7 @@ impl Append {
             publication: Box::new(self.publication),
             history: self.history,
             idempotency: self.idempotency,
+            stamp: self.stamp,
             reply,
         }
     }
@@ -141,8 +176,9 @@ pub struct Store {
     faults: Arc<writer::Faults>,
 }
 
-/// Called by the writer, in offset order per channel, for every durable append.
-pub type CommitHook = Box<dyn Fn(Committed) + Send + 'static>;
+/// Called by the writer once per batch with the appends it made durable, in offset order per
+/// channel (see [`CommitGroup`]). It runs on the writer thread: it must only hand the group on.
+pub type CommitHook = Box<dyn FnMut(CommitGroup) + Send + 'static>;
 
 impl Store {
     /// Opens (or creates) the store and starts its writer thread.
@@ -283,10 +319,8 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Appends a publication (its offset is assigned here) and returns its position once it is
-    /// durable per the configured durability. Without `history` nothing is stored but the
-    /// idempotency key; delivery goes through the commit hook either way. A repeated
-    /// idempotency key within its window returns the first result and appends nothing.
+    /// Appends a publication (its offset is assigned here), stamped now on this node (see
+    /// [`Store::append_entry`]).
     pub async fn append(
         &self,
         channel: &str,
@@ -294,12 +328,22 @@ impl Store {
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, StoreError> {
-        let append = Append {
+        self.append_entry(Append {
             channel: channel.into(),
             publication,
             history,
             idempotency,
-        };
+            stamp: Stamp::now(),
+        })
+        .await
+    }
+
+    /// Appends one entry and returns its position once it is durable per the configured
+    /// durability and its commit group has been released by the commit hook's consumer. Without
+    /// `history` nothing is stored but the idempotency key; delivery goes through the commit
+    /// hook either way. A repeated idempotency key within its window returns the first result
+    /// and appends nothing.
+    pub async fn append_entry(&self, append: Append) -> Result<Appended, StoreError> {
         self.call(|reply| append.into_op(reply)).await
     }
 
@@ -373,17 +417,21 @@ impl Store {
     /// nothing is stored for a stream that does not exist. It goes through the writer, so the
     /// position is durable and every append up to it has been handed to the commit hook.
     pub async fn position(&self, channel: &str) -> Result<Position, StoreError> {
+        let stamp = Stamp::now();
         self.call(|reply| writer::Op::Position {
             channel: channel.into(),
+            stamp,
             reply,
         })
         .await
     }
 
-    /// Drops a stream's publications and starts a new epoch.
-    pub async fn remove_history(&self, channel: &str) -> Result<Position, StoreError> {
+    /// Drops a stream's publications and starts the stamp's epoch, which must differ from the
+    /// current one (offsets restart at 1).
+    pub async fn remove_history(&self, channel: &str, stamp: Stamp) -> Result<Position, StoreError> {
         self.call(|reply| writer::Op::Reset {
             channel: channel.into(),
+            stamp,
             reply,
         })
         .await
@@ -508,5 +556,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+#[cfg(test)]
+mod apply_tests;
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,7 @@ fn open(path: &Path) -> (Store, Arc<Mutex<Vec<Committed>>>) {
         path,
         Durability::Flush,
         Duration::from_millis(50),
-        Box::new(move |c| hook_seen.lock().push(c)),
+        Box::new(move |mut group: CommitGroup| hook_seen.lock().append(&mut group.commits)),
     )
     .unwrap();
     (store, seen)
@@ -220,7 +220,7 @@ async fn remove_history_starts_a_new_epoch() {
         .await
         .unwrap()
         .position;
-    let reset = store.remove_history("c").await.unwrap();
+    let reset = store.remove_history("c", Stamp::now()).await.unwrap();
     assert_ne!(reset.epoch, first.epoch);
     assert_eq!(reset.offset, 0);
     let next = store
@@ -586,7 +586,7 @@ async fn a_read_does_not_label_the_next_epochs_publications_with_the_old_one() {
     // History and recovery take the position, then read: between the two steps, the history
     // is removed and the next epoch gets publications under the same offsets.
     let old = store.position("c").await.unwrap();
-    store.remove_history("c").await.unwrap();
+    store.remove_history("c", Stamp::now()).await.unwrap();
     for _ in 0..3 {
         store
             .append("c", publication("new"), Some(retention(10)), None)
@@ -665,7 +665,7 @@ async fn after_a_failed_flush_the_store_refuses_to_serve_and_a_restart_undoes_th
             .is_err());
         assert!(store.channels().await.is_err());
         assert!(store.flush().await.is_err(), "/health answers 503");
-        assert!(store.remove_history("c").await.is_err());
+        assert!(store.remove_history("c", Stamp::now()).await.is_err());
         assert!(store.close().await.is_err(), "not sealed clean");
         assert_eq!(seen.lock().len(), 1, "the failed publication was not delivered");
     }

@@ -1,9 +1,11 @@
 //! The single writer: every mutation of the streams tree happens on this thread.
 //!
 //! It takes all queued operations at once, applies them as one sled batch, flushes (in `flush`
-//! durability) and only then answers the callers and reports each append to the commit hook, in
-//! the order the offsets were assigned. Offsets are contiguous within an epoch because nothing
-//! else assigns them; idempotency keys are checked and recorded here for the same reason.
+//! durability) and only then answers the callers and hands the batch's appends to the commit
+//! hook as one [`CommitGroup`], in the order the offsets were assigned (the group answers the
+//! publishers once its consumer has delivered it). Offsets are contiguous within an epoch because
+//! nothing else assigns them; idempotency keys are checked and recorded here for the same reason.
+//! The apply is deterministic: time and new epochs come from each entry's [`Stamp`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{IdempotencyRecord, StreamMeta};
-use super::{keys, millis, now_ms, oldest_time, CommitHook, Position, Retention, StoreError};
+use super::{keys, millis, now_ms, oldest_time, CommitHook, Position, Retention, Stamp, StoreError};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
 
@@ -50,14 +51,18 @@ pub(super) enum Op {
         /// delivery still goes through the commit hook.
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
+        stamp: Stamp,
         reply: Reply<Appended>,
     },
     Position {
         channel: Arc<str>,
+        /// Starts the stream if there is none.
+        stamp: Stamp,
         reply: Reply<Position>,
     },
     Reset {
         channel: Arc<str>,
+        stamp: Stamp,
         reply: Reply<Position>,
     },
     Trim {
@@ -86,6 +91,30 @@ pub struct Committed {
     pub epoch: Arc<str>,
     /// The publication with its offset set (0 without history).
     pub publication: Publication,
+}
+
+/// The appends that one batch made durable, in the order the writer assigned their offsets
+/// (so in offset order within each channel), handed to the commit hook in one piece.
+///
+/// The group holds its publishers' answers and sends them when it is dropped: whoever consumes
+/// the group delivers `commits` first and drops it after, so a publish reply never overtakes the
+/// delivery of its own publication, nor of anything committed before it. A consumer that drops
+/// the group unread still answers them (the appends are durable either way).
+pub struct CommitGroup {
+    /// Take them (`std::mem::take`) to deliver them; the answers stay in the group.
+    pub commits: Vec<Committed>,
+    acks: Vec<(Reply<Appended>, Position)>,
+}
+
+impl Drop for CommitGroup {
+    fn drop(&mut self) {
+        for (reply, position) in self.acks.drain(..) {
+            let _ = reply.send(Ok(Appended {
+                position,
+                duplicate: false,
+            }));
+        }
+    }
 }
 
 struct Writer {
@@ -400,6 +429,10 @@ impl Writer {
         if must_flush && wrote {
             self.seal(false, false);
         }
+        let mut group = CommitGroup {
+            commits: Vec::new(),
+            acks: Vec::new(),
+        };
         for d in done {
             match d {
                 Done::Append(reply, committed) => {
@@ -407,11 +440,8 @@ impl Writer {
                         epoch: committed.epoch.clone(),
                         offset: committed.publication.offset,
                     };
-                    (self.on_commit)(*committed);
-                    let _ = reply.send(Ok(Appended {
-                        position,
-                        duplicate: false,
-                    }));
+                    group.commits.push(*committed);
+                    group.acks.push((reply, position));
                 }
                 Done::Duplicate(reply, position) => {
                     metrics::counter!("herald_idempotent_duplicates_total").increment(1);
@@ -425,6 +455,11 @@ impl Writer {
                 Done::Flush(reply) => drop(reply.send(Ok(()))),
             }
         }
+        // The hook only queues the group (see `broker::fanout`): delivery and the publishers'
+        // answers happen off this thread, so fan-out width does not add to group commit.
+        if !group.commits.is_empty() {
+            (self.on_commit)(group);
+        }
         wrote
     }
 
@@ -436,8 +471,9 @@ impl Writer {
                 publication,
                 history,
                 idempotency,
+                stamp,
                 reply,
-            } => match self.stage_append(channel, *publication, history, idempotency, s) {
+            } => match self.stage_append(channel, *publication, history, idempotency, &stamp, s) {
                 Ok(Ok(committed)) => Some(Done::Append(reply, Box::new(committed))),
                 Ok(Err(first)) => Some(Done::Duplicate(reply, first)),
                 Err(e) => {
@@ -447,7 +483,9 @@ impl Writer {
             },
             // A read: a stream that does not exist is not created (issue 11: subscribes and
             // history calls to fresh names grew the store and the writer's cache without bound).
-            Op::Position { channel, reply } => match self.existing(&channel, s) {
+            // The stamp serves only when an existing stream must start a new epoch (os
+            // durability after a crash, an unreadable position).
+            Op::Position { channel, stamp, reply } => match self.existing(&channel, &stamp, s) {
                 Ok(meta) => Some(Done::Position(
                     reply,
                     meta.map_or_else(Position::none, |meta| Position {
@@ -460,7 +498,7 @@ impl Writer {
                     None
                 }
             },
-            Op::Reset { channel, reply } => match self.reset(&channel, s) {
+            Op::Reset { channel, stamp, reply } => match self.reset(&channel, &stamp, s) {
                 Ok(position) => {
                     tracing::info!(channel = %channel, epoch = %position.epoch, "history removed, new epoch");
                     Some(Done::Position(reply, position))
@@ -497,15 +535,19 @@ impl Writer {
     }
 
     /// `Ok(Ok(_))`: appended; `Ok(Err(first))`: a repeat of an idempotency key.
+    ///
+    /// Deterministic: the time and a new stream's epoch come from `stamp`, never from this
+    /// node's clock or RNG, so the same entries applied to two stores give the same streams.
     fn stage_append(
         &mut self,
         channel: Arc<str>,
         mut publication: Publication,
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
+        stamp: &Stamp,
         s: &mut Staging,
     ) -> Result<Result<Committed, Position>, StoreError> {
-        let now = now_ms();
+        let now = stamp.time_ms;
         let idempotency_key = idempotency.as_ref().map(|i| keys::idempotency(&channel, &i.key));
         if let Some(key) = &idempotency_key {
             if let Some(first) = s.idempotency.get(key) {
@@ -528,7 +570,7 @@ impl Writer {
         let position = match history {
             Some(retention) => {
                 let batch = self.seq + 1;
-                let meta = self.meta(&channel, s)?;
+                let meta = self.meta(&channel, stamp, s)?;
                 if meta.batch != batch {
                     // What a restart restores if this batch fails (see `undo_batch`).
                     meta.batch = batch;
@@ -578,10 +620,24 @@ impl Writer {
         }))
     }
 
-    /// Drops every publication of a stream and starts a new epoch at offset 0.
-    fn reset(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Position, StoreError> {
+    /// Drops every publication of a stream and starts the stamp's epoch at offset 0.
+    fn reset(&mut self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> Result<Position, StoreError> {
+        // Offsets restart at 1: under the same epoch they would name two publications.
+        let current = match self.streams.get(channel) {
+            Some(meta) => Some(meta.epoch.clone()),
+            None if s.forgotten.contains(channel) => None,
+            None => match self.tree.get(keys::meta(channel))? {
+                Some(bytes) => StreamMeta::decode(bytes.as_ref()).ok().map(|m| m.epoch),
+                None => None,
+            },
+        };
+        if current.as_deref() == Some(&*stamp.epoch) {
+            return Err(StoreError::Corrupt(format!(
+                "a reset of {channel} must start a new epoch, got the current one"
+            )));
+        }
         self.purge_publications(channel, s)?;
-        let meta = self.new_stream(channel, s);
+        let meta = self.new_stream(channel, stamp, s);
         let position = Position {
             epoch: meta.epoch.as_str().into(),
             offset: 0,
@@ -670,18 +726,25 @@ impl Writer {
         Ok(removed)
     }
 
-    /// The position of a stream: cached, else read from disk, else a new stream.
-    fn meta(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
-        if self.existing(channel, s)?.is_none() {
-            let meta = self.new_stream(channel, s);
+    /// The position of a stream: cached, else read from disk, else a new stream (in the
+    /// stamp's epoch).
+    fn meta(&mut self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> Result<&mut StreamMeta, StoreError> {
+        if self.existing(channel, stamp, s)?.is_none() {
+            let meta = self.new_stream(channel, stamp, s);
             self.streams.insert(channel.clone(), meta);
         }
         Ok(self.streams.get_mut(channel).expect("inserted above"))
     }
 
     /// The position of a stream that exists: cached, else read from disk (and cached). `None`
-    /// when there is no stream; nothing is created then.
-    fn existing(&mut self, channel: &Arc<str>, s: &mut Staging) -> Result<Option<&mut StreamMeta>, StoreError> {
+    /// when there is no stream; nothing is created then. `stamp` gives the new epoch when an
+    /// existing stream must be renewed.
+    fn existing(
+        &mut self,
+        channel: &Arc<str>,
+        stamp: &Stamp,
+        s: &mut Staging,
+    ) -> Result<Option<&mut StreamMeta>, StoreError> {
         if !self.streams.contains_key(channel) {
             let stored = if s.forgotten.contains(channel) {
                 None
@@ -696,7 +759,7 @@ impl Writer {
                     tracing::info!(channel = %channel, "unclean shutdown in os durability: stream starts a new epoch");
                     metrics::counter!("herald_streams_renewed_total").increment(1);
                     self.purge_publications(channel, s)?;
-                    self.new_stream(channel, s)
+                    self.new_stream(channel, stamp, s)
                 }
                 Ok(meta) => meta,
                 Err(e) => {
@@ -705,7 +768,7 @@ impl Writer {
                     tracing::error!(channel = %channel, error = %e, "stream position unreadable: stream lost, starting a new epoch");
                     metrics::counter!("herald_streams_lost_total").increment(1);
                     self.purge_publications(channel, s)?;
-                    self.new_stream(channel, s)
+                    self.new_stream(channel, stamp, s)
                 }
             };
             self.streams.insert(channel.clone(), meta);
@@ -713,11 +776,11 @@ impl Writer {
         Ok(self.streams.get_mut(channel))
     }
 
-    fn new_stream(&self, channel: &Arc<str>, s: &mut Staging) -> StreamMeta {
+    fn new_stream(&self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> StreamMeta {
         let meta = StreamMeta {
-            epoch: new_epoch(),
+            epoch: stamp.epoch.to_string(),
             top_offset: 0,
-            updated_at_ms: now_ms(),
+            updated_at_ms: stamp.time_ms,
             batch: self.seq + 1,
             top_before_batch: 0,
         };
@@ -766,13 +829,4 @@ pub(super) fn undo_batch(tree: &sled::Tree, batch: u64) -> Result<usize, StoreEr
     }
     tree.apply_batch(undo)?;
     Ok(undone)
-}
-
-/// A fresh epoch: 8 random alphanumerics, enough that two incarnations of a stream never share one.
-fn new_epoch() -> String {
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect()
 }

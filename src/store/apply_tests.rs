@@ -1,0 +1,165 @@
+//! The writer's apply is deterministic: the same entries, applied to two fresh stores in
+//! different batches, give byte-identical streams and the same commits (what a follower that
+//! applies the leader's log must get).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::*;
+
+/// One entry of the sequence both stores apply.
+enum Entry {
+    Append(Box<Append>),
+    Reset(&'static str, Stamp),
+}
+
+fn stamp(time_ms: i64, epoch: &str) -> Stamp {
+    Stamp {
+        time_ms,
+        epoch: Arc::from(epoch),
+    }
+}
+
+fn append(channel: &str, data: &'static str, history: Option<usize>, key: Option<&str>, stamp: Stamp) -> Entry {
+    Entry::Append(Box::new(Append {
+        channel: Arc::from(channel),
+        publication: Publication {
+            data: Bytes::from_static(data.as_bytes()),
+            ..Default::default()
+        },
+        history: history.map(|size| Retention {
+            size,
+            ttl: Duration::from_secs(3600),
+        }),
+        idempotency: key.map(|key| Idempotency {
+            key: key.to_owned(),
+            window: Duration::from_secs(60),
+        }),
+        stamp,
+    }))
+}
+
+/// Appends to two channels with history (one trimmed by size as it goes), a repeated
+/// idempotency key, a key on a channel without history, and a `history_remove` that starts a
+/// new epoch, followed by more appends. Stamps are fixed: no clock, no RNG.
+fn entries() -> Vec<Entry> {
+    let mut out = Vec::new();
+    for i in 0..5 {
+        out.push(append("a", "a-before", Some(3), None, stamp(1_000 + i, "a-one")));
+    }
+    out.push(append("b", "b1", Some(10), Some("k1"), stamp(1_010, "b-one")));
+    out.push(append("b", "b1 again", Some(10), Some("k1"), stamp(1_011, "b-other")));
+    out.push(append("c", "no history", None, Some("k2"), stamp(1_012, "c-one")));
+    out.push(Entry::Reset("a", stamp(1_020, "a-two")));
+    for i in 0..2 {
+        out.push(append("a", "a-after", Some(3), None, stamp(1_030 + i, "a-unused")));
+    }
+    out.push(append("b", "b2", Some(10), None, stamp(1_040, "b-unused")));
+    out
+}
+
+fn open_recording(path: &std::path::Path) -> (Store, Arc<Mutex<Vec<Committed>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let store = Store::open(
+        path,
+        Durability::Os,
+        Duration::from_millis(50),
+        Box::new(move |mut group: CommitGroup| hook_seen.lock().append(&mut group.commits)),
+    )
+    .unwrap();
+    (store, seen)
+}
+
+/// Every record of the streams tree but the batch counter (which counts batches, and batching
+/// is this node's business).
+fn records(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    store
+        .tree
+        .iter()
+        .map(|item| item.unwrap())
+        .filter(|(key, _)| key.as_ref() != writer::SEQ_KEY)
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_same_entries_give_the_same_streams_whatever_the_batches() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (store_one, commits_one) = open_recording(one.path());
+    let (store_two, commits_two) = open_recording(two.path());
+
+    // The first store applies each entry in a batch of its own...
+    for entry in entries() {
+        match entry {
+            Entry::Append(a) => drop(store_one.append_entry(*a).await.unwrap()),
+            Entry::Reset(channel, stamp) => drop(store_one.remove_history(channel, stamp).await.unwrap()),
+        }
+    }
+    // ...the second queues the appends between resets together (group commit).
+    let mut pending = Vec::new();
+    for entry in entries() {
+        match entry {
+            Entry::Append(a) => pending.push(*a),
+            Entry::Reset(channel, stamp) => {
+                for result in store_two.append_all(std::mem::take(&mut pending)).await {
+                    result.unwrap();
+                }
+                store_two.remove_history(channel, stamp).await.unwrap();
+            }
+        }
+    }
+    for result in store_two.append_all(pending).await {
+        result.unwrap();
+    }
+
+    let records_one = records(&store_one);
+    assert!(!records_one.is_empty());
+    assert_eq!(records_one, records(&store_two), "the streams differ byte for byte");
+    let commits = |seen: &Mutex<Vec<Committed>>| -> Vec<(String, String, Publication)> {
+        seen.lock()
+            .iter()
+            .map(|c| (c.channel.to_string(), c.epoch.to_string(), c.publication.clone()))
+            .collect()
+    };
+    assert_eq!(commits(&commits_one), commits(&commits_two));
+
+    // What the stamps decided: the reset's epoch, the entries' times; the repeated key appended
+    // nothing, and size 3 kept the last three of the new epoch's offsets.
+    let a = store_one.position("a").await.unwrap();
+    assert_eq!((&*a.epoch, a.offset), ("a-two", 2));
+    let b = store_one.position("b").await.unwrap();
+    assert_eq!((&*b.epoch, b.offset), ("b-one", 2));
+    let read = store_one
+        .read(
+            "a",
+            &a,
+            ReadRange {
+                limit: 10,
+                ..Default::default()
+            },
+            Retention {
+                size: 3,
+                ttl: Duration::from_secs(3600 * 24 * 365 * 100),
+            },
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(u64, i64)> = read.expect("the stream exists").iter().map(|p| (p.offset, p.time)).collect();
+    assert_eq!(seen, vec![(1, 1_030), (2, 1_031)]);
+}
+
+#[tokio::test]
+async fn a_reset_refuses_the_current_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_recording(dir.path());
+    let Entry::Append(first) = append("a", "x", Some(3), None, stamp(1, "same")) else {
+        unreachable!()
+    };
+    store.append_entry(*first).await.unwrap();
+    assert!(store.remove_history("a", stamp(2, "same")).await.is_err());
+    assert_eq!(store.position("a").await.unwrap().offset, 1, "nothing was removed");
+}
