@@ -258,8 +258,11 @@ impl Connection {
 }
 
 /// The `Instant` of a Unix time in seconds (in the past if it has passed).
+///
+/// Token claims choose `unix_seconds`, so any `i64` arrives here: the arithmetic saturates
+/// (a signed `expire_at` of i64::MIN overflowed it, through the token fuzz target).
 pub(crate) fn instant_of(unix_seconds: i64) -> Instant {
-    let delta_ms = unix_seconds.saturating_mul(1000) - crate::store::now_ms();
+    let delta_ms = unix_seconds.saturating_mul(1000).saturating_sub(crate::store::now_ms());
     let now = Instant::now();
     if delta_ms <= 0 {
         now.checked_sub(Duration::from_millis(delta_ms.unsigned_abs()))
@@ -271,9 +274,25 @@ pub(crate) fn instant_of(unix_seconds: i64) -> Instant {
 
 /// Seconds from now until a Unix time, at least 1 (the protocol's `ttl`).
 pub(crate) fn ttl_of(unix_seconds: i64) -> u32 {
-    let left = unix_seconds - crate::store::now_ms() / 1000;
+    let left = unix_seconds.saturating_sub(crate::store::now_ms() / 1000);
     left.clamp(1, u32::MAX as i64) as u32
 }
 
 /// Builds `ConnectResult.subs` and similar maps.
 pub(crate) type SubResults = HashMap<String, crate::protocol::proto::SubscribeResult>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_arithmetic_takes_any_claimed_time() {
+        // Regression (token fuzz target): `expire_at` near i64::MIN overflowed both.
+        assert_eq!(ttl_of(i64::MIN), 1);
+        assert!(instant_of(i64::MIN) <= Instant::now());
+        assert_eq!(ttl_of(i64::MAX), u32::MAX);
+        assert!(instant_of(i64::MAX) > Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        let in_an_hour = crate::store::now_ms() / 1000 + 3600;
+        assert!((3590..=3600).contains(&ttl_of(in_an_hour)));
+    }
+}
