@@ -20,6 +20,8 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod limits;
 pub mod metrics;

@@ -56,22 +56,97 @@ fn params<T: DeserializeOwned>(body: &RawValue) -> Result<T, ApiError> {
 /// Runs one API method. `batch` calls this for each of its commands.
 pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiResult {
     metrics::counter!("herald_api_requests_total", "method" => method.to_owned()).increment(1);
-    match method {
-        "publish" => publish::publish(broker, params(body)?).await,
-        "broadcast" => publish::broadcast(broker, params(body)?).await,
-        "subscribe" => users::subscribe(broker, params(body)?),
-        "unsubscribe" => users::unsubscribe(broker, params(body)?),
-        "disconnect" => users::disconnect(broker, params(body)?),
-        "refresh" => users::refresh(broker, params(body)?),
-        "presence" => presence::presence(broker, params(body)?),
-        "presence_stats" => presence::presence_stats(broker, params(body)?),
-        "history" => history::history(broker, params(body)?).await,
-        "history_remove" => history::history_remove(broker, params(body)?).await,
-        "channels" => server::channels(broker, params(body)?),
-        "info" => server::info(broker),
-        "batch" => Box::pin(server::batch(broker, params(body)?)).await,
-        _ => Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
+    Request::parse(method, body)?.run(broker).await
+}
+
+/// One API call with its parameters decoded: everything a method checks before it reaches the
+/// broker. Kept apart from [`Request::run`] so the api_bodies fuzz target can parse every
+/// method's body without a broker.
+pub enum Request {
+    Publish(publish::Body),
+    Broadcast(publish::Body),
+    Subscribe(users::Subscription),
+    Unsubscribe(users::Subscription),
+    Disconnect(users::Disconnect),
+    Refresh(users::Refresh),
+    Presence(presence::Channel),
+    PresenceStats(presence::Channel),
+    History(history::History),
+    HistoryRemove(presence::Channel),
+    Channels(server::Channels),
+    Info,
+    Batch(server::Batch),
+}
+
+impl Request {
+    /// Every method name [`Request::parse`] knows.
+    pub const METHODS: &[&str] = &[
+        "publish",
+        "broadcast",
+        "subscribe",
+        "unsubscribe",
+        "disconnect",
+        "refresh",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+        "batch",
+    ];
+
+    pub fn parse(method: &str, body: &RawValue) -> Result<Self, ApiError> {
+        Ok(match method {
+            "publish" => Self::Publish(params(body)?),
+            "broadcast" => Self::Broadcast(params(body)?),
+            "subscribe" => Self::Subscribe(params(body)?),
+            "unsubscribe" => Self::Unsubscribe(params(body)?),
+            "disconnect" => Self::Disconnect(params(body)?),
+            "refresh" => Self::Refresh(params(body)?),
+            "presence" => Self::Presence(params(body)?),
+            "presence_stats" => Self::PresenceStats(params(body)?),
+            "history" => Self::History(params(body)?),
+            "history_remove" => Self::HistoryRemove(params(body)?),
+            "channels" => Self::Channels(params(body)?),
+            "info" => Self::Info,
+            "batch" => Self::Batch(params(body)?),
+            _ => return Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
+        })
     }
+
+    async fn run(self, broker: &Arc<Broker>) -> ApiResult {
+        match self {
+            Self::Publish(p) => publish::publish(broker, p).await,
+            Self::Broadcast(b) => publish::broadcast(broker, b).await,
+            Self::Subscribe(s) => users::subscribe(broker, s),
+            Self::Unsubscribe(s) => users::unsubscribe(broker, s),
+            Self::Disconnect(d) => users::disconnect(broker, d),
+            Self::Refresh(r) => users::refresh(broker, r),
+            Self::Presence(c) => presence::presence(broker, c),
+            Self::PresenceStats(c) => presence::presence_stats(broker, c),
+            Self::History(h) => history::history(broker, h).await,
+            Self::HistoryRemove(c) => history::history_remove(broker, c).await,
+            Self::Channels(c) => server::channels(broker, c),
+            Self::Info => server::info(broker),
+            Self::Batch(b) => Box::pin(server::batch(broker, b)).await,
+        }
+    }
+}
+
+/// The request body as the handler takes it: blank is `{}`, anything else must be one JSON
+/// object. The error is the 400 answer's text.
+pub fn body_of(body: &[u8]) -> Result<&RawValue, String> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    let raw: &RawValue = serde_json::from_slice(text).map_err(|e| format!("malformed body: {e}"))?;
+    if !raw.get().trim_start().starts_with('{') {
+        return Err("malformed body: expected a JSON object".into());
+    }
+    Ok(raw)
 }
 
 /// `POST /api/{method}`.
@@ -84,18 +159,10 @@ pub async fn handler(
     if !authorized(&headers, broker.config().api.key.as_deref()) {
         return (StatusCode::UNAUTHORIZED, "unauthorized: missing or wrong API key").into_response();
     }
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        &body[..]
+    let body = match body_of(&body) {
+        Ok(body) => body,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    let body: &RawValue = match serde_json::from_slice(text) {
-        Ok(raw) => raw,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed body: {e}")).into_response(),
-    };
-    if !body.get().trim_start().starts_with('{') {
-        return (StatusCode::BAD_REQUEST, "malformed body: expected a JSON object").into_response();
-    }
     let transport_errors = ["x-herald-error-mode", "x-centrifugo-error-mode"].iter().any(|h| {
         headers
             .get(*h)
@@ -149,4 +216,60 @@ fn authorized(headers: &HeaderMap, key: Option<&str>) -> bool {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_one_json_object_or_blank() {
+        assert_eq!(body_of(b" \n").unwrap().get(), "{}");
+        assert_eq!(body_of(br#"{"channel":"a"}"#).unwrap().get(), r#"{"channel":"a"}"#);
+        assert!(body_of(b"[1]").unwrap_err().contains("expected a JSON object"));
+        assert!(body_of(b"{").unwrap_err().starts_with("malformed body"));
+    }
+
+    #[test]
+    fn every_listed_method_parses_and_others_are_not_found() {
+        for method in Request::METHODS {
+            let result = Request::parse(method, &raw(r#"{"channel":"a","user":"u","commands":[]}"#));
+            assert!(
+                !matches!(result, Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND))),
+                "{method}"
+            );
+        }
+        assert!(matches!(
+            Request::parse("nope", &raw("{}")),
+            Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND))
+        ));
+        assert!(matches!(
+            Request::parse("history", &raw(r#"{"limit":1}"#)),
+            Err(ApiError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn batch_commands_parse_up_to_the_first_malformed_one() {
+        let parse = |text: &str| match Request::parse("batch", &raw(text)) {
+            Ok(Request::Batch(batch)) => batch.parse_commands().map_err(|e| match e {
+                ApiError::Malformed(message) => message,
+                ApiError::Code(code) => code.code.to_string(),
+            }),
+            _ => panic!("not a batch: {text}"),
+        };
+        // A refused publish and an unknown method are answers inside the batch, not failures.
+        let ok = r#"{"commands":[{"publish":{"channel":"","data":1}},{"nope":{}},{"info":{}}]}"#;
+        assert_eq!(parse(ok), Ok(3));
+        let nested = r#"{"commands":[{"info":{}},{"batch":{"commands":[]}}]}"#;
+        assert_eq!(parse(nested).unwrap_err(), "batch inside batch");
+        let two_keys = r#"{"commands":[{"info":{},"channels":{}}]}"#;
+        assert!(parse(two_keys).unwrap_err().contains("one method key"));
+        let bad = r#"{"commands":[{"history":{"channel":1}}]}"#;
+        assert!(parse(bad).unwrap_err().starts_with("history: invalid parameters"));
+    }
 }
