@@ -64,9 +64,12 @@ for target in "${targets[@]}"; do
     if ((status != 0)); then
         tail -n 40 "$log"
     fi
+    # A target that fails at once prints no figures: grep finding nothing is not an error.
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    stats=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -1)
-    line="$target: ${runs:-?} runs in ${seconds}s, ${stats:-no coverage figures}"
+    stats=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*' "$log" | tail -1 || true)
+    # libFuzzer's own count of the seconds it ran ("Done N runs in S second(s)").
+    took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+    line="$target: ${runs:-?} runs in ${took:-?}s, ${stats:-no coverage figures}"
     echo "$line"
     if ((status != 0)); then
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
