@@ -72,7 +72,11 @@ for target in "${targets[@]}"; do
     line="$target: ${runs:-?} runs in ${took:-?}s, ${stats:-no coverage figures}"
     echo "$line"
     if ((status != 0)); then
+        # libFuzzer names the input it saved; cargo-fuzz repeats it after "Failing input:".
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
+        if [[ -z $artifact ]]; then
+            artifact=$(grep -A2 '^Failing input:' "$log" | tail -1 | tr -d '[:space:]' || true)
+        fi
         line="$line, FAILED (exit $status), input: ${artifact:-none written}"
         failed+=("$target")
     fi
