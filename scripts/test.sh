@@ -3,7 +3,8 @@
 #   1. formatting and lints (cargo fmt --check, clippy -D warnings);
 #   2. unit and integration tests (cargo test: real `herald` processes on 127.0.0.1);
 #   3. the SDK conformance suites (tests/sdk/run.sh: npm `centrifuge`, PyPI `centrifuge-python`
-#      and `cent`, installed into tests/sdk/js/node_modules and tests/sdk/python/.venv).
+#      and `cent`, installed into tests/sdk/js/node_modules and tests/sdk/python/.venv);
+#   4. every fuzz target for 20 seconds (scripts/fuzz.sh; installs cargo-fuzz if missing).
 # Needs: the Rust toolchain, node >= 20 with npm, python3 >= 3.9. Network: crates.io, npm, PyPI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,3 +22,6 @@ cargo test --all-targets
 
 step "SDK conformance suites"
 HERALD_BIN="$PWD/target/debug/herald" tests/sdk/run.sh
+
+step "fuzz targets, 20 s each"
+scripts/fuzz.sh 20

@@ -24,6 +24,8 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod limits;
 pub mod metrics;

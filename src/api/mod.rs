@@ -53,48 +53,112 @@ fn params<T: DeserializeOwned>(body: &RawValue) -> Result<T, ApiError> {
     serde_json::from_str(body.get()).map_err(|e| ApiError::Malformed(format!("invalid parameters: {e}")))
 }
 
-/// The methods, as metric labels: any other name counts as `unknown`, so that clients cannot
-/// create metric series at will (issue 11).
-const METHODS: &[&str] = &[
-    "publish",
-    "broadcast",
-    "subscribe",
-    "unsubscribe",
-    "disconnect",
-    "refresh",
-    "presence",
-    "presence_stats",
-    "history",
-    "history_remove",
-    "channels",
-    "info",
-    "batch",
-];
-
+/// The method as a metric label: any name other than [`Request::METHODS`] counts as `unknown`,
+/// so that clients cannot create metric series at will (issue 11).
 fn method_label(method: &str) -> &'static str {
-    METHODS.iter().find(|m| **m == method).copied().unwrap_or("unknown")
+    Request::METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// Runs one API method other than `batch` (which [`handler`] runs, and which may not nest).
 /// `batch` calls this for each of its commands.
 pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiResult {
     metrics::counter!("herald_api_requests_total", "method" => method_label(method)).increment(1);
-    match method {
-        "publish" => publish::publish(broker, params(body)?).await,
-        "broadcast" => publish::broadcast(broker, params(body)?).await,
-        "subscribe" => users::subscribe(broker, params(body)?).await,
-        "unsubscribe" => users::unsubscribe(broker, params(body)?).await,
-        "disconnect" => users::disconnect(broker, params(body)?).await,
-        "refresh" => users::refresh(broker, params(body)?).await,
-        "presence" => presence::presence(broker, params(body)?).await,
-        "presence_stats" => presence::presence_stats(broker, params(body)?).await,
-        "history" => history::history(broker, params(body)?).await,
-        "history_remove" => history::history_remove(broker, params(body)?).await,
-        "channels" => server::channels(broker, params(body)?).await,
-        "info" => server::info(broker).await,
-        "batch" => Err(ApiError::Malformed("batch inside batch".into())),
-        _ => Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
+    Request::parse(method, body)?.run(broker).await
+}
+
+/// One API call with its parameters decoded: everything a method checks before it reaches the
+/// broker. Kept apart from [`Request::run`] so the api_bodies fuzz target can parse every
+/// method's body without a broker.
+pub enum Request {
+    Publish(publish::Body),
+    Broadcast(publish::Body),
+    Subscribe(users::Subscription),
+    Unsubscribe(users::Subscription),
+    Disconnect(users::Disconnect),
+    Refresh(users::Refresh),
+    Presence(presence::Channel),
+    PresenceStats(presence::Channel),
+    History(history::History),
+    HistoryRemove(presence::Channel),
+    Channels(server::Channels),
+    Info,
+    Batch(server::Batch),
+}
+
+impl Request {
+    /// Every method name [`Request::parse`] knows.
+    pub const METHODS: &[&str] = &[
+        "publish",
+        "broadcast",
+        "subscribe",
+        "unsubscribe",
+        "disconnect",
+        "refresh",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+        "batch",
+    ];
+
+    pub fn parse(method: &str, body: &RawValue) -> Result<Self, ApiError> {
+        Ok(match method {
+            "publish" => Self::Publish(params(body)?),
+            "broadcast" => Self::Broadcast(params(body)?),
+            "subscribe" => Self::Subscribe(params(body)?),
+            "unsubscribe" => Self::Unsubscribe(params(body)?),
+            "disconnect" => Self::Disconnect(params(body)?),
+            "refresh" => Self::Refresh(params(body)?),
+            "presence" => Self::Presence(params(body)?),
+            "presence_stats" => Self::PresenceStats(params(body)?),
+            "history" => Self::History(params(body)?),
+            "history_remove" => Self::HistoryRemove(params(body)?),
+            "channels" => Self::Channels(params(body)?),
+            "info" => Self::Info,
+            "batch" => Self::Batch(params(body)?),
+            _ => return Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
+        })
     }
+
+    async fn run(self, broker: &Arc<Broker>) -> ApiResult {
+        match self {
+            Self::Publish(p) => publish::publish(broker, p).await,
+            Self::Broadcast(b) => publish::broadcast(broker, b).await,
+            Self::Subscribe(s) => users::subscribe(broker, s).await,
+            Self::Unsubscribe(s) => users::unsubscribe(broker, s).await,
+            Self::Disconnect(d) => users::disconnect(broker, d).await,
+            Self::Refresh(r) => users::refresh(broker, r).await,
+            Self::Presence(c) => presence::presence(broker, c).await,
+            Self::PresenceStats(c) => presence::presence_stats(broker, c).await,
+            Self::History(h) => history::history(broker, h).await,
+            Self::HistoryRemove(c) => history::history_remove(broker, c).await,
+            Self::Channels(c) => server::channels(broker, c).await,
+            Self::Info => server::info(broker).await,
+            // [`handler`] runs a batch itself (its replies are written as text); one never nests.
+            Self::Batch(_) => Err(ApiError::Malformed("batch inside batch".into())),
+        }
+    }
+}
+
+/// The request body as the handler takes it: blank is `{}`, anything else must be one JSON
+/// object. The error is the 400 answer's text.
+pub fn body_of(body: &[u8]) -> Result<&RawValue, String> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    let raw: &RawValue = serde_json::from_slice(text).map_err(|e| format!("malformed body: {e}"))?;
+    if !raw.get().trim_start().starts_with('{') {
+        return Err("malformed body: expected a JSON object".into());
+    }
+    Ok(raw)
 }
 
 /// `POST /api/{method}`. The key is checked from the headers before a byte of the body is
@@ -115,18 +179,10 @@ pub async fn handler(
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
-    let text = if body.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        &body[..]
+    let body = match body_of(&body) {
+        Ok(body) => body,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
-    let body: &RawValue = match serde_json::from_slice(text) {
-        Ok(raw) => raw,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("malformed body: {e}")).into_response(),
-    };
-    if !body.get().trim_start().starts_with('{') {
-        return (StatusCode::BAD_REQUEST, "malformed body: expected a JSON object").into_response();
-    }
     let transport_errors = ["x-herald-error-mode", "x-centrifugo-error-mode"].iter().any(|h| {
         headers
             .get(*h)
@@ -267,5 +323,61 @@ mod tests {
         assert!(authorized(&headers, Some("k1")));
         assert!(!authorized(&headers, Some("k2")));
         assert!(!authorized(&headers, None));
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_one_json_object_or_blank() {
+        assert_eq!(body_of(b" \n").unwrap().get(), "{}");
+        assert_eq!(body_of(br#"{"channel":"a"}"#).unwrap().get(), r#"{"channel":"a"}"#);
+        assert!(body_of(b"[1]").unwrap_err().contains("expected a JSON object"));
+        assert!(body_of(b"{").unwrap_err().starts_with("malformed body"));
+    }
+
+    #[test]
+    fn every_listed_method_parses_and_others_are_not_found() {
+        for method in Request::METHODS {
+            let result = Request::parse(method, &raw(r#"{"channel":"a","user":"u","commands":[]}"#));
+            assert!(
+                !matches!(result, Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND))),
+                "{method}"
+            );
+        }
+        assert!(matches!(
+            Request::parse("nope", &raw("{}")),
+            Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND))
+        ));
+        assert!(matches!(
+            Request::parse("history", &raw(r#"{"limit":1}"#)),
+            Err(ApiError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn batch_commands_parse_up_to_the_first_malformed_one() {
+        let parse = |text: &str| match Request::parse("batch", &raw(text)) {
+            Ok(Request::Batch(batch)) => batch.parse_commands().map_err(|e| match e {
+                ApiError::Malformed(message) => message,
+                ApiError::Code(code) => code.code.to_string(),
+            }),
+            _ => panic!("not a batch: {text}"),
+        };
+        // A refused publish and an unknown method are answers inside the batch, not failures.
+        let ok = r#"{"commands":[{"publish":{"channel":"","data":1}},{"nope":{}},{"info":{}}]}"#;
+        assert_eq!(parse(ok), Ok(3));
+        let nested = r#"{"commands":[{"info":{}},{"batch":{"commands":[]}}]}"#;
+        assert_eq!(parse(nested).unwrap_err(), "batch inside batch");
+        let two_keys = r#"{"commands":[{"info":{},"channels":{}}]}"#;
+        assert!(parse(two_keys).unwrap_err().contains("one method key"));
+        let bad = r#"{"commands":[{"history":{"channel":1}}]}"#;
+        assert!(parse(bad).unwrap_err().starts_with("history: invalid parameters"));
     }
 }

@@ -6,8 +6,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{publish, ApiError, ApiResult};
+use super::{publish, ApiError, ApiResult, Request};
 use crate::broker::{Broker, PublishRequest};
+use crate::protocol::ErrorCode;
 
 #[derive(Deserialize)]
 pub struct Channels {
@@ -126,34 +127,74 @@ async fn run_commands(
             replies.push(&over_budget);
             continue;
         }
-        let mut entries = command.into_iter();
-        let (Some((method, params)), None) = (entries.next(), entries.next()) else {
-            return Err(ApiError::Malformed(
-                "each batch command is an object with one method key".into(),
-            ));
-        };
-        let malformed = |message: String| ApiError::Malformed(format!("{method}: {message}"));
-        if method == "publish" {
-            metrics::counter!("herald_api_requests_total", "method" => "publish").increment(1);
-            match super::params(&params).and_then(publish::publish_request) {
-                Ok(request) => publishes.push(Ok(request)),
-                Err(ApiError::Code(code)) => publishes.push(Err(json!({ "error": super::error_json(code) }))),
-                Err(ApiError::Malformed(message)) => return Err(malformed(message)),
+        let (method, request) = match parse_step(command)? {
+            Step::Publish(publish) => {
+                metrics::counter!("herald_api_requests_total", "method" => "publish").increment(1);
+                publishes.push(publish);
+                continue;
             }
-            continue;
-        }
+            Step::Call(method, request) => (method, request),
+        };
         send_publishes(broker, publishes, replies).await;
-        if method == "batch" {
-            return Err(ApiError::Malformed("batch inside batch".into()));
-        }
-        let reply = match super::call(broker, &method, &params).await {
+        metrics::counter!("herald_api_requests_total", "method" => super::method_label(&method)).increment(1);
+        let result = match request {
+            Ok(request) => request.run(broker).await,
+            Err(code) => Err(ApiError::Code(code)),
+        };
+        let reply = match result {
             Ok(result) => json!({ method: result }),
             Err(ApiError::Code(code)) => json!({ "error": super::error_json(code) }),
-            Err(ApiError::Malformed(message)) => return Err(malformed(message)),
+            Err(ApiError::Malformed(message)) => return Err(ApiError::Malformed(format!("{method}: {message}"))),
         };
         replies.push(&reply);
     }
     Ok(())
+}
+
+/// One command of a batch, parsed.
+enum Step {
+    /// A publish, to be sent together with the publishes next to it; or the error reply of one
+    /// that was refused.
+    Publish(Result<PublishRequest, Value>),
+    /// Any other method, run on its own: its request, or the error code it answers.
+    Call(String, Result<Request, ErrorCode>),
+}
+
+/// Parses one command of a batch. A malformed command is an error that ends the batch.
+fn parse_step(command: std::collections::BTreeMap<String, Box<RawValue>>) -> Result<Step, ApiError> {
+    let mut entries = command.into_iter();
+    let (Some((method, params)), None) = (entries.next(), entries.next()) else {
+        return Err(ApiError::Malformed(
+            "each batch command is an object with one method key".into(),
+        ));
+    };
+    let malformed = |message: String| ApiError::Malformed(format!("{method}: {message}"));
+    if method == "publish" {
+        return match super::params(&params).and_then(publish::publish_request) {
+            Ok(request) => Ok(Step::Publish(Ok(request))),
+            Err(ApiError::Code(code)) => Ok(Step::Publish(Err(json!({ "error": super::error_json(code) })))),
+            Err(ApiError::Malformed(message)) => Err(malformed(message)),
+        };
+    }
+    if method == "batch" {
+        return Err(ApiError::Malformed("batch inside batch".into()));
+    }
+    match Request::parse(&method, &params) {
+        Ok(request) => Ok(Step::Call(method, Ok(request))),
+        Err(ApiError::Code(code)) => Ok(Step::Call(method, Err(code))),
+        Err(ApiError::Malformed(message)) => Err(malformed(message)),
+    }
+}
+
+impl Batch {
+    /// Parses every command as [`batch`] does before running it, up to the first malformed one.
+    /// For the api_bodies fuzz target, which has no broker to run them.
+    pub(crate) fn parse_commands(self) -> Result<usize, ApiError> {
+        self.commands
+            .into_iter()
+            .map(parse_step)
+            .try_fold(0, |n, step| step.map(|_| n + 1))
+    }
 }
 
 async fn send_publishes(

@@ -494,8 +494,20 @@ impl Config {
             ),
             None => (DEFAULT_CONFIG.to_owned(), "embedded default config".to_owned()),
         };
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::one(format!("{origin}: {e}")))?;
-        let from_env = env::apply(&mut table, &sources.env)?;
+        Self::from_text(&text, &origin, &sources.env, sources.listen)
+    }
+
+    /// Parses and validates configuration text, `origin` naming it in errors, with environment
+    /// overrides and the `--listen` flag applied. Touches no file except to check that the key
+    /// and certificate files it names exist: the config fuzz target calls it once per input.
+    pub fn from_text(
+        text: &str,
+        origin: &str,
+        env: &[(String, String)],
+        listen: Option<SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::one(format!("{origin}: {e}")))?;
+        let from_env = env::apply(&mut table, env)?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
@@ -507,7 +519,7 @@ impl Config {
             });
             let origin = match culprit {
                 Some((_, var)) => format!("environment variable {var}"),
-                None => origin.clone(),
+                None => origin.to_owned(),
             };
             if path == "." {
                 ConfigError::one(format!("{origin}: {inner}"))
@@ -515,7 +527,7 @@ impl Config {
                 ConfigError::one(format!("{origin}: key `{path}`: {inner}"))
             }
         })?;
-        if let Some(listen) = sources.listen {
+        if let Some(listen) = listen {
             config.http.listen = listen;
         }
         config.validate()?;
@@ -524,15 +536,7 @@ impl Config {
 
     /// Parses a TOML string with no environment, for tests and tools.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("herald-config-{}", uuid::Uuid::new_v4()));
-        std::fs::write(&dir, text).map_err(|e| ConfigError::one(e.to_string()))?;
-        let result = Self::load(Sources {
-            file: Some(&dir),
-            env: Vec::new(),
-            listen: None,
-        });
-        let _ = std::fs::remove_file(&dir);
-        result
+        Self::from_text(text, "config text", &[], None)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

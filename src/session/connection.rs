@@ -272,6 +272,9 @@ impl Connection {
 }
 
 /// The `Instant` of a Unix time in seconds (in the past if it has passed).
+///
+/// Token claims choose `unix_seconds`, so any `i64` arrives here: the arithmetic saturates
+/// (a signed `expire_at` of i64::MIN overflowed it, through the token fuzz target).
 pub(crate) fn instant_of(unix_seconds: i64) -> Instant {
     instant_at(unix_seconds, crate::store::now_ms(), Instant::now())
 }

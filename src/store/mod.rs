@@ -9,7 +9,7 @@
 //! appender, and a publish never waits for an fsync of its own. Reads go to sled directly, bounded
 //! by the position the writer reports, so they never see a half-applied batch.
 
-mod keys;
+pub mod keys;
 mod seal;
 mod writer;
 

@@ -69,19 +69,10 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
                 return;
             }
         };
-        // Small per-socket buffers: tungstenite's defaults (128 KiB each way) would dominate the
-        // memory of an idle connection (measured 145 KB per connection with them, 7 KB without;
-        // issue 5). Reads grow past 1 KiB when a frame needs it. tungstenite only reads: the
-        // session's frames are written by `WebSocketTransport`.
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit))
-            .read_buffer_size(1024)
-            .write_buffer_size(0);
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
         let own = Arc::new(OwnOutput::default());
         let reader = ReadSide { read, own: own.clone() };
-        let socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(config)).await;
+        let socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(reader_config(limit))).await;
         let peer_closed = own.clone();
         let incoming = socket.filter_map(move |item| std::future::ready(incoming_of(item, &peer_closed)));
         let transport = WebSocketTransport {
@@ -105,6 +96,20 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         response = response.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     response.body(Body::empty()).expect("static headers are valid")
+}
+
+/// How tungstenite reads a client's frames: messages and frames up to the client message limit.
+/// The websocket_frames fuzz target reads with this same configuration.
+pub(crate) fn reader_config(limit: usize) -> WebSocketConfig {
+    // Small per-socket buffers: tungstenite's defaults (128 KiB each way) would dominate the
+    // memory of an idle connection (measured 145 KB per connection with them, 7 KB without;
+    // issue 5). Reads grow past 1 KiB when a frame needs it. tungstenite only reads: the
+    // session's frames are written by `WebSocketTransport`.
+    WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -143,7 +148,7 @@ pub fn select_format(headers: &HeaderMap, query: &str) -> (Format, Option<&'stat
 }
 
 /// Browsers send `Origin`; servers and native apps usually do not and are always accepted.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return true;
     };
@@ -206,18 +211,18 @@ struct OwnOutput {
 /// The socket as tungstenite sees it: it reads the client's frames, and what it writes is
 /// handed to [`OwnOutput`] instead of the socket, so one writer owns the write half and frames
 /// never interleave.
-struct ReadSide {
-    read: ReadHalf<Io>,
+struct ReadSide<R = ReadHalf<Io>> {
+    read: R,
     own: Arc<OwnOutput>,
 }
 
-impl AsyncRead for ReadSide {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for ReadSide {
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
     /// tungstenite writes whole frames (pongs) in one call, as every call is accepted whole, so
     /// what waits is always whole pongs. Past `MAX_OWN_OUTPUT` bytes waiting (a client that
     /// pings faster than it reads) the older ones are dropped: RFC 6455 §5.5.3 lets a server
@@ -242,6 +247,31 @@ impl AsyncWrite for ReadSide {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
+
+/// What a session would receive from a client that sent `bytes` after the handshake and then
+/// closed the socket: tungstenite reads them as [`handler`] sets it up (server role,
+/// [`reader_config`], [`ReadSide`]) and each item is mapped by [`incoming_of`]. Reading stops
+/// where the session stops. Also returns the bytes tungstenite left for the writer (pongs).
+/// The websocket_frames fuzz target's entry point.
+pub(crate) async fn read_client_bytes(bytes: &[u8], limit: usize) -> (Vec<Incoming>, Vec<u8>) {
+    let own = Arc::new(OwnOutput::default());
+    let reader = ReadSide {
+        read: bytes,
+        own: own.clone(),
+    };
+    let mut socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(reader_config(limit))).await;
+    let mut incoming = Vec::new();
+    while let Some(item) = socket.next().await {
+        let Some(event) = incoming_of(item, &own) else { continue };
+        let last = !matches!(event, Incoming::Message { .. });
+        incoming.push(event);
+        if last {
+            break;
+        }
+    }
+    let own_output = std::mem::take(&mut *own.bytes.lock());
+    (incoming, own_output)
 }
 
 /// Writes the session's frames straight to the socket: the queued replies are copied once, into
@@ -323,7 +353,7 @@ impl Transport for WebSocketTransport {
 }
 
 /// A close frame; a control frame's payload is at most 125 bytes, so the reason is cut to 123.
-fn close_frame(code: Option<u16>, reason: &str) -> Vec<u8> {
+pub(crate) fn close_frame(code: Option<u16>, reason: &str) -> Vec<u8> {
     let mut frame = Vec::with_capacity(MAX_HEADER + 125);
     let Some(code) = code else {
         put_header(&mut frame, OPCODE_CLOSE, 0);
@@ -342,13 +372,13 @@ fn close_frame(code: Option<u16>, reason: &str) -> Vec<u8> {
 /// Most bytes of pongs waiting for the writer.
 const MAX_OWN_OUTPUT: usize = 4096;
 
-const OPCODE_TEXT: u8 = 0x1;
-const OPCODE_BINARY: u8 = 0x2;
-const OPCODE_CLOSE: u8 = 0x8;
+pub(crate) const OPCODE_TEXT: u8 = 0x1;
+pub(crate) const OPCODE_BINARY: u8 = 0x2;
+pub(crate) const OPCODE_CLOSE: u8 = 0x8;
 const MAX_HEADER: usize = 10;
 
 /// The header of an unmasked, final frame (RFC 6455 §5.2), as a server sends them.
-fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
+pub(crate) fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
     buf.push(0x80 | opcode);
     if len < 126 {
         buf.push(len as u8);
@@ -405,6 +435,36 @@ mod tests {
         assert_eq!(len, 2 + 122);
         // An empty close answers a close without a code.
         assert_eq!(close_frame(None, "ignored"), [0x88, 0]);
+    }
+
+    /// A client frame, final, masked as RFC 6455 requires of clients.
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [1, 2, 3, 4];
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+
+    #[tokio::test]
+    async fn client_bytes_are_read_as_the_session_reads_them() {
+        let mut bytes = masked(0x9, b"hi");
+        bytes.extend(masked(0x1, b"{}"));
+        bytes.extend(masked(0x2, &[0; 20]));
+        let (incoming, own) = read_client_bytes(&bytes, 10).await;
+        assert!(matches!(&incoming[0], Incoming::Message { data, binary: false } if &data[..] == b"{}"));
+        // Over the limit: the session is told, and reading stops there.
+        assert!(
+            matches!(incoming[1..], [Incoming::Violation(DisconnectCode { code: 1009, .. })]),
+            "{incoming:?}"
+        );
+        assert_eq!(own, [0x8a, 2, b'h', b'i'], "the ping is answered");
+        // A client frame without a mask breaks the protocol: the connection ends with 1002.
+        let (incoming, _) = read_client_bytes(&[0x81, 2, b'{', b'}'], 10).await;
+        assert!(
+            matches!(incoming[..], [Incoming::Violation(DisconnectCode { code: 1002, .. })]),
+            "{incoming:?}"
+        );
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
