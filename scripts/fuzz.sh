@@ -35,8 +35,9 @@ else
     mapfile -t targets < <(cargo fuzz list)
 fi
 
-# One build for every target: they share all of Herald.
-cargo fuzz build -s "$sanitizer"
+# One build for every target: they share all of Herald. FUZZ_CODEGEN_UNITS=16 builds faster
+# (the test command's short slice uses it) at some cost in executions per second.
+cargo fuzz build -s "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-1}"
 
 # libFuzzer's full output per target: kept in FUZZ_LOG_DIR when it is set.
 if [[ -n ${FUZZ_LOG_DIR:-} ]]; then
@@ -59,7 +60,7 @@ for target in "${targets[@]}"; do
     if [[ -f dict/$target.dict ]]; then
         dict=(-dict="dict/$target.dict")
     fi
-    cargo fuzz run -s "$sanitizer" "$target" "corpus/$target" -- \
+    cargo fuzz run -s "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-1}" "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || status=$?
     if ((status != 0)); then
         tail -n 40 "$log"

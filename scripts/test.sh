@@ -24,4 +24,4 @@ step "SDK conformance suites"
 HERALD_BIN="$PWD/target/debug/herald" tests/sdk/run.sh
 
 step "fuzz targets, 20 s each"
-scripts/fuzz.sh 20
+FUZZ_CODEGEN_UNITS=16 scripts/fuzz.sh 20

@@ -41,7 +41,7 @@ fn read_stream(stream: &[u8], limit: usize) {
                 assert!(*binary || std::str::from_utf8(data).is_ok(), "text that is not UTF-8");
             }
             // The session stops reading at the first of these.
-            Incoming::TooLarge | Incoming::Closed => assert_eq!(i, incoming.len() - 1),
+            Incoming::Violation(_) | Incoming::Closed => assert_eq!(i, incoming.len() - 1),
         }
     }
     // What tungstenite left for the writer is whole, unmasked control frames (pongs, or its
