@@ -46,6 +46,13 @@ async fn status_of(socket: &mut TcpStream, within: Duration) -> Option<u16> {
 
 const MB: u64 = 1 << 20;
 
+/// Reports the server's RSS after an attack against the figure before it, and holds it to a bound.
+fn assert_rss_within(node: &Node, before: u64, bound: u64, what: &str) {
+    let after = node.rss_bytes();
+    println!("RSS {} KB before, {} KB after {what}", before / 1024, after / 1024);
+    assert!(after < before + bound, "RSS grew from {before} to {after} after {what}");
+}
+
 /// Silent sockets, headers a byte at a time and idle keep-alive connections, from one host,
 /// against a node allowed 512 open files: the caps refuse what exceeds one host's share at
 /// accept, the timeouts close the rest, and everyone else is served all along.
@@ -142,12 +149,7 @@ async fn silent_and_slow_sockets_are_bounded_and_others_are_served() {
     assert!(node.metric("herald_http_timeouts_total{timeout=\"header_read\"}").await >= 64.0);
     assert!(node.metric("herald_http_timeouts_total{timeout=\"idle\"}").await >= 1.0);
     still_served(&node, &mut bystander, "calm").await;
-    let rss_after = node.rss_bytes();
-    println!("RSS {} KB before, {} KB after", rss_before / 1024, rss_after / 1024);
-    assert!(
-        rss_after < rss_before + 32 * MB,
-        "RSS grew from {rss_before} to {rss_after}"
-    );
+    assert_rss_within(&node, rss_before, 32 * MB, "400 silent and slow sockets");
 }
 
 /// When the process runs out of file descriptors (here: unauthenticated WebSocket upgrades
@@ -274,16 +276,7 @@ async fn api_bodies_are_not_read_before_the_key_and_not_waited_for_forever() {
     for socket in &mut sockets {
         assert_eq!(status_of(socket, Duration::from_secs(5)).await, Some(401));
     }
-    let rss_after = node.rss_bytes();
-    println!(
-        "RSS {} KB before, {} KB after 120 unauthenticated bodies",
-        rss_before / 1024,
-        rss_after / 1024
-    );
-    assert!(
-        rss_after < rss_before + 24 * MB,
-        "RSS grew from {rss_before} to {rss_after}"
-    );
+    assert_rss_within(&node, rss_before, 24 * MB, "120 unauthenticated half bodies");
     still_served(&node, &mut bystander, "calm").await;
 }
 
@@ -347,16 +340,7 @@ async fn batch_amplification_and_method_names_are_bounded() {
             assert_eq!(status, 400, "{reply}");
         }
     }
-    let rss_after = node.rss_bytes();
-    println!(
-        "RSS {} KB before, {} KB after four 1 MiB batches",
-        rss_before / 1024,
-        rss_after / 1024
-    );
-    assert!(
-        rss_after < rss_before + 64 * MB,
-        "RSS grew from {rss_before} to {rss_after}"
-    );
+    assert_rss_within(&node, rss_before, 64 * MB, "four 1 MiB batches");
 
     // Made-up method names are all counted as `unknown`.
     for i in 0..50 {
@@ -418,12 +402,7 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_timeout() {
     .await;
     assert!(drained.is_ok(), "the deaf client's connection did not end");
     still_served(&node, &mut bystander, "calm").await;
-    let rss_after = node.rss_bytes();
-    println!("RSS {} KB before, {} KB after", rss_before / 1024, rss_after / 1024);
-    assert!(
-        rss_after < rss_before + 32 * MB,
-        "RSS grew from {rss_before} to {rss_after}"
-    );
+    assert_rss_within(&node, rss_before, 32 * MB, "a non-reading client");
 }
 
 /// No single reply outgrows the client's queue (which would close it with 3008 and have the SDK
@@ -587,17 +566,14 @@ async fn reading_fresh_channel_names_creates_nothing() {
         }
     }
     still_served(&node, &mut bystander, "calm").await;
-    let rss_after = node.rss_bytes();
+    assert_rss_within(
+        &node,
+        rss_before,
+        16 * MB,
+        "5,000 subscribes and 5,000 history reads of fresh names",
+    );
     let disk_after = disk_usage(&node.storage_path());
-    println!(
-        "RSS {} KB -> {} KB, store {disk_before} B -> {disk_after} B after 5,000 subscribes and 5,000 history reads of fresh names",
-        rss_before / 1024,
-        rss_after / 1024,
-    );
-    assert!(
-        rss_after < rss_before + 16 * MB,
-        "RSS grew from {rss_before} to {rss_after}"
-    );
+    println!("store {disk_before} B before, {disk_after} B after");
     assert!(
         disk_after < disk_before + MB,
         "the store grew from {disk_before} to {disk_after}"
