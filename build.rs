@@ -15,7 +15,7 @@ const ALWAYS_PRESENT: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/client.proto", "proto/store.proto"];
+    let protos = ["proto/client.proto", "proto/store.proto", "proto/cluster.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -67,6 +67,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Cluster operations against the running node a config describes.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Publish JSON data to a channel through a running node's server API.
     Publish {
         channel: String,
@@ -77,6 +82,20 @@ enum Command {
         api: String,
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the node's members (name, address, state, incarnation), links and interest.
+    /// Asks the node over its inter-node listener, authenticated with `cluster.secret`.
+    Status {
+        /// The node's config file (its [cluster] section says where to ask and the secret).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -164,6 +183,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let token = herald::auth::token::mint_hs256(&secret, &serde_json::json!({ "sub": user }));
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(tools::sub(&url, &token, &channel, count, timeout.into()))
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { config, json },
+        } => {
+            let config = load(config.as_ref(), None)?;
+            let cluster = config
+                .cluster
+                .context("the config has no [cluster] section: this node runs alone")?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let status = runtime
+                .block_on(herald::cluster::status::query(&cluster))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if json {
+                println!("{}", herald::cluster::status::to_json(&status));
+            } else {
+                print!("{}", herald::cluster::status::render(&status));
+            }
+            Ok(())
         }
         Command::Publish {
             channel,

@@ -32,6 +32,8 @@ pub enum ServerError {
     Tls(#[from] crate::transport::tls::TlsError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr} (http.listen): {error}")]
     Listen { addr: SocketAddr, error: std::io::Error },
 }
@@ -47,12 +49,6 @@ pub async fn run(
     let verifier = Verifier::from_config(&config.client)?;
     if !verifier.has_keys() && !config.client.insecure && !config.client.allow_anonymous {
         tracing::warn!("no token key configured (client.token_hmac_secret, …): every connection will be refused");
-    }
-    if let Some(cluster) = &config.cluster {
-        tracing::warn!(
-            node = %cluster.node_name,
-            "[cluster] is configured, but clustering is not built yet: this node serves alone"
-        );
     }
     if config.uses_dev_secrets() {
         tracing::warn!("running with the DEVELOPMENT secrets of the embedded config: anyone can mint tokens and call the API; set your own for production");
@@ -71,12 +67,15 @@ pub async fn run(
         config.storage.flush_interval,
         commit_hook,
     )?;
-    let broker = Arc::new(Broker::new(
-        config.clone(),
-        NodeId::random(),
-        Arc::new(Hub::default()),
-        store,
-    ));
+    let node = match &config.cluster {
+        Some(cluster) => NodeId::named(&cluster.node_name),
+        None => NodeId::random(),
+    };
+    let broker = Arc::new(Broker::new(config.clone(), node, Arc::new(Hub::default()), store));
+    // The cluster joins before clients are accepted, so that every interest change reaches it.
+    if let Some(cluster) = &config.cluster {
+        broker.attach_cluster(crate::cluster::Cluster::start(cluster, shutdown.clone()).await?);
+    }
     let fan_out = broker.clone();
     tokio::spawn(async move { fan_out.run_fan_out(commits).await });
     let retention = broker.clone();

@@ -57,6 +57,9 @@ impl Broker {
     /// the publisher's order for channels without history. Never blocks.
     pub fn fan_out(&self, channel: &str, push: &Arc<Prepared>) {
         self.hub.broadcast(channel, push);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.route(channel, push.push(), push.epoch());
+        }
     }
 
     /// Delivers the store's commits, group by group in commit order, until the store's writer

@@ -15,14 +15,17 @@
 //! - [`users`]: server-API calls that target a user's connections.
 //! - [`node`]: this node's id and figures.
 //! - [`registry`]: the node's connected sessions.
+//! - `nodes`: the broker's side of the cluster: what peers ask of this node, and the merging of
+//!   their answers into presence, channels and info.
 
 pub mod fanout;
 mod node;
+mod nodes;
 mod registry;
 mod users;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -143,6 +146,8 @@ pub struct Broker {
     store: Store,
     sessions: Registry,
     started: Instant,
+    /// Set once at startup when the config has `[cluster]`.
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Broker {
@@ -156,6 +161,7 @@ impl Broker {
             store,
             sessions: Registry::default(),
             started: Instant::now(),
+            cluster: OnceLock::new(),
         }
     }
 
@@ -429,46 +435,79 @@ impl Broker {
     /// its peers here. Runs under the hub's shard lock, so per channel the changes arrive in the
     /// order they happened: it must not block or call the hub.
     #[inline]
-    fn interest_changed(&self, _channel: &str, _change: Interest) {}
+    fn interest_changed(&self, channel: &str, change: Interest) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.interest_changed(channel, change == Interest::Gained);
+        }
+    }
 
-    /// Who is subscribed to a channel, by client id. 108 when the namespace keeps no presence.
+    /// Who is subscribed to a channel, by client id, on every node. 108 when the namespace
+    /// keeps no presence.
     pub async fn presence(&self, channel: &str) -> Result<HashMap<String, ClientInfo>, BrokerError> {
         if !self.options(channel)?.presence {
             return Err(BrokerError::NotAvailable);
         }
-        Ok(self.hub.presence(channel))
+        let mut presence = self.hub.presence(channel);
+        if let Some(cluster) = self.cluster.get() {
+            presence.extend(nodes::presence_of_peers(cluster, channel).await);
+        }
+        Ok(presence)
     }
 
-    /// (clients, distinct users) subscribed to a channel. 108 when the namespace keeps no presence.
+    /// (clients, distinct users) subscribed to a channel on every node. 108 when the namespace
+    /// keeps no presence.
     pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
         if !self.options(channel)?.presence {
             return Err(BrokerError::NotAvailable);
         }
-        Ok(self.hub.presence_stats(channel))
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(self.hub.presence_stats(channel));
+        };
+        let mut presence = self.hub.presence(channel);
+        presence.extend(nodes::presence_of_peers(cluster, channel).await);
+        let users: std::collections::HashSet<&str> = presence.values().map(|info| info.user.as_str()).collect();
+        Ok((presence.len(), users.len()))
     }
 
-    /// Channels with subscribers and their number, filtered by a glob pattern (`*` wildcard).
+    /// Channels with subscribers on any node and their number, filtered by a glob pattern
+    /// (`*` wildcard).
     pub async fn channels(&self, pattern: &str) -> Vec<(String, usize)> {
-        self.hub
-            .channels()
+        let mut channels: HashMap<String, usize> = self.hub.channels().into_iter().collect();
+        if let Some(cluster) = self.cluster.get() {
+            for (channel, count) in nodes::channels_of_peers(cluster).await {
+                *channels.entry(channel).or_default() += count;
+            }
+        }
+        channels
             .into_iter()
             .filter(|(name, _)| pattern.is_empty() || glob_match(pattern, name))
             .collect()
     }
 
-    /// Every node's figures (API `info`): this node's only, until there is a cluster.
+    /// Every node's figures (API `info`): this node's, then each live peer's.
     pub async fn info(&self) -> Vec<NodeInfo> {
+        let mut nodes = vec![self.local_info()];
+        if let Some(cluster) = self.cluster.get() {
+            nodes.extend(nodes::info_of_peers(cluster).await);
+        }
+        nodes
+    }
+
+    fn local_info(&self) -> NodeInfo {
         let (clients, users) = self.sessions.counts();
-        vec![NodeInfo {
+        NodeInfo {
             id: self.node.clone(),
-            name: node::hostname(),
-            version: crate::VERSION,
+            name: match self.cluster.get() {
+                Some(cluster) => cluster.name().to_string(),
+                None => node::hostname(),
+            },
+            version: crate::VERSION.to_owned(),
             clients,
             users,
             channels: self.hub.channels().len(),
             subscriptions: self.hub.num_subscriptions(),
             uptime: self.started.elapsed(),
-        }]
+        }
     }
 
     /// Flushes the store (`/health` uses it to prove the writer is alive).

@@ -15,6 +15,11 @@ impl NodeId {
         Self(Arc::from(uuid::Uuid::new_v4().to_string()))
     }
 
+    /// A node of a cluster, named by `cluster.node_name`.
+    pub fn named(name: &str) -> Self {
+        Self(Arc::from(name))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -32,7 +37,7 @@ pub struct NodeInfo {
     pub id: NodeId,
     /// The host name.
     pub name: String,
-    pub version: &'static str,
+    pub version: String,
     pub clients: usize,
     /// Distinct users among the clients.
     pub users: usize,

@@ -1,8 +1,417 @@
-//! The cluster floor under the broker (issue 10; design in `../shared/CLUSTER.md` and
-//! `docs/ARCHITECTURE.md`): membership, links, interest routing and replication. Nothing here
-//! runs when the config has no `[cluster]` section: single-node Herald pays nothing for it.
+//! The cluster floor under the broker (issue 10; design in `docs/cluster.md` and
+//! `../shared/CLUSTER.md`): membership, links, interest routing and, later, replication.
+//! Nothing here runs when the config has no `[cluster]` section: single-node Herald pays one
+//! `OnceLock` read per fan-out for it.
 //!
-//! Built so far:
 //! - [`envelope`]: the authenticated, versioned envelope around every inter-node message.
+//! - `membership`: SWIM (foca) over UDP on `cluster.bind`; members up and down drive links.
+//! - `link`: one TCP connection from this node to each live member (same address as the
+//!   membership socket), carrying everything this node sends to that member, in order: interest,
+//!   deliveries, requests and answers. Each node dials its own links, so a pair of nodes has one
+//!   link each way and neither waits for the other to connect.
+//! - [`interest`]: which peers have subscribers of which channel, from their snapshots,
+//!   deltas and digests.
+//!
+//! The cluster reaches the node's own subscribers and state only through [`Local`], which the
+//! broker implements: it does not import the broker.
 
 pub mod envelope;
+pub mod interest;
+mod link;
+mod membership;
+pub mod status;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ClusterConfig;
+use crate::protocol::proto::Push;
+use envelope::{ReplayGuard, Sealer};
+
+/// `proto/cluster.proto` imports the client protocol's messages (as `super::client`).
+use crate::protocol::proto as client;
+
+/// The inter-node messages (`proto/cluster.proto`).
+#[allow(clippy::large_enum_variant)]
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/herald.cluster.rs"));
+}
+
+use wire::{frame, request, response};
+
+/// Bytes of frames a peer's link may have queued; past it, frames for that peer are dropped
+/// (and counted) rather than grow the node's memory while the peer is slow or unreachable.
+const LINK_QUEUE_BYTES: usize = 64 << 20;
+
+/// How long a request to a peer (presence, channels, info, user commands) may take before the
+/// asker goes on without that peer's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the cluster needs from the node it runs in (the broker implements it).
+pub trait Local: Send + Sync + 'static {
+    /// Hands a push from a peer to this node's own subscribers of its channel.
+    fn deliver(&self, push: Push, epoch: String);
+    /// Answers a peer's request from this node's own state.
+    fn answer(&self, request: request::Body) -> Pin<Box<dyn Future<Output = response::Body> + Send + '_>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot bind the inter-node listener on {addr} (cluster.bind): {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
+}
+
+/// A peer did not answer a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AskError {
+    #[error("no link to {0}")]
+    Unreachable(Arc<str>),
+    #[error("{0} did not answer in time")]
+    Timeout(Arc<str>),
+    #[error("{0} answered with an error: {1}")]
+    Failed(Arc<str>, String),
+}
+
+/// This node's part of the cluster.
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: ClusterConfig,
+    name: Arc<str>,
+    /// This process's start (Unix ms): a restarted node is a new generation of the same name.
+    generation: u64,
+    /// The address peers reach this node at (membership datagrams and links).
+    advertise: SocketAddr,
+    sealer: Sealer,
+    /// Replay guard for every envelope that is not a frame on an established link.
+    guard: Mutex<ReplayGuard>,
+    local_node: OnceLock<Weak<dyn Local>>,
+    local: Mutex<interest::Local>,
+    remote: RwLock<interest::Remote<Arc<Peer>>>,
+    peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<response::Body>>>,
+    next_request: AtomicU64,
+    /// The membership view as last seen by the membership task (for `herald cluster status`).
+    members: Mutex<Vec<wire::Member>>,
+    shutdown: CancellationToken,
+}
+
+/// A live member, as this node reaches it: the queue of its link.
+pub(crate) struct Peer {
+    name: Arc<str>,
+    addr: SocketAddr,
+    generation: u64,
+    queue: mpsc::UnboundedSender<Bytes>,
+    queued: AtomicUsize,
+    link_up: AtomicBool,
+    /// Ends the link task when the member goes away.
+    gone: CancellationToken,
+}
+
+impl interest::Handle for Arc<Peer> {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+impl Peer {
+    /// Queues an encoded frame for the link; false (and counted) when the queue is full.
+    fn send(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > LINK_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            metrics::counter!("herald_cluster_link_dropped_total").increment(1);
+            return false;
+        }
+        if self.queue.send(frame).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// Unix milliseconds now.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn encode(body: frame::Body) -> Bytes {
+    Bytes::from(wire::Frame { body: Some(body) }.encode_to_vec())
+}
+
+impl Cluster {
+    /// Binds the inter-node listener (UDP for membership, TCP for links, both on
+    /// `cluster.bind`) and starts membership: the node joins through its seeds, or waits to
+    /// be joined. Runs until `shutdown`, then leaves the cluster.
+    pub async fn start(config: &ClusterConfig, shutdown: CancellationToken) -> Result<Arc<Self>, ClusterError> {
+        let bind_error = |error| ClusterError::Bind {
+            addr: config.bind,
+            error,
+        };
+        let tcp = tokio::net::TcpListener::bind(config.bind).await.map_err(bind_error)?;
+        let bound = tcp.local_addr().map_err(bind_error)?;
+        let udp = tokio::net::UdpSocket::bind(bound).await.map_err(bind_error)?;
+        let advertise = config.advertise.unwrap_or(bound);
+        let secret = config.secret.as_deref().unwrap_or_default();
+        let inner = Arc::new(Inner {
+            config: config.clone(),
+            name: Arc::from(config.node_name.as_str()),
+            generation: now_ms(),
+            advertise,
+            sealer: Sealer::new(secret),
+            guard: Mutex::new(ReplayGuard::new(config.replay_window)),
+            local_node: OnceLock::new(),
+            local: Mutex::new(interest::Local::default()),
+            remote: RwLock::new(interest::Remote::default()),
+            peers: RwLock::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            members: Mutex::new(Vec::new()),
+            shutdown: shutdown.clone(),
+        });
+        tracing::info!(node = %inner.name, address = %advertise, seeds = ?config.seeds, "cluster: inter-node listener bound");
+        tokio::spawn(link::accept_loop(inner.clone(), tcp));
+        tokio::spawn(membership::run(inner.clone(), udp));
+        tokio::spawn(digest_loop(inner.clone()));
+        Ok(Arc::new(Self { inner }))
+    }
+
+    /// Connects the cluster to the node it serves (done once, before clients are accepted).
+    pub fn attach(&self, local: Weak<dyn Local>) {
+        let _ = self.inner.local_node.set(local);
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.inner.name
+    }
+
+    /// This node's interest in a channel changed (its first local subscriber, or its last one
+    /// gone). Called under the hub's shard lock, so per channel in order; never blocks.
+    pub fn interest_changed(&self, channel: &str, gained: bool) {
+        let mut local = self.inner.local.lock();
+        if !local.apply(channel, gained) {
+            return;
+        }
+        metrics::gauge!("herald_cluster_interest_entries", "side" => "local").set(local.len() as f64);
+        let delta = if gained {
+            wire::InterestDelta {
+                gained: vec![channel.to_owned()],
+                lost: Vec::new(),
+            }
+        } else {
+            wire::InterestDelta {
+                gained: Vec::new(),
+                lost: vec![channel.to_owned()],
+            }
+        };
+        let frame = encode(frame::Body::InterestDelta(delta));
+        // Under the `local` lock: a link that (re)starts takes its snapshot under it too, so
+        // every change is either in its snapshot or queued after it.
+        for peer in self.inner.peers.read().values() {
+            peer.send(frame.clone());
+        }
+    }
+
+    /// Sends a push to every peer with subscribers of its channel, once per peer. Callers
+    /// route one channel's pushes in that channel's order, and each link keeps it.
+    pub fn route(&self, channel: &str, push: &Push, epoch: &str) {
+        let remote = self.inner.remote.read();
+        let Some(peers) = remote.route(channel) else { return };
+        let frame = encode(frame::Body::Deliver(wire::Deliver {
+            push: Some(push.clone()),
+            epoch: epoch.to_owned(),
+        }));
+        for peer in peers {
+            peer.send(frame.clone());
+        }
+        metrics::counter!("herald_cluster_routed_total").increment(peers.len() as u64);
+    }
+
+    /// The live peers (not this node), by name.
+    pub fn peers(&self) -> Vec<Arc<str>> {
+        self.inner.peers.read().keys().cloned().collect()
+    }
+
+    /// The peers known to have subscribers of `channel`.
+    pub fn interested(&self, channel: &str) -> Vec<Arc<str>> {
+        self.inner.remote.read().interested(channel)
+    }
+
+    /// Asks one peer; waits for its answer up to [`REQUEST_TIMEOUT`].
+    pub async fn ask(&self, peer: &Arc<str>, body: request::Body) -> Result<response::Body, AskError> {
+        self.inner.ask(peer, body).await
+    }
+
+    /// Asks every live peer at once; answers in no particular order, with the peer's name.
+    pub async fn ask_all(&self, body: request::Body) -> Vec<(Arc<str>, Result<response::Body, AskError>)> {
+        let peers = self.peers();
+        self.ask_each(&peers, body).await
+    }
+
+    /// Asks the given peers at once.
+    pub async fn ask_each(
+        &self,
+        peers: &[Arc<str>],
+        body: request::Body,
+    ) -> Vec<(Arc<str>, Result<response::Body, AskError>)> {
+        let asks = peers.iter().map(|peer| {
+            let body = body.clone();
+            async move { (peer.clone(), self.inner.ask(peer, body).await) }
+        });
+        futures_util::future::join_all(asks).await
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> wire::Status {
+        self.inner.status()
+    }
+}
+
+impl Inner {
+    fn local_node(&self) -> Option<Arc<dyn Local>> {
+        self.local_node.get().and_then(Weak::upgrade)
+    }
+
+    async fn ask(&self, peer: &Arc<str>, body: request::Body) -> Result<response::Body, AskError> {
+        let Some(link) = self.peers.read().get(peer).cloned() else {
+            return Err(AskError::Unreachable(peer.clone()));
+        };
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        let frame = encode(frame::Body::Request(wire::Request { id, body: Some(body) }));
+        if !link.send(frame) {
+            self.pending.lock().remove(&id);
+            return Err(AskError::Unreachable(peer.clone()));
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(response::Body::Error(error))) => Err(AskError::Failed(peer.clone(), error)),
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) | Err(_) => {
+                self.pending.lock().remove(&id);
+                Err(AskError::Timeout(peer.clone()))
+            }
+        }
+    }
+
+    /// A member came up (or was renamed to a new generation): it gets a link.
+    fn member_up(self: &Arc<Self>, name: Arc<str>, addr: SocketAddr, generation: u64) {
+        if name == self.name {
+            if generation != self.generation {
+                tracing::error!(node = %name, %addr, "cluster: another node uses this node's name (cluster.node_name must be unique)");
+            }
+            return;
+        }
+        let mut peers = self.peers.write();
+        if let Some(existing) = peers.get(&name) {
+            if existing.generation == generation && existing.addr == addr {
+                return;
+            }
+            existing.gone.cancel();
+        }
+        let (queue, rx) = mpsc::unbounded_channel();
+        let peer = Arc::new(Peer {
+            name: name.clone(),
+            addr,
+            generation,
+            queue,
+            queued: AtomicUsize::new(0),
+            link_up: AtomicBool::new(false),
+            gone: self.shutdown.child_token(),
+        });
+        peers.insert(name.clone(), peer.clone());
+        self.remote.write().attach(peer.clone());
+        metrics::gauge!("herald_cluster_peers").set(peers.len() as f64);
+        drop(peers);
+        tracing::info!(node = %name, %addr, generation, "cluster: member up");
+        tokio::spawn(link::run_outgoing(self.clone(), peer, rx));
+    }
+
+    /// A member went down or left: its link ends and what it had told this node is forgotten.
+    fn member_down(&self, name: &str, generation: u64) {
+        let mut peers = self.peers.write();
+        let Some(peer) = peers.get(name) else { return };
+        if peer.generation != generation {
+            return;
+        }
+        peer.gone.cancel();
+        peers.remove(name);
+        metrics::gauge!("herald_cluster_peers").set(peers.len() as f64);
+        drop(peers);
+        let mut remote = self.remote.write();
+        remote.forget(name);
+        metrics::gauge!("herald_cluster_interest_entries", "side" => "remote").set(remote.entries() as f64);
+        tracing::info!(node = %name, generation, "cluster: member down");
+    }
+
+    fn status(&self) -> wire::Status {
+        let peers = self.peers.read();
+        let mut members = vec![wire::Member {
+            name: self.name.to_string(),
+            address: self.advertise.to_string(),
+            state: "alive".to_owned(),
+            incarnation: 0,
+            generation: self.generation,
+            link_up: false,
+            link_queued: 0,
+        }];
+        members.extend(self.members.lock().iter().cloned());
+        for member in &mut members {
+            if let Some(peer) = peers.get(member.name.as_str()) {
+                member.link_up = peer.link_up.load(Ordering::Relaxed);
+                member.link_queued = peer.queued.load(Ordering::Relaxed) as u64;
+            }
+        }
+        wire::Status {
+            node: self.name.to_string(),
+            generation: self.generation,
+            address: self.advertise.to_string(),
+            members,
+            role: "member".to_owned(),
+            local_interest: self.local.lock().len() as u64,
+            remote_interest: self.remote.read().entries() as u64,
+        }
+    }
+}
+
+/// How often each node sends its interest digest to every peer.
+const DIGEST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Anti-entropy: every peer hears this node's interest digest now and then, and asks for a
+/// snapshot when its copy differs.
+async fn digest_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(DIGEST_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let local = inner.local.lock();
+        let digest = local.digest();
+        let frame = encode(frame::Body::InterestDigest(wire::InterestDigest {
+            count: digest.count,
+            hash: digest.hash,
+        }));
+        for peer in inner.peers.read().values() {
+            peer.send(frame.clone());
+        }
+    }
+}

@@ -88,6 +88,31 @@ impl Prepared {
         )
     }
 
+    /// A push received from a peer node, as it was prepared there.
+    pub fn from_push(push: Push, epoch: Arc<str>) -> Arc<Self> {
+        let kind = match &push.r#pub {
+            Some(publication) => PushKind::Publication {
+                epoch,
+                offset: publication.offset,
+            },
+            None => PushKind::JoinLeave,
+        };
+        Self::new(kind, push)
+    }
+
+    /// The push itself (what a peer node is sent).
+    pub fn push(&self) -> &Push {
+        self.reply.push.as_ref().expect("a prepared push holds a push")
+    }
+
+    /// The stream epoch of a publication of a channel with history; empty otherwise.
+    pub fn epoch(&self) -> &str {
+        match &self.kind {
+            PushKind::Publication { epoch, .. } => epoch,
+            PushKind::JoinLeave => "",
+        }
+    }
+
     /// The encoded push in `format`, encoded on first use.
     pub fn bytes(&self, format: Format) -> &Bytes {
         let cell = match format {
