@@ -713,3 +713,119 @@ impl Client {
         }
     }
 }
+
+/// The cluster secret the harness gives its nodes.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
+
+/// A fresh loopback address for one node's inter-node listener: unique per test process (its
+/// pid) and per node, so that tests running at once never share one, and per-address firewall
+/// rules can tell nodes apart.
+pub fn fresh_loopback() -> [u8; 4] {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    [
+        127,
+        (20 + pid % 200) as u8,
+        ((pid / 200) % 200 + (n / 250)) as u8,
+        (n % 250 + 2) as u8,
+    ]
+}
+
+/// The inter-node port every harness node binds (each on its own address).
+pub const CLUSTER_PORT: u16 = 7946;
+
+/// N `herald serve` processes forming one cluster: node `i` is named `node{i}`, its inter-node
+/// listener is on its own loopback address, and every node joins through node 0.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub addresses: Vec<SocketAddr>,
+    base: String,
+    extra: String,
+}
+
+impl Cluster {
+    /// Starts `n` nodes on `config` (without a `[cluster]` section); `extra` is appended to
+    /// each node's `[cluster]` section (timing keys). Does not wait for them to converge.
+    pub fn start(n: usize, config: &str, extra: &str) -> Cluster {
+        let addresses: Vec<SocketAddr> = (0..n)
+            .map(|_| SocketAddr::from((fresh_loopback(), CLUSTER_PORT)))
+            .collect();
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            addresses,
+            base: config.to_owned(),
+            extra: extra.to_owned(),
+        };
+        for i in 0..n {
+            let config = cluster.node_config(i, CLUSTER_SECRET);
+            cluster.nodes.push(Node::start(&config));
+        }
+        cluster
+    }
+
+    /// Node `i`'s whole config, with `secret`.
+    pub fn node_config(&self, i: usize, secret: &str) -> String {
+        format!(
+            "{}\n[cluster]\nnode_name = \"node{i}\"\nbind = \"{}\"\nseeds = [\"{}\"]\nsecret = \"{secret}\"\n{}\n",
+            self.base, self.addresses[i], self.addresses[0], self.extra
+        )
+    }
+
+    /// Starts one more node (named `node{len}`) that joins through node 0.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        self.addresses.push(SocketAddr::from((fresh_loopback(), CLUSTER_PORT)));
+        let config = self.node_config(i, CLUSTER_SECRET);
+        self.nodes.push(Node::start(&config));
+        i
+    }
+
+    /// Waits until every running node sees every other as alive with its link up, and knows
+    /// as many interest entries as `remote_interest` says (per node, when given).
+    pub async fn converged(&self, timeout: Duration) {
+        let names: Vec<String> = (0..self.nodes.len()).map(|i| format!("node{i}")).collect();
+        let ok = eventually(timeout, || async {
+            self.nodes.iter().all(|node| {
+                let status = node.cluster_status();
+                names.iter().all(|name| {
+                    status["members"].as_array().is_some_and(|members| {
+                        members.iter().any(|m| {
+                            m["name"] == name.as_str()
+                                && m["state"] == "alive"
+                                && (m["link_up"] == true || status["node"] == name.as_str())
+                        })
+                    })
+                })
+            })
+        })
+        .await;
+        if !ok {
+            let statuses: Vec<Value> = self.nodes.iter().map(|n| n.cluster_status()).collect();
+            panic!("the cluster did not converge within {timeout:?}: {statuses:#?}");
+        }
+    }
+}
+
+impl Node {
+    /// `herald cluster status --json` against this node; `null` when it does not answer.
+    pub fn cluster_status(&self) -> Value {
+        let output = Process::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["cluster", "status", "--json", "--config"])
+            .arg(self.config_path())
+            .output()
+            .expect("running herald cluster status");
+        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The state of member `name` as this node sees it ("alive", "suspect", "down"), if known.
+    pub fn member_state(&self, name: &str) -> Option<String> {
+        let status = self.cluster_status();
+        status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["state"].as_str().map(str::to_owned))
+    }
+}
