@@ -61,21 +61,27 @@ pub async fn run(
     // The store's commits reach subscribers through the broker's fan-out task, off the writer
     // thread (see `broker::fanout`).
     let (commit_hook, commits) = crate::broker::commit_queue();
-    let store = Store::open(
+    // In a cluster the streams are a replica of the replicated log.
+    let store = Store::open_with(
         &config.storage.path,
         config.storage.durability,
         config.storage.flush_interval,
         commit_hook,
+        config.cluster.is_some(),
     )?;
+    let replica_store = store.clone();
     let node = match &config.cluster {
         Some(cluster) => NodeId::named(&cluster.node_name),
         None => NodeId::random(),
     };
     let broker = Arc::new(Broker::new(config.clone(), node, Arc::new(Hub::default()), store));
     // The cluster joins before clients are accepted, so that every interest change reaches it.
-    if let Some(cluster) = &config.cluster {
-        broker.attach_cluster(crate::cluster::Cluster::start(cluster, shutdown.clone()).await?);
+    if let Some(cluster_config) = &config.cluster {
+        let cluster = crate::cluster::Cluster::start(cluster_config, shutdown.clone()).await?;
+        broker.attach_cluster(cluster.clone());
+        cluster.start_replica(&replica_store, config.storage.durability).await?;
     }
+    drop(replica_store);
     let fan_out = broker.clone();
     tokio::spawn(async move { fan_out.run_fan_out(commits).await });
     let retention = broker.clone();
@@ -123,6 +129,11 @@ pub async fn run(
     let tracker = TaskTracker::new();
     crate::transport::accept_loop(listener, tls, app, listening, shutdown.clone(), tracker.clone()).await;
 
+    if let Some(cluster) = broker.cluster() {
+        // Leadership moves first, so that publishes elsewhere keep going while this node's
+        // clients move.
+        cluster.step_down().await;
+    }
     tracing::info!("shutting down: closing clients with 3001");
     tracker.close();
     sessions.close();
@@ -134,6 +145,9 @@ pub async fn run(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("some connections did not close within {grace:?}");
+    }
+    if let Some(cluster) = broker.cluster() {
+        cluster.stop_replica().await;
     }
     match broker.close().await {
         Ok(()) => tracing::info!("store flushed"),
@@ -176,9 +190,16 @@ fn listening(config: &Config) -> crate::transport::Listening {
     }
 }
 
-/// `/health`: 200 when the delivery path works (the store's writer answers and can flush),
-/// 503 otherwise.
+/// `/health`: 200 when the delivery path works (the store's writer answers and can flush and,
+/// in a cluster, a leader of the replicated log is known and reachable), 503 with the reason
+/// otherwise.
 async fn health(State(broker): State<Arc<Broker>>) -> impl IntoResponse {
+    if let Some(Err(reason)) = broker.cluster().map(|c| c.ready()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "error", "cluster": reason})),
+        );
+    }
     match tokio::time::timeout(Duration::from_secs(2), broker.flush()).await {
         Ok(Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))),
         Ok(Err(e)) => (

@@ -58,6 +58,9 @@ pub enum BrokerError {
     StreamChanging,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The replicated log could not take or answer the call (no quorum, leader lost).
+    #[error("{0}")]
+    Replicated(#[from] crate::cluster::ReplicateError),
 }
 
 impl BrokerError {
@@ -73,6 +76,8 @@ impl BrokerError {
                 tracing::error!(error = %e, "store error");
                 ErrorCode::INTERNAL
             }
+            // Logged where it happened (the cluster names the cause once).
+            Self::Replicated(_) => ErrorCode::INTERNAL,
         }
     }
 }
@@ -188,7 +193,13 @@ impl Broker {
     /// every subscriber.
     pub async fn publish(&self, request: PublishRequest) -> Result<PublishResult, BrokerError> {
         match self.route(request)? {
-            Route::Append(a) => Ok(published(self.store.append_entry(*a).await?)),
+            Route::Append(a) => match self.cluster.get() {
+                Some(cluster) => {
+                    let mut results = nodes::replicate_appends(cluster, vec![*a]).await;
+                    results.pop().unwrap_or(Err(BrokerError::StreamChanging))
+                }
+                None => Ok(published(self.store.append_entry(*a).await?)),
+            },
             Route::Deliver(channel, push) => {
                 self.deliver(&channel, push);
                 Ok(PublishResult::default())
@@ -235,6 +246,13 @@ impl Broker {
             return;
         }
         let (indices, batch): (Vec<usize>, Vec<Append>) = std::mem::take(appends).into_iter().unzip();
+        if let Some(cluster) = self.cluster.get() {
+            // One entry of the replicated log for them all.
+            for (index, result) in indices.into_iter().zip(nodes::replicate_appends(cluster, batch).await) {
+                results[index] = Some(result);
+            }
+            return;
+        }
         for (index, result) in indices.into_iter().zip(self.store.append_all(batch).await) {
             results[index] = Some(result.map(published).map_err(BrokerError::from));
         }
@@ -286,12 +304,33 @@ impl Broker {
     /// The current position of a channel's stream; [`Position::none`] when it has none (a
     /// read never creates a stream).
     pub async fn position(&self, channel: &str) -> Result<Position, BrokerError> {
+        if let Some(cluster) = self.cluster.get() {
+            return nodes::position_on_leader(cluster, channel).await;
+        }
+        self.local_position(channel).await
+    }
+
+    async fn local_position(&self, channel: &str) -> Result<Position, BrokerError> {
         Ok(self.store.position(channel).await?)
     }
 
     /// What a client that last saw `(epoch, offset)` missed, if all of it is still retained:
     /// all or nothing, never a partial recovery.
     pub async fn recover(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        epoch: &str,
+        offset: u64,
+        position: &Position,
+    ) -> Result<Recovery, BrokerError> {
+        if let Some(cluster) = self.cluster.get() {
+            return nodes::recover_on_leader(cluster, channel, epoch, offset, position).await;
+        }
+        self.local_recover(channel, options, epoch, offset, position).await
+    }
+
+    async fn local_recover(
         &self,
         channel: &str,
         options: &ChannelOptions,
@@ -355,6 +394,20 @@ impl Broker {
         if !options.history_enabled() {
             return Err(BrokerError::NotAvailable);
         }
+        if let Some(cluster) = self.cluster.get() {
+            return nodes::history_on_leader(cluster, channel, limit, since, reverse).await;
+        }
+        self.local_history(channel, limit, since, reverse).await
+    }
+
+    async fn local_history(
+        &self,
+        channel: &str,
+        limit: i64,
+        since: Option<(String, u64)>,
+        reverse: bool,
+    ) -> Result<History, BrokerError> {
+        let options = self.options(channel)?;
         let max = self.config.client.history_max_publication_limit;
         // `limit` comes from clients: negative (down to i64::MIN) means the maximum, and no
         // positive value converts past it.
@@ -404,7 +457,19 @@ impl Broker {
             return Err(BrokerError::NotAvailable);
         }
         // A fresh epoch, decided here like an append's.
-        self.store.remove_history(channel, Stamp::now()).await?;
+        let stamp = Stamp::now();
+        if let Some(cluster) = self.cluster.get() {
+            let command = crate::cluster::raft::types::Command::RemoveHistory {
+                channel: channel.to_owned(),
+                time_ms: stamp.time_ms,
+                epoch: stamp.epoch.to_string(),
+            };
+            return match cluster.replicate(command).await? {
+                crate::cluster::raft::types::Outcome::Failed(e) => Err(BrokerError::Store(StoreError::Failed(e))),
+                _ => Ok(()),
+            };
+        }
+        self.store.remove_history(channel, stamp).await?;
         Ok(())
     }
 
@@ -524,6 +589,9 @@ impl Broker {
     /// idle past `history_meta_ttl`, and expires idempotency keys. Streams of namespaces no
     /// longer configured are left alone (a config mistake must not erase data).
     pub async fn retain(&self) -> Result<usize, BrokerError> {
+        if let Some(cluster) = self.cluster.get() {
+            return nodes::retain_replicated(self, cluster).await;
+        }
         let mut removed = 0;
         for channel in self.store.channels().await? {
             let Ok(options) = self.options(&channel) else { continue };

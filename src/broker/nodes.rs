@@ -13,11 +13,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Broker, NodeId, NodeInfo};
-use crate::cluster::wire::{self, request, response, user_command};
+use prost::Message as _;
+
+use super::{retention, Broker, BrokerError, History, NodeId, NodeInfo, PublishResult, Recovery};
+use crate::cluster::raft::types::{Command, Entry, Outcome};
+use crate::cluster::wire::{self, request, response, stream_query, user_command};
 use crate::cluster::{AskError, Cluster, Local};
 use crate::hub::Prepared;
 use crate::protocol::proto::{ClientInfo, Push};
+use crate::protocol::ErrorCode;
+use crate::store::{Append, Position};
 
 impl Broker {
     /// Joins the node to its cluster: the cluster delivers peers' pushes and asks questions
@@ -77,7 +82,10 @@ impl Local for Broker {
                     }
                     response::Body::Done(wire::Done {})
                 }
-                request::Body::Status(_) => response::Body::Error("status is answered by the cluster".to_owned()),
+                request::Body::Stream(query) => response::Body::Stream(self.answer_stream(query).await),
+                request::Body::Status(_) | request::Body::Raft(_) | request::Body::Replicate(_) => {
+                    response::Body::Error("answered by the cluster".to_owned())
+                }
             }
         })
     }
@@ -160,4 +168,216 @@ pub(super) async fn user_command_to_peers(
             partial("user command", &e);
         }
     }
+}
+
+impl Broker {
+    /// Reads a stream from this node's store, for a peer (this node leads the log).
+    async fn answer_stream(&self, query: wire::StreamQuery) -> wire::StreamAnswer {
+        let channel = query.channel.as_str();
+        let result = match query.query {
+            Some(stream_query::Query::Position(_)) => self.local_position(channel).await.map(|p| wire::StreamAnswer {
+                epoch: p.epoch.to_string(),
+                offset: p.offset,
+                ..Default::default()
+            }),
+            Some(stream_query::Query::History(h)) => {
+                let since = h.has_since.then_some((h.since_epoch, h.since_offset));
+                self.local_history(channel, h.limit, since, h.reverse)
+                    .await
+                    .map(|history| wire::StreamAnswer {
+                        epoch: history.epoch,
+                        offset: history.offset,
+                        publications: history.publications,
+                        ..Default::default()
+                    })
+            }
+            Some(stream_query::Query::Recover(r)) => {
+                let position = Position {
+                    epoch: Arc::from(r.position_epoch.as_str()),
+                    offset: r.position_offset,
+                };
+                match self.options(channel) {
+                    Ok(options) => {
+                        let options = options.clone();
+                        self.local_recover(channel, &options, &r.epoch, r.offset, &position)
+                            .await
+                            .map(|recovery| wire::StreamAnswer {
+                                publications: recovery.publications,
+                                recovered: recovery.recovered,
+                                ..Default::default()
+                            })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            None => Err(BrokerError::BadRequest("empty stream query")),
+        };
+        result.unwrap_or_else(|e| wire::StreamAnswer {
+            error_code: e.code().code,
+            error: e.to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+/// A failed read's error, as the leader gave it.
+fn read_error(answer: &wire::StreamAnswer) -> Option<BrokerError> {
+    if answer.error_code == 0 {
+        return None;
+    }
+    Some(match answer.error_code {
+        c if c == ErrorCode::UNKNOWN_CHANNEL.code => BrokerError::UnknownChannel,
+        c if c == ErrorCode::NOT_AVAILABLE.code => BrokerError::NotAvailable,
+        c if c == ErrorCode::UNRECOVERABLE_POSITION.code => BrokerError::UnrecoverablePosition,
+        c if c == ErrorCode::BAD_REQUEST.code => BrokerError::BadRequest("refused by the leader"),
+        _ => BrokerError::Replicated(crate::cluster::ReplicateError::Failed(answer.error.clone())),
+    })
+}
+
+async fn read(cluster: &Cluster, channel: &str, query: stream_query::Query) -> Result<wire::StreamAnswer, BrokerError> {
+    let answer = cluster
+        .read(wire::StreamQuery {
+            channel: channel.to_owned(),
+            query: Some(query),
+        })
+        .await?;
+    match read_error(&answer) {
+        Some(e) => Err(e),
+        None => Ok(answer),
+    }
+}
+
+pub(super) async fn position_on_leader(cluster: &Cluster, channel: &str) -> Result<Position, BrokerError> {
+    let answer = read(cluster, channel, stream_query::Query::Position(wire::PositionQuery {})).await?;
+    Ok(Position {
+        epoch: Arc::from(answer.epoch.as_str()),
+        offset: answer.offset,
+    })
+}
+
+pub(super) async fn recover_on_leader(
+    cluster: &Cluster,
+    channel: &str,
+    epoch: &str,
+    offset: u64,
+    position: &Position,
+) -> Result<Recovery, BrokerError> {
+    let query = wire::RecoverQuery {
+        epoch: epoch.to_owned(),
+        offset,
+        position_epoch: position.epoch.to_string(),
+        position_offset: position.offset,
+    };
+    let answer = read(cluster, channel, stream_query::Query::Recover(query)).await?;
+    Ok(Recovery {
+        publications: answer.publications,
+        recovered: answer.recovered,
+    })
+}
+
+pub(super) async fn history_on_leader(
+    cluster: &Cluster,
+    channel: &str,
+    limit: i64,
+    since: Option<(String, u64)>,
+    reverse: bool,
+) -> Result<History, BrokerError> {
+    let (has_since, (since_epoch, since_offset)) = match since {
+        Some(since) => (true, since),
+        None => (false, (String::new(), 0)),
+    };
+    let query = wire::HistoryQuery {
+        limit,
+        has_since,
+        since_epoch,
+        since_offset,
+        reverse,
+    };
+    let answer = read(cluster, channel, stream_query::Query::History(query)).await?;
+    Ok(History {
+        publications: answer.publications,
+        epoch: answer.epoch,
+        offset: answer.offset,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Appends publications through the replicated log, as one entry; a result per append.
+pub(super) async fn replicate_appends(
+    cluster: &Cluster,
+    appends: Vec<Append>,
+) -> Vec<Result<PublishResult, BrokerError>> {
+    let count = appends.len();
+    let entries = appends
+        .into_iter()
+        .map(|a| Entry {
+            channel: a.channel.to_string(),
+            publication: a.publication.encode_to_vec(),
+            history: a.history.map(|r| (r.size, millis(r.ttl))),
+            idempotency: a.idempotency.map(|i| (i.key, millis(i.window))),
+            time_ms: a.stamp.time_ms,
+            epoch: a.stamp.epoch.to_string(),
+        })
+        .collect();
+    let failed = |e: BrokerError| (0..count).map(|_| Err(clone_error(&e))).collect();
+    match cluster.replicate(Command::Publish(entries)).await {
+        Ok(Outcome::Published(results)) if results.len() == count => results
+            .into_iter()
+            .map(|r| match r {
+                Ok(appended) => Ok(PublishResult {
+                    offset: appended.offset,
+                    epoch: appended.epoch,
+                }),
+                Err(e) => Err(BrokerError::Store(crate::store::StoreError::Failed(e))),
+            })
+            .collect(),
+        Ok(Outcome::Failed(e)) => failed(BrokerError::Store(crate::store::StoreError::Failed(e))),
+        Ok(other) => failed(BrokerError::Replicated(crate::cluster::ReplicateError::Failed(
+            format!("unexpected outcome {other:?}"),
+        ))),
+        Err(e) => failed(BrokerError::Replicated(e)),
+    }
+}
+
+fn clone_error(e: &BrokerError) -> BrokerError {
+    match e {
+        BrokerError::Replicated(r) => BrokerError::Replicated(r.clone()),
+        other => BrokerError::Store(crate::store::StoreError::Failed(other.to_string())),
+    }
+}
+
+/// Retention through the replicated log: the leader proposes each stream's trim (judged at
+/// its time, so every replica removes the same records). Other nodes do nothing.
+pub(super) async fn retain_replicated(broker: &Broker, cluster: &Cluster) -> Result<usize, BrokerError> {
+    if !cluster.leads() {
+        return Ok(0);
+    }
+    let now = crate::store::now_ms();
+    let mut removed = 0;
+    for channel in broker.store.channels().await? {
+        let Ok(options) = broker.options(&channel) else {
+            continue;
+        };
+        let history = options
+            .history_enabled()
+            .then(|| retention(options))
+            .map(|r| (r.size, millis(r.ttl)));
+        let command = Command::Trim {
+            channel,
+            history,
+            meta_ttl_ms: millis(options.history_meta_ttl),
+            now_ms: now,
+        };
+        if let Outcome::Count(n) = cluster.replicate(command).await? {
+            removed += n;
+        }
+    }
+    if let Outcome::Count(n) = cluster.replicate(Command::ExpireIdempotency { now_ms: now }).await? {
+        removed += n;
+    }
+    metrics::counter!("herald_retention_removed_total").increment(removed as u64);
+    Ok(removed)
 }

@@ -212,7 +212,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             _ = peer.gone.cancelled() => return,
             dialed = dial(inner.config.bind, peer.addr) => dialed,
         };
-        let mut stream = match dialed {
+        let stream = match dialed {
             Ok(stream) => stream,
             Err(e) => {
                 failures += 1;
@@ -235,6 +235,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             node: inner.name.to_string(),
             generation: inner.generation,
             to: peer.name.to_string(),
+            raft_id: inner.replica.get().map_or(0, |r| r.id()),
         }));
         sealing.push(&hello, &mut buf);
         {
@@ -249,6 +250,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             }));
             sealing.push(&snapshot, &mut buf);
         }
+        let (mut reader, mut stream) = stream.into_split();
         if let Err(e) = write(&mut stream, &buf).await {
             tracing::debug!(node = %peer.name, error = %e, "cluster: link failed at hello");
             continue;
@@ -257,10 +259,19 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
         tracing::info!(node = %peer.name, "cluster: link up");
         let mut frames = Vec::with_capacity(FRAMES_PER_WRITE);
         let result: std::io::Result<()> = loop {
+            let mut probe = [0u8; 1];
             let n = tokio::select! {
                 _ = peer.gone.cancelled() => {
                     peer.link_up.store(false, Ordering::Relaxed);
                     return;
+                }
+                // The peer never writes on this link: its end closing (the process died, the
+                // connection was reset) shows here at once, not at the next failed write.
+                closed = reader.read(&mut probe) => {
+                    break Err(match closed {
+                        Ok(_) => std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+                        Err(e) => e,
+                    });
                 }
                 n = queue.recv_many(&mut frames, FRAMES_PER_WRITE) => n,
             };
@@ -334,6 +345,9 @@ async fn serve_incoming(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Lin
     }
     let name: Arc<str> = Arc::from(hello.node.as_str());
     let generation = hello.generation;
+    if hello.raft_id != 0 {
+        inner.raft_ids.lock().insert(name.clone(), hello.raft_id);
+    }
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, opening.read(&mut reader, &mut buf, None)).await {
             Err(_) => return Err(LinkError::Idle),
@@ -412,6 +426,33 @@ async fn answer(inner: &Arc<Inner>, body: Option<request::Body>) -> response::Bo
     match body {
         None => response::Body::Error("empty request".to_owned()),
         Some(request::Body::Status(_)) => response::Body::Status(inner.status()),
+        Some(request::Body::Raft(rpc)) => match inner.replica.get() {
+            Some(replica) => match replica.handle(rpc).await {
+                Ok(bytes) => response::Body::Raft(bytes.into()),
+                Err(e) => response::Body::Error(e),
+            },
+            None => response::Body::Error("no replica yet".to_owned()),
+        },
+        Some(request::Body::Replicate(bytes)) => {
+            let Some(replica) = inner.replica.get() else {
+                return response::Body::NotLeader(String::new());
+            };
+            let command = match postcard::from_bytes(&bytes) {
+                Ok(command) => command,
+                Err(e) => return response::Body::Error(format!("undecodable command: {e}")),
+            };
+            match replica.propose(command).await {
+                Ok(outcome) => match postcard::to_stdvec(&outcome) {
+                    Ok(bytes) => response::Body::Outcome(bytes.into()),
+                    Err(e) => response::Body::Error(e.to_string()),
+                },
+                Err(super::raft::ProposeError::NotLeader(leader)) => {
+                    response::Body::NotLeader(leader.unwrap_or_default())
+                }
+                Err(super::raft::ProposeError::Failed(e)) => response::Body::Error(e),
+            }
+        }
+        Some(request::Body::Stream(query)) => answer_stream(inner, query).await,
         Some(body) => match inner.local_node() {
             Some(local) => local.answer(body).await,
             None => response::Body::Error("node not ready".to_owned()),
@@ -472,6 +513,7 @@ pub(super) async fn ask_as_admin(
         node: sealing.sender.to_string(),
         generation: now_ms(),
         to: String::new(),
+        raft_id: 0,
     }));
     sealing.push(&hello, &mut out);
     sealing.push(
@@ -498,4 +540,26 @@ pub(super) async fn ask_as_admin(
         }
     }
     Err(LinkError::Hello)
+}
+
+/// Answers a read of a stream if this node leads (after making sure it sees everything
+/// committed), else names the leader.
+pub(super) async fn answer_stream(inner: &Arc<Inner>, query: wire::StreamQuery) -> response::Body {
+    let Some(replica) = inner.replica.get() else {
+        return response::Body::NotLeader(String::new());
+    };
+    if !replica.leads() {
+        return response::Body::NotLeader(replica.leader().unwrap_or_default());
+    }
+    match replica.linearize().await {
+        Ok(()) => {}
+        Err(super::raft::ProposeError::NotLeader(leader)) => {
+            return response::Body::NotLeader(leader.unwrap_or_default())
+        }
+        Err(super::raft::ProposeError::Failed(e)) => return response::Body::Error(e),
+    }
+    match inner.local_node() {
+        Some(local) => local.answer(request::Body::Stream(query)).await,
+        None => response::Body::Error("node not ready".to_owned()),
+    }
 }

@@ -19,6 +19,7 @@ pub mod envelope;
 pub mod interest;
 mod link;
 mod membership;
+pub mod raft;
 pub mod status;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -35,9 +36,12 @@ use prost::Message as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Durability};
 use crate::protocol::proto::Push;
+use crate::store::Store;
 use envelope::{ReplayGuard, Sealer};
+use raft::types::{Command, Outcome};
+use raft::{ProposeError, Replica};
 
 /// `proto/cluster.proto` imports the client protocol's messages (as `super::client`).
 use crate::protocol::proto as client;
@@ -70,6 +74,18 @@ pub trait Local: Send + Sync + 'static {
 pub enum ClusterError {
     #[error("cannot bind the inter-node listener on {addr} (cluster.bind): {error}")]
     Bind { addr: SocketAddr, error: std::io::Error },
+    #[error("cannot start the replicated log: {0}")]
+    Replica(String),
+}
+
+enum Attempt {
+    Retry,
+}
+
+/// Where the leader is.
+enum Target {
+    Here(Arc<Replica>),
+    Peer(Arc<str>),
 }
 
 /// A peer did not answer a request.
@@ -83,9 +99,23 @@ pub enum AskError {
     Failed(Arc<str>, String),
 }
 
+/// Why a command or a read of the replicated log did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReplicateError {
+    /// No leader could take it within `cluster.forward_timeout` (nothing was appended).
+    #[error("no leader of the replicated log answered within {0:?} (no quorum?)")]
+    NoLeader(Duration),
+    /// It may or may not have been applied (the leader failed or went silent meanwhile).
+    #[error("the replicated log failed: {0}")]
+    Failed(String),
+}
+
 /// This node's part of the cluster.
 pub struct Cluster {
     inner: Arc<Inner>,
+    /// The membership socket, until membership starts (after the replica, so that every link
+    /// this node dials carries its replica id).
+    membership: Mutex<Option<tokio::net::UdpSocket>>,
 }
 
 pub(crate) struct Inner {
@@ -107,6 +137,12 @@ pub(crate) struct Inner {
     /// The membership view as last seen by the membership task (for `herald cluster status`).
     members: Mutex<Vec<wire::Member>>,
     shutdown: CancellationToken,
+    /// This node's replica of the replicated log.
+    replica: OnceLock<Arc<Replica>>,
+    /// Each peer's replica id, from its links' hellos.
+    raft_ids: Mutex<HashMap<Arc<str>, u64>>,
+    /// The leader's name as last heard from a peer (for a node that does not know it itself).
+    leader_hint: Mutex<Option<Arc<str>>>,
 }
 
 /// A live member, as this node reaches it: the queue of its link.
@@ -158,8 +194,8 @@ fn encode(body: frame::Body) -> Bytes {
 
 impl Cluster {
     /// Binds the inter-node listener (UDP for membership, TCP for links, both on
-    /// `cluster.bind`) and starts membership: the node joins through its seeds, or waits to
-    /// be joined. Runs until `shutdown`, then leaves the cluster.
+    /// `cluster.bind`). Membership starts with [`Cluster::start_replica`]: the node then joins
+    /// through its seeds, or waits to be joined, until `shutdown`, and then leaves.
     pub async fn start(config: &ClusterConfig, shutdown: CancellationToken) -> Result<Arc<Self>, ClusterError> {
         let bind_error = |error| ClusterError::Bind {
             addr: config.bind,
@@ -185,17 +221,168 @@ impl Cluster {
             next_request: AtomicU64::new(1),
             members: Mutex::new(Vec::new()),
             shutdown: shutdown.clone(),
+            replica: OnceLock::new(),
+            raft_ids: Mutex::new(HashMap::new()),
+            leader_hint: Mutex::new(None),
         });
         tracing::info!(node = %inner.name, address = %advertise, seeds = ?config.seeds, "cluster: inter-node listener bound");
         tokio::spawn(link::accept_loop(inner.clone(), tcp));
-        tokio::spawn(membership::run(inner.clone(), udp));
         tokio::spawn(digest_loop(inner.clone()));
-        Ok(Arc::new(Self { inner }))
+        Ok(Arc::new(Self {
+            inner,
+            membership: Mutex::new(Some(udp)),
+        }))
     }
 
     /// Connects the cluster to the node it serves (done once, before clients are accepted).
     pub fn attach(&self, local: Weak<dyn Local>) {
         let _ = self.inner.local_node.set(local);
+    }
+
+    /// Starts this node's replica of the log over `store` (opened as a replica) and the task
+    /// that manages the voters. Done once at startup.
+    pub async fn start_replica(&self, store: &Store, durability: Durability) -> Result<(), ClusterError> {
+        let replica = Replica::start(&self.inner, store, durability, &self.inner.config)
+            .await
+            .map_err(ClusterError::Replica)?;
+        let _ = self.inner.replica.set(replica);
+        tokio::spawn(manage_voters(self.inner.clone()));
+        if let Some(udp) = self.membership.lock().take() {
+            tokio::spawn(membership::run(self.inner.clone(), udp));
+        }
+        Ok(())
+    }
+
+    /// Whether this node leads the replicated log.
+    pub fn leads(&self) -> bool {
+        self.inner.replica.get().is_some_and(|r| r.leads())
+    }
+
+    /// Appends a command to the replicated log through its leader (this node or the one it
+    /// forwards to), waiting through an election up to `cluster.forward_timeout`.
+    pub async fn replicate(&self, command: Command) -> Result<Outcome, ReplicateError> {
+        let timeout = self.inner.config.forward_timeout;
+        let deadline = Instant::now() + timeout;
+        let bytes = postcard::to_stdvec(&command).map_err(|e| ReplicateError::Failed(e.to_string()))?;
+        loop {
+            let attempt = match self.inner.leader_target() {
+                None => Attempt::Retry,
+                Some(Target::Here(replica)) => match replica.propose(command.clone()).await {
+                    Ok(outcome) => return Ok(outcome),
+                    Err(ProposeError::NotLeader(leader)) => self.inner.hint(leader),
+                    Err(ProposeError::Failed(e)) => return Err(ReplicateError::Failed(e)),
+                },
+                Some(Target::Peer(peer)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self
+                        .inner
+                        .ask_within(&peer, request::Body::Replicate(bytes.clone().into()), left)
+                        .await
+                    {
+                        Ok(response::Body::Outcome(outcome)) => {
+                            metrics::counter!("herald_cluster_forwarded_total").increment(1);
+                            return postcard::from_bytes(&outcome).map_err(|e| ReplicateError::Failed(e.to_string()));
+                        }
+                        Ok(response::Body::NotLeader(leader)) => {
+                            self.inner.hint((!leader.is_empty()).then_some(leader))
+                        }
+                        Ok(other) => return Err(ReplicateError::Failed(format!("unexpected answer {other:?}"))),
+                        // Never sent: safe to try again.
+                        Err(AskError::Unreachable(_)) => {
+                            self.inner.hint(None);
+                            Attempt::Retry
+                        }
+                        Err(e) => return Err(ReplicateError::Failed(e.to_string())),
+                    }
+                }
+            };
+            let Attempt::Retry = attempt;
+            if Instant::now() >= deadline {
+                tracing::error!(timeout = ?timeout, "cluster: no leader of the replicated log took a command in time; answering 100");
+                metrics::counter!("herald_cluster_no_leader_total").increment(1);
+                return Err(ReplicateError::NoLeader(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads a stream on the leader (linearizable: it sees every acknowledged publication),
+    /// here or through the link to it.
+    pub async fn read(&self, query: wire::StreamQuery) -> Result<wire::StreamAnswer, ReplicateError> {
+        let timeout = self.inner.config.forward_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = match self.inner.leader_target() {
+                None => None,
+                Some(Target::Here(_)) => Some(link::answer_stream(&self.inner, query.clone()).await),
+                Some(Target::Peer(peer)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match self
+                        .inner
+                        .ask_within(&peer, request::Body::Stream(query.clone()), left)
+                        .await
+                    {
+                        Ok(body) => Some(body),
+                        Err(AskError::Unreachable(_)) => {
+                            self.inner.hint(None);
+                            None
+                        }
+                        Err(e) => return Err(ReplicateError::Failed(e.to_string())),
+                    }
+                }
+            };
+            match body {
+                Some(response::Body::Stream(answer)) => return Ok(answer),
+                Some(response::Body::NotLeader(leader)) => {
+                    self.inner.hint((!leader.is_empty()).then_some(leader));
+                }
+                Some(response::Body::Error(e)) => return Err(ReplicateError::Failed(e)),
+                Some(other) => return Err(ReplicateError::Failed(format!("unexpected answer {other:?}"))),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                tracing::error!(timeout = ?timeout, "cluster: no leader of the replicated log answered a read in time; answering 100");
+                metrics::counter!("herald_cluster_no_leader_total").increment(1);
+                return Err(ReplicateError::NoLeader(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether this node can take publishes on channels with history now: a leader is known
+    /// and reachable. `Err` says why not (for `/health`).
+    pub fn ready(&self) -> Result<(), String> {
+        match self.inner.leader_target() {
+            Some(Target::Here(_)) => Ok(()),
+            Some(Target::Peer(peer)) => {
+                let up = self
+                    .inner
+                    .peers
+                    .read()
+                    .get(&peer)
+                    .is_some_and(|p| p.link_up.load(Ordering::Relaxed));
+                if up {
+                    Ok(())
+                } else {
+                    Err(format!("no link to the leader ({peer})"))
+                }
+            }
+            None => Err("no leader of the replicated log is known".into()),
+        }
+    }
+
+    /// Graceful leave, first step: hands leadership to another voter if this node leads.
+    pub async fn step_down(&self) {
+        if let Some(replica) = self.inner.replica.get() {
+            replica.step_down().await;
+        }
+    }
+
+    /// Stops the replica (after the store's last use).
+    pub async fn stop_replica(&self) {
+        if let Some(replica) = self.inner.replica.get() {
+            replica.shutdown().await;
+        }
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -289,10 +476,52 @@ impl Inner {
         self.local_node.get().and_then(Weak::upgrade)
     }
 
+    /// Where to send a command or a read: this node if it leads, else the leader it knows of,
+    /// else the last hint, else any live peer (which redirects).
+    fn leader_target(&self) -> Option<Target> {
+        let replica = self.replica.get()?;
+        if replica.leads() {
+            return Some(Target::Here(replica.clone()));
+        }
+        if let Some(leader) = replica.leader() {
+            if *leader != *self.name {
+                return Some(Target::Peer(Arc::from(leader)));
+            }
+        }
+        if let Some(hint) = self.leader_hint.lock().clone() {
+            if self.peers.read().contains_key(&hint) {
+                return Some(Target::Peer(hint));
+            }
+        }
+        let peers = self.peers.read();
+        let mut names: Vec<&Arc<str>> = peers.keys().collect();
+        names.sort();
+        names.first().map(|p| Target::Peer((*p).clone()))
+    }
+
+    /// Notes who leads, as a peer said; `None` forgets the hint.
+    fn hint(&self, leader: Option<String>) -> Attempt {
+        *self.leader_hint.lock() = leader.map(Arc::from);
+        Attempt::Retry
+    }
+
     async fn ask(&self, peer: &Arc<str>, body: request::Body) -> Result<response::Body, AskError> {
+        self.ask_within(peer, body, REQUEST_TIMEOUT).await
+    }
+
+    async fn ask_within(
+        &self,
+        peer: &Arc<str>,
+        body: request::Body,
+        timeout: Duration,
+    ) -> Result<response::Body, AskError> {
         let Some(link) = self.peers.read().get(peer).cloned() else {
             return Err(AskError::Unreachable(peer.clone()));
         };
+        // A request queued for a link that is down would wait out its whole timeout.
+        if !link.link_up.load(Ordering::Relaxed) {
+            return Err(AskError::Unreachable(peer.clone()));
+        }
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(id, tx);
@@ -301,7 +530,7 @@ impl Inner {
             self.pending.lock().remove(&id);
             return Err(AskError::Unreachable(peer.clone()));
         }
-        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(response::Body::Error(error))) => Err(AskError::Failed(peer.clone(), error)),
             Ok(Ok(body)) => Ok(body),
             Ok(Err(_)) | Err(_) => {
@@ -379,15 +608,19 @@ impl Inner {
                 member.link_queued = peer.queued.load(Ordering::Relaxed) as u64;
             }
         }
-        wire::Status {
+        let mut status = wire::Status {
             node: self.name.to_string(),
             generation: self.generation,
             address: self.advertise.to_string(),
             members,
-            role: "member".to_owned(),
             local_interest: self.local.lock().len() as u64,
             remote_interest: self.remote.read().entries() as u64,
+            ..Default::default()
+        };
+        if let Some(replica) = self.replica.get() {
+            replica.fill_status(&mut status);
         }
+        status
     }
 }
 
@@ -413,5 +646,44 @@ async fn digest_loop(inner: Arc<Inner>) {
         for peer in inner.peers.read().values() {
             peer.send(frame.clone());
         }
+    }
+}
+
+/// How often the leader reviews the voters.
+const MANAGE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// On the leader: grows the voters to `cluster.replicas` and replaces voters gone for too
+/// long (see [`raft`]).
+async fn manage_voters(inner: Arc<Inner>) {
+    let mut missing = HashMap::new();
+    let mut tick = tokio::time::interval(MANAGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(replica) = inner.replica.get().cloned() else {
+            continue;
+        };
+        let mut live: HashMap<String, u64> = HashMap::new();
+        live.insert(inner.name.to_string(), replica.id());
+        {
+            let peers = inner.peers.read();
+            let ids = inner.raft_ids.lock();
+            for name in peers.keys() {
+                if let Some(id) = ids.get(name) {
+                    live.insert(name.to_string(), *id);
+                }
+            }
+        }
+        replica
+            .manage_voters(
+                inner.config.replicas,
+                inner.config.replace_dead_voter_after,
+                &live,
+                &mut missing,
+            )
+            .await;
     }
 }

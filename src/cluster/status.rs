@@ -47,6 +47,29 @@ pub fn render(status: &wire::Status) -> String {
         "node {} at {} (generation {}), role: {}",
         status.node, status.address, status.generation, status.role
     );
+    let leader = if status.leader.is_empty() {
+        "none known"
+    } else {
+        status.leader.as_str()
+    };
+    let _ = writeln!(
+        out,
+        "replicated log: leader {leader}, term {}, voters [{}], last log {}, committed {}, applied {}",
+        status.term,
+        status.voters.join(", "),
+        status.last_log_index,
+        status.committed,
+        status.applied
+    );
+    if !status.replication_lag.is_empty() {
+        let mut lag: Vec<String> = status
+            .replication_lag
+            .iter()
+            .map(|(name, behind)| format!("{name} {behind} behind"))
+            .collect();
+        lag.sort();
+        let _ = writeln!(out, "replication: {}", lag.join(", "));
+    }
     let _ = writeln!(
         out,
         "interest: {} local channels, {} entries from peers",
@@ -99,6 +122,14 @@ pub fn to_json(status: &wire::Status) -> serde_json::Value {
         "role": status.role,
         "local_interest": status.local_interest,
         "remote_interest": status.remote_interest,
+        "leader": status.leader,
+        "term": status.term,
+        "last_log_index": status.last_log_index,
+        "committed": status.committed,
+        "applied": status.applied,
+        "voters": status.voters,
+        "raft_id": status.raft_id,
+        "replication_lag": status.replication_lag,
         "members": members,
     })
 }

@@ -164,9 +164,46 @@ impl Append {
     }
 }
 
+/// One operation of [`Store::apply_group`].
+#[derive(Debug)]
+pub enum GroupOp {
+    Append(Box<Append>),
+    /// Drops a stream's history; it starts the stamp's epoch.
+    Reset {
+        channel: Arc<str>,
+        stamp: Stamp,
+    },
+    /// Retention of one stream, judged at `now_ms`.
+    Trim {
+        channel: Arc<str>,
+        history: Option<Retention>,
+        meta_ttl: Duration,
+        now_ms: i64,
+    },
+    /// Expiry of idempotency keys, judged at `now_ms`.
+    ExpireIdempotency {
+        now_ms: i64,
+    },
+}
+
+/// What one [`GroupOp`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOutcome {
+    Appended(Appended),
+    Position(Position),
+    Count(usize),
+}
+
+enum Answer {
+    Appended(oneshot::Receiver<Result<Appended, StoreError>>),
+    Position(oneshot::Receiver<Result<Position, StoreError>>),
+    Count(oneshot::Receiver<Result<usize, StoreError>>),
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    db: sled::Db,
     tree: sled::Tree,
     ops: mpsc::Sender<writer::Op>,
     /// Set by the writer when a batch could not be written: reads, which do not go through
@@ -187,6 +224,19 @@ impl Store {
         durability: Durability,
         flush_interval: Duration,
         on_commit: CommitHook,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(path, durability, flush_interval, on_commit, false)
+    }
+
+    /// [`Store::open`] for a store whose streams are a replica of a replicated log
+    /// (`replicated`): after an unclean stop its epochs are kept, since the log, not this
+    /// store, decides them (the lost tail is applied again from the log).
+    pub fn open_with(
+        path: &Path,
+        durability: Durability,
+        flush_interval: Duration,
+        on_commit: CommitHook,
+        replicated: bool,
     ) -> Result<Self, StoreError> {
         // A directory that already holds a database must come back with its format version;
         // otherwise sled recovered it as empty (a damaged log) and serving it would silently lose
@@ -272,7 +322,7 @@ impl Store {
         }
         // No seal on an existing database counts as unclean: nothing witnesses how it stopped.
         let unclean = sealed.map_or(existed, |s| !s.clean);
-        let renew_epochs = unclean && durability == Durability::Os;
+        let renew_epochs = unclean && durability == Durability::Os && !replicated;
         if renew_epochs {
             tracing::warn!(path = %path.display(), "the last run did not shut down cleanly in os durability: streams start new epochs when next used");
         }
@@ -300,8 +350,9 @@ impl Store {
             #[cfg(test)]
             faults: faults.clone(),
         };
-        let ops = writer::spawn(db, tree.clone(), durability, flush_interval, on_commit, start);
+        let ops = writer::spawn(db.clone(), tree.clone(), durability, flush_interval, on_commit, start);
         Ok(Self {
+            db,
             tree,
             ops,
             failed,
@@ -380,6 +431,7 @@ impl Store {
             channel: channel.into(),
             history,
             meta_ttl,
+            now_ms: now_ms(),
             reply,
         })
         .await
@@ -387,7 +439,11 @@ impl Store {
 
     /// Removes idempotency keys whose window has passed.
     pub async fn expire_idempotency(&self) -> Result<usize, StoreError> {
-        self.call(|reply| writer::Op::ExpireIdempotency { reply }).await
+        self.call(|reply| writer::Op::ExpireIdempotency {
+            now_ms: now_ms(),
+            reply,
+        })
+        .await
     }
 
     /// Refuses reads once the writer failed: what sled holds is then unknown.
@@ -435,6 +491,92 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Applies operations together, with extra records, in one batch (see [`GroupOp`]): the
+    /// entries of a replicated log and the log position they bring the store to. Appends are
+    /// handed to the commit hook only when `deliver` is set. Answers each operation in order.
+    pub async fn apply_group(
+        &self,
+        ops: Vec<GroupOp>,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+        deliver: bool,
+    ) -> Result<Vec<Result<GroupOutcome, StoreError>>, StoreError> {
+        let mut inner = Vec::with_capacity(ops.len());
+        let mut answers = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                GroupOp::Append(append) => {
+                    let (tx, rx) = oneshot::channel();
+                    inner.push((*append).into_op(tx));
+                    answers.push(Answer::Appended(rx));
+                }
+                GroupOp::Reset { channel, stamp } => {
+                    let (reply, rx) = oneshot::channel();
+                    inner.push(writer::Op::Reset { channel, stamp, reply });
+                    answers.push(Answer::Position(rx));
+                }
+                GroupOp::Trim {
+                    channel,
+                    history,
+                    meta_ttl,
+                    now_ms,
+                } => {
+                    let (reply, rx) = oneshot::channel();
+                    inner.push(writer::Op::Trim {
+                        channel,
+                        history,
+                        meta_ttl,
+                        now_ms,
+                        reply,
+                    });
+                    answers.push(Answer::Count(rx));
+                }
+                GroupOp::ExpireIdempotency { now_ms } => {
+                    let (reply, rx) = oneshot::channel();
+                    inner.push(writer::Op::ExpireIdempotency { now_ms, reply });
+                    answers.push(Answer::Count(rx));
+                }
+            }
+        }
+        self.call(|reply| writer::Op::Group {
+            ops: inner,
+            meta,
+            deliver,
+            reply,
+        })
+        .await?;
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let outcome = match answer {
+                Answer::Appended(rx) => rx.await.map(|r| r.map(GroupOutcome::Appended)),
+                Answer::Position(rx) => rx.await.map(|r| r.map(GroupOutcome::Position)),
+                Answer::Count(rx) => rx.await.map(|r| r.map(GroupOutcome::Count)),
+            };
+            outcomes.push(outcome.unwrap_or(Err(StoreError::Closed)));
+        }
+        Ok(outcomes)
+    }
+
+    /// A record of the streams tree written by [`Store::apply_group`] (`meta`), as it is now.
+    pub fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check_serving()?;
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every record of the streams (a replication snapshot), read between two batches.
+    pub async fn dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.call(|reply| writer::Op::Dump { reply }).await
+    }
+
+    /// Replaces every stream with `records` (from [`Store::dump`] on another node), durably.
+    pub async fn install(&self, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        self.call(|reply| writer::Op::Install { records, reply }).await
+    }
+
+    /// The database, for the other trees kept beside the streams (the replicated log).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     /// Flushes, marks the store cleanly shut down, and stops the writer: what follows fails.
@@ -496,7 +638,7 @@ fn read_range(
     if first > top {
         return Ok(Some(Vec::new()));
     }
-    let oldest_time = oldest_time(retention.ttl);
+    let oldest_time = oldest_time(now_ms(), retention.ttl);
     let scan = tree.range(keys::publication(channel, first)..=keys::publication(channel, top));
     let decode = |item: sled::Result<(sled::IVec, sled::IVec)>| -> Result<Option<Publication>, StoreError> {
         let (key, value) = item?;
@@ -539,8 +681,8 @@ fn read_range(
 
 /// Unix milliseconds before which a publication is older than `ttl` (a ttl beyond the clock's
 /// range keeps everything rather than wrapping into the future).
-fn oldest_time(ttl: Duration) -> i64 {
-    now_ms().saturating_sub(millis(ttl))
+fn oldest_time(now: i64, ttl: Duration) -> i64 {
+    now.saturating_sub(millis(ttl))
 }
 
 /// A duration in milliseconds, saturating: durations from the config meet Unix times in

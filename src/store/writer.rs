@@ -16,7 +16,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::{IdempotencyRecord, StreamMeta};
-use super::{keys, millis, now_ms, oldest_time, CommitHook, Position, Retention, Stamp, StoreError};
+use super::{keys, millis, oldest_time, CommitHook, Position, Retention, Stamp, StoreError};
 use crate::config::Durability;
 use crate::protocol::proto::Publication;
 
@@ -69,10 +69,34 @@ pub(super) enum Op {
         channel: Arc<str>,
         history: Option<Retention>,
         meta_ttl: Duration,
+        /// The time retention is judged at (Unix ms): the entry's, when replicated.
+        now_ms: i64,
         reply: Reply<usize>,
     },
     ExpireIdempotency {
+        now_ms: i64,
         reply: Reply<usize>,
+    },
+    /// Operations applied together in one batch with extra records (`meta`): a replicated
+    /// log's entries and the log position they bring the store to, durable together or not at
+    /// all. Appends are handed to the commit hook only when `deliver` is set (the node that
+    /// delivers them); otherwise they are answered as soon as the batch is applied.
+    Group {
+        ops: Vec<Op>,
+        meta: Vec<(Vec<u8>, Vec<u8>)>,
+        deliver: bool,
+        reply: Reply<()>,
+    },
+    /// Every record of the streams tree but the writer's own (a replication snapshot), read
+    /// between two batches.
+    Dump {
+        reply: Reply<Vec<(Vec<u8>, Vec<u8>)>>,
+    },
+    /// Replaces every record of the streams tree with `records` (a replication snapshot), and
+    /// makes it durable.
+    Install {
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        reply: Reply<()>,
     },
     Flush {
         reply: Reply<()>,
@@ -201,6 +225,10 @@ pub(super) fn spawn(
 /// What to tell whom once the batch is applied.
 enum Done {
     Append(Reply<Appended>, Box<Committed>),
+    /// An append of a group that is not delivered from here.
+    Quiet(Reply<Appended>, Position),
+    Unit(Reply<()>),
+    Records(Reply<Vec<(Vec<u8>, Vec<u8>)>>, Vec<(Vec<u8>, Vec<u8>)>),
     Duplicate(Reply<Appended>, Position),
     Position(Reply<Position>, Position),
     Count(Reply<usize>, usize),
@@ -213,8 +241,16 @@ impl Op {
         match self {
             Op::Append { reply, .. } => drop(reply.send(Err(error))),
             Op::Position { reply, .. } | Op::Reset { reply, .. } => drop(reply.send(Err(error))),
-            Op::Trim { reply, .. } | Op::ExpireIdempotency { reply } => drop(reply.send(Err(error))),
+            Op::Trim { reply, .. } | Op::ExpireIdempotency { reply, .. } => drop(reply.send(Err(error))),
             Op::Flush { reply } | Op::Close { reply } => drop(reply.send(Err(error))),
+            Op::Group { ops, reply, .. } => {
+                for op in ops {
+                    op.refuse(StoreError::Failed(error.to_string()));
+                }
+                drop(reply.send(Err(error)))
+            }
+            Op::Dump { reply } => drop(reply.send(Err(error))),
+            Op::Install { reply, .. } => drop(reply.send(Err(error))),
         }
     }
 }
@@ -223,7 +259,9 @@ impl Done {
     fn fail(self, error: &str) {
         let err = || StoreError::Failed(error.to_owned());
         match self {
-            Done::Append(r, _) | Done::Duplicate(r, _) => drop(r.send(Err(err()))),
+            Done::Append(r, _) | Done::Duplicate(r, _) | Done::Quiet(r, _) => drop(r.send(Err(err()))),
+            Done::Unit(r) => drop(r.send(Err(err()))),
+            Done::Records(r, _) => drop(r.send(Err(err()))),
             Done::Position(r, _) => drop(r.send(Err(err()))),
             Done::Count(r, _) => drop(r.send(Err(err()))),
             Done::Flush(r) => drop(r.send(Err(err()))),
@@ -241,6 +279,8 @@ struct Staging {
     idempotency: HashMap<Vec<u8>, Position>,
     /// Streams forgotten in this batch: a later append starts them afresh.
     forgotten: HashSet<Arc<str>>,
+    /// What the operations inside groups answer (see `Op::Group`).
+    group_done: Vec<Done>,
 }
 
 impl Writer {
@@ -399,6 +439,8 @@ impl Writer {
         let mut done = Vec::with_capacity(ops.len());
         for op in ops.drain(..) {
             if let Some(d) = self.stage(op, &mut staging) {
+                // A group's own answer comes after its operations'.
+                done.append(&mut staging.group_done);
                 done.push(d);
             }
         }
@@ -450,9 +492,16 @@ impl Writer {
                         duplicate: true,
                     }));
                 }
+                Done::Quiet(reply, position) => {
+                    let _ = reply.send(Ok(Appended {
+                        position,
+                        duplicate: false,
+                    }));
+                }
                 Done::Position(reply, position) => drop(reply.send(Ok(position))),
                 Done::Count(reply, n) => drop(reply.send(Ok(n))),
-                Done::Flush(reply) => drop(reply.send(Ok(()))),
+                Done::Flush(reply) | Done::Unit(reply) => drop(reply.send(Ok(()))),
+                Done::Records(reply, records) => drop(reply.send(Ok(records))),
             }
         }
         // The hook only queues the group (see `broker::fanout`): delivery and the publishers'
@@ -512,15 +561,16 @@ impl Writer {
                 channel,
                 history,
                 meta_ttl,
+                now_ms,
                 reply,
-            } => match self.trim(&channel, history, meta_ttl, s) {
+            } => match self.trim(&channel, history, meta_ttl, now_ms, s) {
                 Ok(n) => Some(Done::Count(reply, n)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                     None
                 }
             },
-            Op::ExpireIdempotency { reply } => match self.expire_idempotency(s) {
+            Op::ExpireIdempotency { now_ms, reply } => match self.expire_idempotency(now_ms, s) {
                 Ok(n) => Some(Done::Count(reply, n)),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -531,7 +581,73 @@ impl Writer {
                 s.flush_requested = true;
                 Some(Done::Flush(reply))
             }
+            Op::Group {
+                ops,
+                meta,
+                deliver,
+                reply,
+            } => {
+                for op in ops {
+                    match self.stage(op, s) {
+                        Some(Done::Append(reply, committed)) if !deliver => {
+                            let position = Position {
+                                epoch: committed.epoch.clone(),
+                                offset: committed.publication.offset,
+                            };
+                            s.group_done.push(Done::Quiet(reply, position));
+                        }
+                        Some(done) => s.group_done.push(done),
+                        None => {}
+                    }
+                }
+                for (key, value) in meta {
+                    s.batch.insert(key, value);
+                }
+                s.wrote = true;
+                Some(Done::Unit(reply))
+            }
+            Op::Dump { reply } => {
+                let records = self
+                    .tree
+                    .iter()
+                    .filter(|item| item.as_ref().map_or(true, |(key, _)| key.as_ref() != SEQ_KEY))
+                    .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<Vec<_>, _>>();
+                match records {
+                    Ok(records) => Some(Done::Records(reply, records)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                        None
+                    }
+                }
+            }
+            Op::Install { records, reply } => match self.install(records, s) {
+                Ok(()) => Some(Done::Unit(reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    None
+                }
+            },
         }
+    }
+
+    /// Stages the replacement of every record (but the writer's own) with `records`.
+    fn install(&mut self, records: Vec<(Vec<u8>, Vec<u8>)>, s: &mut Staging) -> Result<(), StoreError> {
+        let keep: HashSet<&[u8]> = records.iter().map(|(k, _)| k.as_slice()).collect();
+        for key in self.tree.iter().keys() {
+            let key = key?;
+            if key.as_ref() != SEQ_KEY && !keep.contains(key.as_ref()) {
+                s.batch.remove(key);
+            }
+        }
+        for (key, value) in records {
+            s.batch.insert(key, value);
+        }
+        self.streams.clear();
+        self.renewed.clear();
+        s.wrote = true;
+        s.flush_requested = true;
+        Ok(())
     }
 
     /// `Ok(Ok(_))`: appended; `Ok(Err(first))`: a repeat of an idempotency key.
@@ -663,6 +779,7 @@ impl Writer {
         channel: &Arc<str>,
         history: Option<Retention>,
         meta_ttl: Duration,
+        now: i64,
         s: &mut Staging,
     ) -> Result<usize, StoreError> {
         let meta = match self.streams.get(channel) {
@@ -675,7 +792,6 @@ impl Writer {
                 None => return Ok(0),
             },
         };
-        let now = now_ms();
         let prefix = keys::publication_prefix(channel);
         let mut removed = 0;
         if now.saturating_sub(meta.updated_at_ms) > millis(meta_ttl) {
@@ -688,7 +804,10 @@ impl Writer {
             return Ok(removed + 1);
         }
         let (keep_from, oldest_time) = match history {
-            Some(r) => (meta.top_offset.saturating_sub(r.size as u64) + 1, oldest_time(r.ttl)),
+            Some(r) => (
+                meta.top_offset.saturating_sub(r.size as u64) + 1,
+                oldest_time(now, r.ttl),
+            ),
             None => (u64::MAX, i64::MAX),
         };
         for item in self.tree.scan_prefix(&prefix) {
@@ -709,8 +828,7 @@ impl Writer {
         Ok(removed)
     }
 
-    fn expire_idempotency(&mut self, s: &mut Staging) -> Result<usize, StoreError> {
-        let now = now_ms();
+    fn expire_idempotency(&mut self, now: i64, s: &mut Staging) -> Result<usize, StoreError> {
         let mut removed = 0;
         for item in self.tree.scan_prefix([keys::IDEMPOTENCY]) {
             let (key, value) = item?;

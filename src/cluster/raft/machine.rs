@@ -1,0 +1,278 @@
+//! The state machine: Herald's streams. Applying a batch of committed entries is one
+//! [`Store::apply_group`]: their changes and the log position they bring the store to are
+//! written together, so after any crash the store says exactly which entries it holds, and
+//! Raft applies the rest again. The same entries give the same streams on every node (the
+//! entries carry their time and epochs).
+//!
+//! Only the leader hands what it applies to the fan-out (local subscribers and interested
+//! peers); the others apply quietly, and their subscribers get the leader's deliveries over
+//! the links. A leadership change can therefore skip a delivery; a subscriber sees the gap in
+//! offsets and is told (2500), and its SDK recovers from history.
+
+use std::io::{self, Cursor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+use super::types::{Appended, Command, Herald, LogId, Outcome, SnapshotMeta, StoredMembership};
+use crate::protocol::proto::Publication;
+use crate::store::{self, GroupOp, GroupOutcome, Idempotency, Retention, Stamp, Store};
+
+/// The key, in the streams tree, of the last applied log id and membership.
+pub const APPLIED: &[u8] = b"r";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    last: Option<LogId>,
+    membership: StoredMembership,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// The last snapshot built or installed: its meta and its bytes.
+type Snapshot = (SnapshotMeta, Vec<u8>);
+
+#[derive(Clone)]
+pub struct Machine {
+    store: Store,
+    /// Set while this node leads: only then does its apply deliver.
+    leading: Arc<AtomicBool>,
+    current: Arc<parking_lot::Mutex<Option<Snapshot>>>,
+}
+
+impl Machine {
+    pub fn new(store: Store, leading: Arc<AtomicBool>) -> Self {
+        Self {
+            store,
+            leading,
+            current: Arc::new(parking_lot::Mutex::new(None)),
+        }
+    }
+
+    fn applied(&self) -> io::Result<Applied> {
+        match self.store.record(APPLIED).map_err(io::Error::other)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(invalid),
+            None => Ok(Applied::default()),
+        }
+    }
+}
+
+/// The store operations of one command, and how to read their outcomes back.
+fn operations(command: Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
+    match command {
+        Command::Publish(entries) => {
+            for entry in entries {
+                let publication = Publication::decode(entry.publication.as_slice()).map_err(|e| e.to_string())?;
+                ops.push(GroupOp::Append(Box::new(store::Append {
+                    channel: Arc::from(entry.channel),
+                    publication,
+                    history: entry.history.map(|(size, ttl)| Retention {
+                        size,
+                        ttl: Duration::from_millis(ttl),
+                    }),
+                    idempotency: entry.idempotency.map(|(key, window)| Idempotency {
+                        key,
+                        window: Duration::from_millis(window),
+                    }),
+                    stamp: Stamp {
+                        time_ms: entry.time_ms,
+                        epoch: Arc::from(entry.epoch),
+                    },
+                })));
+            }
+        }
+        Command::RemoveHistory {
+            channel,
+            time_ms,
+            epoch,
+        } => ops.push(GroupOp::Reset {
+            channel: Arc::from(channel),
+            stamp: Stamp {
+                time_ms,
+                epoch: Arc::from(epoch),
+            },
+        }),
+        Command::Trim {
+            channel,
+            history,
+            meta_ttl_ms,
+            now_ms,
+        } => ops.push(GroupOp::Trim {
+            channel: Arc::from(channel),
+            history: history.map(|(size, ttl)| Retention {
+                size,
+                ttl: Duration::from_millis(ttl),
+            }),
+            meta_ttl: Duration::from_millis(meta_ttl_ms),
+            now_ms,
+        }),
+        Command::ExpireIdempotency { now_ms } => ops.push(GroupOp::ExpireIdempotency { now_ms }),
+    }
+    Ok(())
+}
+
+fn outcome(command: &Command, results: Vec<Result<GroupOutcome, store::StoreError>>) -> Outcome {
+    match command {
+        Command::Publish(_) => Outcome::Published(
+            results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(GroupOutcome::Appended(a)) => Ok(Appended {
+                        epoch: a.position.epoch.to_string(),
+                        offset: a.position.offset,
+                        duplicate: a.duplicate,
+                    }),
+                    Ok(other) => Err(format!("unexpected outcome {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                })
+                .collect(),
+        ),
+        Command::RemoveHistory { .. } => match results.into_iter().next() {
+            Some(Ok(GroupOutcome::Position(p))) => Outcome::Position {
+                epoch: p.epoch.to_string(),
+                offset: p.offset,
+            },
+            Some(Err(e)) => Outcome::Failed(e.to_string()),
+            _ => Outcome::Failed("no position".into()),
+        },
+        Command::Trim { .. } | Command::ExpireIdempotency { .. } => Outcome::Count(
+            results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(GroupOutcome::Count(n)) => n,
+                    _ => 0,
+                })
+                .sum(),
+        ),
+    }
+}
+
+impl RaftSnapshotBuilder<Herald> for Machine {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(
+        &mut self,
+    ) -> io::Result<openraft::type_config::alias::SnapshotOf<Herald, Cursor<Vec<u8>>>> {
+        let records = self.store.dump().await.map_err(io::Error::other)?;
+        let applied: Applied = match records.iter().find(|(k, _)| k.as_slice() == APPLIED) {
+            Some((_, v)) => postcard::from_bytes(v).map_err(invalid)?,
+            None => Applied::default(),
+        };
+        let data = postcard::to_stdvec(&records).map_err(invalid)?;
+        let meta = SnapshotMeta {
+            last_log_id: applied.last,
+            last_membership: applied.membership,
+        };
+        *self.current.lock() = Some((meta.clone(), data.clone()));
+        tracing::info!(bytes = data.len(), records = records.len(), "cluster: snapshot built");
+        Ok(openraft::type_config::alias::SnapshotOf::<Herald, _> {
+            meta,
+            snapshot: Cursor::new(data),
+        })
+    }
+}
+
+impl RaftStateMachine<Herald> for Machine {
+    type SnapshotData = Cursor<Vec<u8>>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        let applied = self.applied()?;
+        Ok((applied.last, applied.membership))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: futures_util::Stream<Item = io::Result<EntryResponder<Herald>>> + Unpin + OptionalSend,
+    {
+        let mut applied = self.applied()?;
+        let mut ops = Vec::new();
+        // Per entry: its command (if any), where its operations start, and who waits.
+        let mut spans = Vec::new();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            applied.last = Some(entry.log_id);
+            let start = ops.len();
+            let command = match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    None
+                }
+                EntryPayload::Normal(command) => {
+                    if let Err(e) = operations(command.clone(), &mut ops) {
+                        // An entry no node can apply: the same on every node, so it is
+                        // skipped everywhere (and its publisher told).
+                        tracing::error!(error = %e, "cluster: an undecodable command was skipped");
+                        ops.truncate(start);
+                        spans.push((None, start, responder, Some(e)));
+                        continue;
+                    }
+                    Some(command)
+                }
+            };
+            spans.push((command, start, responder, None));
+        }
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let meta = vec![(APPLIED.to_vec(), postcard::to_stdvec(&applied).map_err(invalid)?)];
+        let deliver = self.leading.load(Ordering::Relaxed);
+        let mut results = self
+            .store
+            .apply_group(ops, meta, deliver)
+            .await
+            .map_err(io::Error::other)?;
+        // Answer each entry with its slice of the results, from the last one backwards.
+        let mut answers = Vec::with_capacity(spans.len());
+        for (command, start, responder, failed) in spans.into_iter().rev() {
+            let mine = results.split_off(start.min(results.len()));
+            let outcome = match (command, failed) {
+                (_, Some(e)) => Outcome::Failed(e),
+                (Some(command), None) => outcome(&command, mine),
+                (None, None) => Outcome::None,
+            };
+            answers.push((responder, outcome));
+        }
+        for (responder, outcome) in answers.into_iter().rev() {
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Self::SnapshotData) -> io::Result<()> {
+        let data = snapshot.into_inner();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = postcard::from_bytes(&data).map_err(invalid)?;
+        let count = records.len();
+        self.store.install(records).await.map_err(io::Error::other)?;
+        *self.current.lock() = Some((meta.clone(), data));
+        tracing::info!(records = count, last = ?meta.last_log_id, "cluster: snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<openraft::type_config::alias::SnapshotOf<Herald, Self::SnapshotData>>> {
+        Ok(self
+            .current
+            .lock()
+            .clone()
+            .map(|(meta, data)| openraft::type_config::alias::SnapshotOf::<Herald, _> {
+                meta,
+                snapshot: Cursor::new(data),
+            }))
+    }
+}

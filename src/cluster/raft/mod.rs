@@ -1,0 +1,380 @@
+//! The replicated log (issue 10, item 5): one openraft group whose voters sequence every
+//! channel with history. Its log lives in sled beside the streams ([`log`]); its state machine
+//! is the streams themselves ([`machine`]); its messages travel over the links ([`network`]).
+//! openraft's API stays behind [`Replica`], since it changes between alphas.
+//!
+//! Who votes, and how the group forms and heals (see `docs/cluster.md`):
+//! - the node without seeds whose store has never been in a group starts it, alone;
+//! - the leader adds live nodes as voters up to `cluster.replicas`, always to an odd number (1,
+//!   3, 5…: an even group tolerates no more failures than the odd one below it); each is first a
+//!   learner that catches up, then a voter;
+//! - a voter gone (not a live member with that id) for `cluster.replace_dead_voter_after` is
+//!   replaced by a live node that does not vote, the same way;
+//! - a node's id is chosen at random with its store, so a node whose store was lost is a new
+//!   member: it never votes with a log it no longer has;
+//! - nodes beyond the voters are edge nodes, outside the group: they forward publishes and
+//!   reads to the leader and receive deliveries by interest.
+
+mod log;
+pub mod machine;
+mod network;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver as _;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ReadPolicy, ServerState};
+
+use self::log::LogStore;
+use self::machine::Machine;
+use self::types::{Command, Herald, Member, Outcome, Vote};
+use super::wire;
+use super::Inner;
+use crate::config::{ClusterConfig, Durability};
+use crate::store::Store;
+
+type Raft = openraft::Raft<Herald, Machine>;
+
+/// Why a command was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// Not appended: this node does not lead (the leader's name, when known). Safe to retry.
+    #[error("not the leader")]
+    NotLeader(Option<String>),
+    /// The replica failed, or the outcome is unknown.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// This node's replica of the log.
+pub struct Replica {
+    raft: Raft,
+    id: u64,
+    leading: Arc<AtomicBool>,
+}
+
+fn failed(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl Replica {
+    /// Opens the log in the store's database and starts the replica. The node without seeds
+    /// whose store was never in a group starts the group, alone.
+    pub(crate) async fn start(
+        inner: &Arc<Inner>,
+        store: &Store,
+        durability: Durability,
+        cluster: &ClusterConfig,
+    ) -> Result<Arc<Self>, String> {
+        let log = LogStore::open(store.db(), durability).map_err(failed)?;
+        let id = log.node_id().map_err(failed)?;
+        let used = log.is_used().map_err(failed)?;
+        let election = cluster.election_timeout.as_millis() as u64;
+        let config = openraft::Config {
+            cluster_name: "herald".into(),
+            heartbeat_interval: cluster.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: election,
+            election_timeout_max: election + election / 2,
+            enable_pre_vote: Some(true),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(50_000),
+            max_in_snapshot_log_to_keep: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(failed)?;
+        let leading = Arc::new(AtomicBool::new(false));
+        let machine = Machine::new(store.clone(), leading.clone());
+        let network = network::Network {
+            inner: Arc::downgrade(inner),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log, machine)
+            .await
+            .map_err(failed)?;
+        let replica = Arc::new(Self { raft, id, leading });
+        if cluster.seeds.is_empty() && !used {
+            let members = BTreeMap::from([(
+                id,
+                Member {
+                    name: cluster.node_name.clone(),
+                },
+            )]);
+            match replica.raft.initialize(members).await {
+                Ok(()) => tracing::info!(
+                    raft_id = id,
+                    "cluster: started a new replicated log (this node has no seeds)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cluster: could not start the replicated log"),
+            }
+        } else if !used {
+            tracing::info!(
+                raft_id = id,
+                "cluster: waiting to be added to the replicated log by its leader"
+            );
+        }
+        tokio::spawn(watch_leadership(Arc::downgrade(&replica)));
+        Ok(replica)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether this node leads (as far as it knows).
+    pub fn leads(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    /// The leader's name, as this node knows it.
+    pub fn leader(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|m| m.name.clone())
+    }
+
+    /// Appends a command and waits until it is applied here (this node must lead).
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeError::NotLeader(forward.leader_node.map(|m| m.name)))
+            }
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// Waits until a read here sees everything committed before the call (this node leads).
+    pub async fn linearize(&self) -> Result<(), ProposeError> {
+        if self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.is_ok() {
+            return Ok(());
+        }
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(forward))) => {
+                Err(ProposeError::NotLeader(forward.leader_node.map(|m| m.name)))
+            }
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// Answers a Raft message from a peer: the openraft answer, postcard-encoded.
+    pub async fn handle(&self, rpc: wire::RaftRpc) -> Result<Vec<u8>, String> {
+        fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+            postcard::from_bytes(body).map_err(failed)
+        }
+        fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
+            postcard::to_stdvec(value).map_err(failed)
+        }
+        match rpc.kind {
+            network::APPEND => encode(&self.raft.append_entries(decode(&rpc.body)?).await),
+            network::VOTE => encode(&self.raft.vote(decode(&rpc.body)?).await),
+            network::PRE_VOTE => encode(&self.raft.pre_vote(decode(&rpc.body)?).await),
+            network::SNAPSHOT => {
+                let (vote, meta, data): (Vote, types::SnapshotMeta, Vec<u8>) = decode(&rpc.body)?;
+                let snapshot = openraft::type_config::alias::SnapshotOf::<Herald, _> {
+                    meta,
+                    snapshot: std::io::Cursor::new(data),
+                };
+                let result = self
+                    .raft
+                    .install_full_snapshot(vote, snapshot)
+                    .await
+                    .map_err(RaftError::<Herald>::Fatal);
+                encode(&result)
+            }
+            network::TRANSFER => {
+                let result = self
+                    .raft
+                    .handle_transfer_leader(decode(&rpc.body)?)
+                    .await
+                    .map_err(RaftError::<Herald>::Fatal);
+                encode(&result)
+            }
+            other => Err(format!("unknown raft message kind {other}")),
+        }
+    }
+
+    /// This node's part of `herald cluster status`.
+    pub fn fill_status(&self, status: &mut wire::Status) {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership();
+        let name_of = |id: &u64| membership.get_node(id).map(|m| m.name.clone());
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        status.raft_id = self.id;
+        status.role = match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower if voters.contains(&self.id) => "follower",
+            _ if membership.get_node(&self.id).is_some() => "learner",
+            _ => "edge",
+        }
+        .to_owned();
+        status.leader = metrics.current_leader.as_ref().and_then(name_of).unwrap_or_default();
+        status.term = metrics.current_term;
+        status.last_log_index = metrics.last_log_index.unwrap_or(0);
+        status.committed = metrics.local_committed.as_ref().map_or(0, |l| l.index());
+        status.applied = metrics.last_applied.as_ref().map_or(0, |l| l.index());
+        status.voters = voters.iter().filter_map(name_of).collect();
+        if let Some(replication) = &metrics.replication {
+            let last = metrics.last_log_index.unwrap_or(0);
+            for (id, matched) in replication.iter() {
+                if let Some(name) = name_of(id) {
+                    let at = matched.as_ref().map_or(0, |l| l.index());
+                    status.replication_lag.insert(name, last.saturating_sub(at));
+                }
+            }
+        }
+    }
+
+    /// Hands leadership to another voter (graceful leave) and waits briefly for it to move.
+    pub async fn step_down(&self) {
+        if !self.leads() {
+            return;
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let target = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .find(|id| *id != self.id);
+        if let Some(target) = target {
+            if self.raft.trigger().transfer_leader(target).await.is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while self.leads() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tracing::info!(moved = !self.leads(), "cluster: leadership handed over");
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+
+    /// One step of voter management (on the leader only): grow the voters to
+    /// `cluster.replicas` and replace voters gone for too long. `live` maps each live node's
+    /// name (this one included) to its replica id; `missing` remembers since when each voter
+    /// has been missing.
+    pub(crate) async fn manage_voters(
+        &self,
+        replicas: usize,
+        replace_after: Duration,
+        live: &HashMap<String, u64>,
+        missing: &mut HashMap<u64, Instant>,
+    ) {
+        if !self.leads() {
+            missing.clear();
+            return;
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let membership = metrics.membership_config.membership().clone();
+        // A membership change is in progress (joint configuration): wait for it.
+        if membership.get_joint_config().len() > 1 {
+            return;
+        }
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let live_ids: BTreeSet<u64> = live.values().copied().collect();
+        let now = Instant::now();
+        missing.retain(|id, _| voters.contains(id) && !live_ids.contains(id));
+        for id in &voters {
+            if !live_ids.contains(id) {
+                missing.entry(*id).or_insert(now);
+            }
+        }
+        let mut candidates: Vec<(&String, u64)> = live
+            .iter()
+            .filter(|(_, id)| !voters.contains(id))
+            .map(|(name, id)| (name, *id))
+            .collect();
+        candidates.sort();
+        let dead: Vec<u64> = missing
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= replace_after)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut target: BTreeSet<u64> = voters.iter().copied().filter(|id| !dead.contains(id)).collect();
+        let mut added = Vec::new();
+        let mut pool = candidates.into_iter();
+        // Replace the dead, then grow to an odd size up to `replicas`.
+        while target.len() < voters.len() || target.len() < replicas {
+            let Some((name, id)) = pool.next() else { break };
+            target.insert(id);
+            added.push((name.clone(), id));
+        }
+        if target.len().is_multiple_of(2) && target.len() > voters.len() {
+            // An even group tolerates no more failures than the odd one below it.
+            if let Some((_, id)) = added.pop() {
+                target.remove(&id);
+            }
+        }
+        if target == voters || target.is_empty() {
+            return;
+        }
+        for (name, id) in &added {
+            tracing::info!(node = %name, raft_id = id, "cluster: adding a learner to the replicated log");
+            if let Err(e) = self.raft.add_learner(*id, Member { name: name.clone() }, true).await {
+                tracing::warn!(node = %name, error = %e, "cluster: could not add a learner");
+                return;
+            }
+        }
+        let names = |ids: &BTreeSet<u64>| -> Vec<String> {
+            ids.iter()
+                .map(|id| {
+                    membership
+                        .get_node(id)
+                        .map(|m| m.name.clone())
+                        .or_else(|| added.iter().find(|(_, a)| a == id).map(|(n, _)| n.clone()))
+                        .unwrap_or_else(|| id.to_string())
+                })
+                .collect()
+        };
+        tracing::info!(from = ?names(&voters), to = ?names(&target), "cluster: changing the voters");
+        match self.raft.change_membership(target.clone(), false).await {
+            Ok(_) => {
+                for id in &dead {
+                    missing.remove(id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster: voter change failed"),
+        }
+    }
+}
+
+/// Keeps `leading` in step with the replica's state.
+async fn watch_leadership(replica: Weak<Replica>) {
+    let Some(mut metrics) = replica.upgrade().map(|r| r.raft.metrics()) else {
+        return;
+    };
+    loop {
+        let state = metrics.borrow_and_update().state;
+        let Some(r) = replica.upgrade() else { return };
+        let leads = state == ServerState::Leader;
+        if r.leading.swap(leads, Ordering::Relaxed) != leads {
+            tracing::info!(
+                leads,
+                term = metrics.borrow_watched().current_term,
+                "cluster: leadership changed"
+            );
+            metrics::gauge!("herald_cluster_raft_leader").set(if leads { 1.0 } else { 0.0 });
+        }
+        let m = metrics.borrow_watched().clone();
+        metrics::gauge!("herald_cluster_raft_term").set(m.current_term as f64);
+        let committed = m.local_committed.as_ref().map_or(0, |l| l.index());
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index());
+        metrics::gauge!("herald_cluster_raft_apply_lag").set(committed.saturating_sub(applied) as f64);
+        metrics::gauge!("herald_cluster_raft_commit_lag")
+            .set(m.last_log_index.unwrap_or(0).saturating_sub(committed) as f64);
+        drop(r);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Raft's messages between nodes, carried by the links as requests (`RaftRpc`): each is the
+//! openraft request, postcard-encoded, answered by the target node's replica.
+
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{Herald, Member, Vote};
+use crate::cluster::wire::{self, request, response};
+use crate::cluster::Inner;
+
+pub const APPEND: u32 = 1;
+pub const VOTE: u32 = 2;
+pub const PRE_VOTE: u32 = 3;
+pub const SNAPSHOT: u32 = 4;
+pub const TRANSFER: u32 = 5;
+
+/// Makes a client per target node.
+pub struct Network {
+    pub(crate) inner: Weak<Inner>,
+}
+
+impl RaftNetworkFactory<Herald> for Network {
+    type Network = Client;
+
+    async fn new_client(&mut self, _target: u64, node: &Member) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            name: Arc::from(node.name.as_str()),
+        }
+    }
+}
+
+pub struct Client {
+    inner: Weak<Inner>,
+    name: Arc<str>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LinkFailure(String);
+
+impl Client {
+    async fn call<Req, Resp>(&self, kind: u32, req: &Req, timeout: Duration) -> Result<Resp, RPCError<Herald>>
+    where
+        Req: Serialize,
+        Result<Resp, RaftError<Herald>>: DeserializeOwned,
+    {
+        let unreachable = |e: String| RPCError::Unreachable(Unreachable::new(&LinkFailure(e)));
+        let Some(inner) = self.inner.upgrade() else {
+            return Err(unreachable("shutting down".into()));
+        };
+        let body = postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer = inner
+            .ask_within(
+                &self.name,
+                request::Body::Raft(wire::RaftRpc {
+                    kind,
+                    body: body.into(),
+                }),
+                timeout,
+            )
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response::Body::Raft(bytes) = answer else {
+            return Err(unreachable(format!("unexpected answer from {}", self.name)));
+        };
+        let result: Result<Resp, RaftError<Herald>> =
+            postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<Herald> for Client {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Herald>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<Herald>, RPCError<Herald>> {
+        self.call(APPEND, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<Herald>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<Herald>, RPCError<Herald>> {
+        self.call(VOTE, &rpc, option.hard_ttl()).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<Herald>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<Herald>, RPCError<Herald>> {
+        self.call(PRE_VOTE, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::type_config::alias::SnapshotOf<Herald, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<Herald>, StreamingError<Herald>> {
+        let request = (vote, snapshot.meta, snapshot.snapshot.into_inner());
+        let call = self.call(SNAPSHOT, &request, option.hard_ttl().max(Duration::from_secs(30)));
+        tokio::pin!(cancel);
+        tokio::select! {
+            closed = &mut cancel => Err(StreamingError::Closed(closed)),
+            result = call => Ok(result?),
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<Herald>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<Herald>, RPCError<Herald>> {
+        self.call(TRANSFER, &rpc, option.hard_ttl()).await
+    }
+}
