@@ -70,6 +70,7 @@ pub async fn run(
         config.cluster.is_some(),
     )?;
     let replica_store = store.clone();
+    let cluster_shutdown = CancellationToken::new();
     let node = match &config.cluster {
         Some(cluster) => NodeId::named(&cluster.node_name),
         None => NodeId::random(),
@@ -77,7 +78,8 @@ pub async fn run(
     let broker = Arc::new(Broker::new(config.clone(), node, Arc::new(Hub::default()), store));
     // The cluster joins before clients are accepted, so that every interest change reaches it.
     if let Some(cluster_config) = &config.cluster {
-        let cluster = crate::cluster::Cluster::start(cluster_config, shutdown.clone()).await?;
+        // The cluster stops after the clients are gone (see below), not with the listener.
+        let cluster = crate::cluster::Cluster::start(cluster_config, cluster_shutdown.clone()).await?;
         broker.attach_cluster(cluster.clone());
         cluster.start_replica(&replica_store, config.storage.durability).await?;
     }
@@ -147,6 +149,8 @@ pub async fn run(
         tracing::warn!("some connections did not close within {grace:?}");
     }
     if let Some(cluster) = broker.cluster() {
+        // Leaves the membership (the others learn of it at once) and stops the links.
+        cluster_shutdown.cancel();
         cluster.stop_replica().await;
     }
     match broker.close().await {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Broker;
-use crate::hub::Prepared;
+use crate::hub::{Prepared, PushKind};
 use crate::store::{CommitGroup, CommitHook};
 
 /// The receiving end of the store's commit hook, for [`Broker::run_fan_out`].
@@ -56,9 +56,37 @@ impl Broker {
     /// channel's order: commit order for streams (only the fan-out task calls it for them),
     /// the publisher's order for channels without history. Never blocks.
     pub fn fan_out(&self, channel: &str, push: &Arc<Prepared>) {
-        self.hub.broadcast(channel, push);
-        if let Some(cluster) = self.cluster.get() {
-            cluster.route(channel, push.push(), push.epoch());
+        let Some(cluster) = self.cluster.get() else {
+            self.hub.broadcast(channel, push);
+            return;
+        };
+        self.deliver_once(channel, push);
+        cluster.route(channel, push.push(), push.epoch());
+    }
+
+    /// Hands a push to this node's subscribers unless they already had this publication: in a
+    /// cluster, a new leader delivers again what it applied while following (its predecessor
+    /// may have died before delivering it), so a position of a stream can arrive twice.
+    pub(super) fn deliver_once(&self, channel: &str, push: &Arc<Prepared>) {
+        let position = match &push.kind {
+            PushKind::Publication { epoch, offset } if !epoch.is_empty() && *offset > 0 => Some((epoch, *offset)),
+            _ => None,
+        };
+        let Some((epoch, offset)) = position else {
+            self.hub.broadcast(channel, push);
+            return;
+        };
+        let seen = self.delivered.lock().get(channel).cloned();
+        if let Some((last_epoch, last)) = seen {
+            if *last_epoch == **epoch && offset <= last {
+                return;
+            }
+        }
+        // Only channels with local subscribers are remembered (forgotten with their last one).
+        if self.hub.broadcast(channel, push) > 0 {
+            self.delivered
+                .lock()
+                .insert(Arc::from(channel), (epoch.clone(), offset));
         }
     }
 

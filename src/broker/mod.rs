@@ -144,6 +144,9 @@ pub struct Recovery {
     pub recovered: bool,
 }
 
+/// A stream's (epoch, offset).
+type StreamPosition = (Arc<str>, u64);
+
 pub struct Broker {
     config: Arc<Config>,
     node: NodeId,
@@ -153,6 +156,9 @@ pub struct Broker {
     started: Instant,
     /// Set once at startup when the config has `[cluster]`.
     cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// In a cluster: the last position of each channel with history handed to local
+    /// subscribers (see [`Broker::deliver_once`]).
+    delivered: parking_lot::Mutex<HashMap<Arc<str>, StreamPosition>>,
 }
 
 impl Broker {
@@ -167,6 +173,7 @@ impl Broker {
             sessions: Registry::default(),
             started: Instant::now(),
             cluster: OnceLock::new(),
+            delivered: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -502,6 +509,9 @@ impl Broker {
     #[inline]
     fn interest_changed(&self, channel: &str, change: Interest) {
         if let Some(cluster) = self.cluster.get() {
+            if change == Interest::Lost {
+                self.delivered.lock().remove(channel);
+            }
             cluster.interest_changed(channel, change == Interest::Gained);
         }
     }

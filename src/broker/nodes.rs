@@ -45,7 +45,7 @@ impl Local for Broker {
         let channel = push.channel.clone();
         let push = Prepared::from_push(push, Arc::from(epoch));
         // Local subscribers only: a peer's push is never routed on.
-        self.hub.broadcast(&channel, &push);
+        self.deliver_once(&channel, &push);
     }
 
     fn answer(&self, request: request::Body) -> Pin<Box<dyn Future<Output = response::Body> + Send + '_>> {

@@ -441,7 +441,7 @@ async fn answer(inner: &Arc<Inner>, body: Option<request::Body>) -> response::Bo
                 Ok(command) => command,
                 Err(e) => return response::Body::Error(format!("undecodable command: {e}")),
             };
-            match replica.propose(command).await {
+            match replica.propose(command, inner.config.forward_timeout).await {
                 Ok(outcome) => match postcard::to_stdvec(&outcome) {
                     Ok(bytes) => response::Body::Outcome(bytes.into()),
                     Err(e) => response::Body::Error(e.to_string()),
@@ -551,7 +551,7 @@ pub(super) async fn answer_stream(inner: &Arc<Inner>, query: wire::StreamQuery) 
     if !replica.leads() {
         return response::Body::NotLeader(replica.leader().unwrap_or_default());
     }
-    match replica.linearize().await {
+    match replica.linearize(inner.config.forward_timeout).await {
         Ok(()) => {}
         Err(super::raft::ProposeError::NotLeader(leader)) => {
             return response::Body::NotLeader(leader.unwrap_or_default())

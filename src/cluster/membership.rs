@@ -150,7 +150,19 @@ pub(super) async fn run(inner: Arc<Inner>, socket: UdpSocket) {
 /// How often a node without live members announces itself to its seeds.
 const REANNOUNCE: Duration = Duration::from_secs(1);
 
+/// Announces this node to its seeds and, when it has been alone, to every member it knew
+/// (down now): after a full outage the nodes find each other again whichever comes back first.
 fn announce(swim: &mut Swim, seeds: &[SocketAddr], runtime: &mut AccumulatingRuntime<Identity>) {
+    let known: Vec<Identity> = swim
+        .iter_membership_state()
+        .filter(|m| !m.id().name.is_empty() && !seeds.contains(&m.id().addr))
+        .map(|m| m.id().clone())
+        .collect();
+    for member in known {
+        if let Err(e) = swim.announce(member, &mut *runtime) {
+            tracing::debug!(error = %e, "cluster: cannot announce to a known member");
+        }
+    }
     for addr in seeds {
         let seed = Identity {
             name: String::new(),

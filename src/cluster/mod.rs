@@ -267,7 +267,10 @@ impl Cluster {
         loop {
             let attempt = match self.inner.leader_target() {
                 None => Attempt::Retry,
-                Some(Target::Here(replica)) => match replica.propose(command.clone()).await {
+                Some(Target::Here(replica)) => match replica
+                    .propose(command.clone(), deadline.saturating_duration_since(Instant::now()))
+                    .await
+                {
                     Ok(outcome) => return Ok(outcome),
                     Err(ProposeError::NotLeader(leader)) => self.inner.hint(leader),
                     Err(ProposeError::Failed(e)) => return Err(ReplicateError::Failed(e)),

@@ -564,6 +564,15 @@ impl Store {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
+    /// Hands publications appended earlier to the commit hook again, in order, after what is
+    /// being applied now (a new leader delivering what it applied while following).
+    pub async fn redeliver(&self, commits: Vec<Committed>) -> Result<(), StoreError> {
+        self.ops
+            .send(writer::Op::Redeliver { commits })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
     /// Every record of the streams (a replication snapshot), read between two batches.
     pub async fn dump(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.call(|reply| writer::Op::Dump { reply }).await

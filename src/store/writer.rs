@@ -87,6 +87,11 @@ pub(super) enum Op {
         deliver: bool,
         reply: Reply<()>,
     },
+    /// Hands publications appended earlier to the commit hook again, in this order, after
+    /// the batch's own (a new leader delivering what it applied while following).
+    Redeliver {
+        commits: Vec<Committed>,
+    },
     /// Every record of the streams tree but the writer's own (a replication snapshot), read
     /// between two batches.
     Dump {
@@ -229,6 +234,7 @@ enum Done {
     Quiet(Reply<Appended>, Position),
     Unit(Reply<()>),
     Records(Reply<Vec<(Vec<u8>, Vec<u8>)>>, Vec<(Vec<u8>, Vec<u8>)>),
+    Redeliver(Vec<Committed>),
     Duplicate(Reply<Appended>, Position),
     Position(Reply<Position>, Position),
     Count(Reply<usize>, usize),
@@ -251,6 +257,7 @@ impl Op {
             }
             Op::Dump { reply } => drop(reply.send(Err(error))),
             Op::Install { reply, .. } => drop(reply.send(Err(error))),
+            Op::Redeliver { .. } => {}
         }
     }
 }
@@ -262,6 +269,7 @@ impl Done {
             Done::Append(r, _) | Done::Duplicate(r, _) | Done::Quiet(r, _) => drop(r.send(Err(err()))),
             Done::Unit(r) => drop(r.send(Err(err()))),
             Done::Records(r, _) => drop(r.send(Err(err()))),
+            Done::Redeliver(_) => {}
             Done::Position(r, _) => drop(r.send(Err(err()))),
             Done::Count(r, _) => drop(r.send(Err(err()))),
             Done::Flush(r) => drop(r.send(Err(err()))),
@@ -502,6 +510,7 @@ impl Writer {
                 Done::Count(reply, n) => drop(reply.send(Ok(n))),
                 Done::Flush(reply) | Done::Unit(reply) => drop(reply.send(Ok(()))),
                 Done::Records(reply, records) => drop(reply.send(Ok(records))),
+                Done::Redeliver(commits) => group.commits.extend(commits),
             }
         }
         // The hook only queues the group (see `broker::fanout`): delivery and the publishers'
@@ -606,6 +615,7 @@ impl Writer {
                 s.wrote = true;
                 Some(Done::Unit(reply))
             }
+            Op::Redeliver { commits } => Some(Done::Redeliver(commits)),
             Op::Dump { reply } => {
                 let records = self
                     .tree

@@ -562,6 +562,8 @@ impl Client {
 }
 
 /// Command builders.
+pub mod checker;
+
 pub mod cmd {
     use bytes::Bytes;
     use herald::protocol::proto::*;
@@ -765,11 +767,17 @@ impl Cluster {
         cluster
     }
 
-    /// Node `i`'s whole config, with `secret`.
+    /// Node `i`'s whole config, with `secret`. Node 0 has no seeds: it starts the replicated
+    /// log; the others join through it.
     pub fn node_config(&self, i: usize, secret: &str) -> String {
+        let seeds = if i == 0 {
+            String::new()
+        } else {
+            format!("\"{}\"", self.addresses[0])
+        };
         format!(
-            "{}\n[cluster]\nnode_name = \"node{i}\"\nbind = \"{}\"\nseeds = [\"{}\"]\nsecret = \"{secret}\"\n{}\n",
-            self.base, self.addresses[i], self.addresses[0], self.extra
+            "{}\n[cluster]\nnode_name = \"node{i}\"\nbind = \"{}\"\nseeds = [{seeds}]\nsecret = \"{secret}\"\n{}\n",
+            self.base, self.addresses[i], self.extra
         )
     }
 
@@ -827,5 +835,63 @@ impl Node {
             .iter()
             .find(|m| m["name"] == name)
             .and_then(|m| m["state"].as_str().map(str::to_owned))
+    }
+}
+
+impl Node {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Cluster {
+    /// The index of the node that leads the replicated log, as the running nodes report it
+    /// (a leader that any running node names and that says so itself).
+    pub fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_running())
+            .find(|(_, n)| n.cluster_status()["role"] == "leader")
+            .map(|(i, _)| i)
+    }
+
+    /// Waits until some node leads and every running node names it, with `voters` voters.
+    pub async fn leader_elected(&self, voters: usize, timeout: Duration) -> usize {
+        let mut found = None;
+        let ok = eventually(timeout, || {
+            found = None;
+            let statuses: Vec<(usize, Value)> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.is_running())
+                .map(|(i, n)| (i, n.cluster_status()))
+                .collect();
+            let leader = statuses
+                .iter()
+                .find(|(_, s)| s["role"] == "leader")
+                .map(|(i, s)| (*i, s.clone()));
+            if let Some((i, status)) = leader {
+                let name = format!("node{i}");
+                let agreed = statuses.iter().all(|(_, s)| s["leader"] == name.as_str());
+                if agreed && status["voters"].as_array().is_some_and(|v| v.len() == voters) {
+                    found = Some(i);
+                }
+            }
+            let done = found.is_some();
+            async move { done }
+        })
+        .await;
+        if !ok {
+            let statuses: Vec<Value> = self
+                .nodes
+                .iter()
+                .filter(|n| n.is_running())
+                .map(|n| n.cluster_status())
+                .collect();
+            panic!("no leader with {voters} voters within {timeout:?}: {statuses:#?}");
+        }
+        found.unwrap()
     }
 }

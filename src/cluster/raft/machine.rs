@@ -9,10 +9,11 @@
 //! the links. A leadership change can therefore skip a delivery; a subscriber sees the gap in
 //! offsets and is told (2500), and its SDK recovers from history.
 
+use std::collections::VecDeque;
 use std::io::{self, Cursor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -22,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{Appended, Command, Herald, LogId, Outcome, SnapshotMeta, StoredMembership};
 use crate::protocol::proto::Publication;
-use crate::store::{self, GroupOp, GroupOutcome, Idempotency, Retention, Stamp, Store};
+use crate::store::{self, Committed, GroupOp, GroupOutcome, Idempotency, Retention, Stamp, Store};
 
 /// The key, in the streams tree, of the last applied log id and membership.
 pub const APPLIED: &[u8] = b"r";
@@ -40,11 +41,20 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
 /// The last snapshot built or installed: its meta and its bytes.
 type Snapshot = (SnapshotMeta, Vec<u8>);
 
+/// Publications applied while following, kept for a while: a node that becomes leader
+/// delivers them again, since its predecessor may have died before delivering them (receivers
+/// skip what they already have).
+const RECENT: usize = 4096;
+const RECENT_FOR: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct Machine {
     store: Store,
     /// Set while this node leads: only then does its apply deliver.
     leading: Arc<AtomicBool>,
+    /// Whether the last apply delivered.
+    delivered: Arc<AtomicBool>,
+    recent: Arc<parking_lot::Mutex<VecDeque<(Instant, Committed)>>>,
     current: Arc<parking_lot::Mutex<Option<Snapshot>>>,
 }
 
@@ -53,6 +63,8 @@ impl Machine {
         Self {
             store,
             leading,
+            delivered: Arc::new(AtomicBool::new(false)),
+            recent: Arc::new(parking_lot::Mutex::new(VecDeque::new())),
             current: Arc::new(parking_lot::Mutex::new(None)),
         }
     }
@@ -155,6 +167,32 @@ fn outcome(command: &Command, results: Vec<Result<GroupOutcome, store::StoreErro
     }
 }
 
+/// Keeps, for a later leadership, the publications a quiet apply appended (in reverse order of
+/// entries, each entry's publications in order reversed too: `quiet` is reversed once at the end).
+fn remember(
+    entries: &[super::types::Entry],
+    results: &[Result<GroupOutcome, store::StoreError>],
+    quiet: &mut Vec<Committed>,
+) {
+    for (entry, result) in entries.iter().zip(results).rev() {
+        let Ok(GroupOutcome::Appended(appended)) = result else {
+            continue;
+        };
+        if appended.duplicate || appended.position.offset == 0 {
+            continue;
+        }
+        let Ok(mut publication) = Publication::decode(entry.publication.as_slice()) else {
+            continue;
+        };
+        publication.offset = appended.position.offset;
+        quiet.push(Committed {
+            channel: Arc::from(entry.channel.as_str()),
+            epoch: appended.position.epoch.clone(),
+            publication,
+        });
+    }
+}
+
 impl RaftSnapshotBuilder<Herald> for Machine {
     type SnapshotData = Cursor<Vec<u8>>;
 
@@ -225,6 +263,26 @@ impl RaftStateMachine<Herald> for Machine {
         }
         let meta = vec![(APPLIED.to_vec(), postcard::to_stdvec(&applied).map_err(invalid)?)];
         let deliver = self.leading.load(Ordering::Relaxed);
+        if deliver && !self.delivered.swap(true, Ordering::Relaxed) {
+            // Just became leader: first deliver what was applied while following.
+            let now = Instant::now();
+            let replay: Vec<Committed> = self
+                .recent
+                .lock()
+                .drain(..)
+                .filter(|(at, _)| now.duration_since(*at) < RECENT_FOR)
+                .map(|(_, c)| c)
+                .collect();
+            if !replay.is_empty() {
+                tracing::info!(
+                    publications = replay.len(),
+                    "cluster: leading now; delivering again what was applied while following"
+                );
+                self.store.redeliver(replay).await.map_err(io::Error::other)?;
+            }
+        } else if !deliver {
+            self.delivered.store(false, Ordering::Relaxed);
+        }
         let mut results = self
             .store
             .apply_group(ops, meta, deliver)
@@ -232,8 +290,12 @@ impl RaftStateMachine<Herald> for Machine {
             .map_err(io::Error::other)?;
         // Answer each entry with its slice of the results, from the last one backwards.
         let mut answers = Vec::with_capacity(spans.len());
+        let mut quiet = Vec::new();
         for (command, start, responder, failed) in spans.into_iter().rev() {
             let mine = results.split_off(start.min(results.len()));
+            if let (false, Some(Command::Publish(entries))) = (deliver, &command) {
+                remember(entries, &mine, &mut quiet);
+            }
             let outcome = match (command, failed) {
                 (_, Some(e)) => Outcome::Failed(e),
                 (Some(command), None) => outcome(&command, mine),
@@ -244,6 +306,19 @@ impl RaftStateMachine<Herald> for Machine {
         for (responder, outcome) in answers.into_iter().rev() {
             if let Some(responder) = responder {
                 responder.send(outcome);
+            }
+        }
+        if !quiet.is_empty() {
+            let now = Instant::now();
+            let mut recent = self.recent.lock();
+            // `quiet` holds the entries from the last one backwards.
+            recent.extend(quiet.into_iter().rev().map(|c| (now, c)));
+            while recent.len() > RECENT
+                || recent
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) >= RECENT_FOR)
+            {
+                recent.pop_front();
             }
         }
         Ok(())

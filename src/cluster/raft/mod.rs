@@ -139,9 +139,16 @@ impl Replica {
             .map(|m| m.name.clone())
     }
 
-    /// Appends a command and waits until it is applied here (this node must lead).
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ProposeError> {
-        match self.raft.client_write(command).await {
+    /// Appends a command and waits until it is applied here (this node must lead), at most
+    /// `timeout`: a leader cut off from its majority never commits, and its caller is told
+    /// (the outcome is then unknown).
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<Outcome, ProposeError> {
+        let Ok(written) = tokio::time::timeout(timeout, self.raft.client_write(command)).await else {
+            return Err(ProposeError::Failed(format!(
+                "not committed within {timeout:?} (is this leader cut off from its majority?)"
+            )));
+        };
+        match written {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ProposeError::NotLeader(forward.leader_node.map(|m| m.name)))
@@ -151,11 +158,17 @@ impl Replica {
     }
 
     /// Waits until a read here sees everything committed before the call (this node leads).
-    pub async fn linearize(&self) -> Result<(), ProposeError> {
+    pub async fn linearize(&self, timeout: Duration) -> Result<(), ProposeError> {
         if self.raft.ensure_linearizable(ReadPolicy::LeaseRead).await.is_ok() {
             return Ok(());
         }
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        let Ok(confirmed) = tokio::time::timeout(timeout, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await
+        else {
+            return Err(ProposeError::Failed(format!(
+                "leadership not confirmed within {timeout:?}"
+            )));
+        };
+        match confirmed {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(openraft::errors::LinearizableReadError::ForwardToLeader(forward))) => {
                 Err(ProposeError::NotLeader(forward.leader_node.map(|m| m.name)))

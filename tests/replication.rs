@@ -1,0 +1,500 @@
+//! Replicated streams (issue 10, item 5): channels with history sequenced by the Raft group,
+//! under faults. Every scenario runs the checker (tests/common/checker.rs) over real SDK-like
+//! WebSocket subscribers and API publishers on every node.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::checker::{self, Addresses, Publishes, Subscriber};
+use common::*;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+[client]
+token_hmac_secret = "test-secret"
+[api]
+key = "test-api-key"
+[channels.namespaces.hist]
+history_size = 100000
+history_ttl = "1h"
+force_recovery = true
+allow_subscribe_for_client = true
+allow_history_for_client = true
+allow_publish_for_client = true
+"#;
+
+/// Faster failure detection, a shorter wait for a leader, quick voter replacement.
+const TIMING: &str =
+    "probe_interval = \"200ms\"\nprobe_timeout = \"100ms\"\nsuspect_timeout = \"1s\"\nforward_timeout = \"4s\"";
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// These tests run one at a time: each starts several nodes whose elections and failure
+/// detectors must not starve each other on a 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn addresses(cluster: &Cluster) -> Addresses {
+    Arc::new(Mutex::new(
+        cluster.nodes.iter().map(|n| n.is_running().then_some(n.addr)).collect(),
+    ))
+}
+
+/// Publishes `{"id": …}` to `channel` through node `node`'s API; records the outcome.
+async fn publish(address: std::net::SocketAddr, channel: &str, id: &str, publishes: &Mutex<Publishes>) -> bool {
+    let client = reqwest::Client::new();
+    let sent = client
+        .post(format!("http://{address}/api/publish"))
+        .header("X-API-Key", API_KEY)
+        .timeout(Duration::from_secs(10))
+        .json(&json!({"channel": channel, "data": {"id": id}}))
+        .send()
+        .await;
+    let reply: Option<Value> = match sent {
+        Ok(response) => response.json().await.ok(),
+        Err(_) => None,
+    };
+    let mut publishes = publishes.lock();
+    match reply.as_ref().and_then(|r| r.get("result")) {
+        Some(result) if result["epoch"].is_string() => {
+            let position = (
+                result["epoch"].as_str().unwrap().to_owned(),
+                result["offset"].as_u64().unwrap(),
+            );
+            publishes.acked.insert(id.to_owned(), position);
+            true
+        }
+        _ => {
+            publishes.unknown.insert(id.to_owned());
+            false
+        }
+    }
+}
+
+/// The whole history of `channel` as node `node` serves it, page by page.
+async fn history(node: &Node, channel: &str) -> Vec<(String, u64, String)> {
+    let mut all = Vec::new();
+    let mut since: Option<(String, u64)> = None;
+    loop {
+        let mut body = json!({"channel": channel, "limit": 300});
+        if let Some((epoch, offset)) = &since {
+            body["since"] = json!({"epoch": epoch, "offset": offset});
+        }
+        let (status, reply) = node.api("history", body).await;
+        assert_eq!(status, 200, "{reply}");
+        let result = &reply["result"];
+        let epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
+        let page = result["publications"].as_array().cloned().unwrap_or_default();
+        for p in &page {
+            all.push((
+                epoch.clone(),
+                p["offset"].as_u64().unwrap(),
+                p["data"]["id"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        match page.last() {
+            Some(last) if page.len() == 300 => since = Some((epoch, last["offset"].as_u64().unwrap())),
+            _ => return all,
+        }
+    }
+}
+
+/// Waits until every subscriber got every acknowledged publication.
+async fn caught_up(subscribers: &[Subscriber], publishes: &Mutex<Publishes>) {
+    let owed: Vec<HashSet<String>> = subscribers.iter().map(|s| s.owed(&publishes.lock())).collect();
+    let ok = eventually(CONVERGE, || async {
+        subscribers
+            .iter()
+            .zip(&owed)
+            .all(|(s, owed)| owed.is_subset(&s.delivered()))
+    })
+    .await;
+    if !ok {
+        for (s, owed) in subscribers.iter().zip(&owed) {
+            let delivered = s.delivered();
+            let missing: Vec<&String> = owed.difference(&delivered).take(10).collect();
+            if !missing.is_empty() {
+                let events = s.events.lock();
+                eprintln!(
+                    "{} misses {missing:?}; first events: {:?}",
+                    s.name,
+                    &events[..events.len().min(6)]
+                );
+            }
+        }
+        panic!("subscribers did not get every acknowledged publication");
+    }
+}
+
+async fn verify(
+    cluster: &Cluster,
+    channel: &str,
+    publishes: Mutex<Publishes>,
+    subscribers: Vec<Subscriber>,
+) -> Publishes {
+    caught_up(&subscribers, &publishes).await;
+    let mut histories = Vec::new();
+    for node in cluster.nodes.iter().filter(|n| n.is_running()) {
+        histories.push(history(node, channel).await);
+    }
+    let mut events = Vec::new();
+    for s in subscribers {
+        let name = s.name.clone();
+        events.push((name, s.stop().await));
+    }
+    let publishes = publishes.into_inner();
+    let problems = checker::check(&publishes, &histories, &events);
+    assert!(
+        problems.is_empty(),
+        "checker found {} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    publishes
+}
+
+/// Scenario (a) for channels with history: subscribers on every node, publishers through
+/// every node; one sequence, delivered once and in order everywhere; a repeated idempotency key
+/// on another node returns the first position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_channels_are_sequenced_once_for_every_node() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    let addresses = addresses(&cluster);
+    let channel = "hist:a";
+    let subscribers: Vec<Subscriber> = (0..3)
+        .map(|i| {
+            Subscriber::spawn(
+                &format!("sub{i}"),
+                addresses.clone(),
+                i,
+                channel,
+                user_token(&format!("u{i}")),
+            )
+        })
+        .collect();
+    // Every subscriber is in place (its first subscribe answered) before publishing.
+    let ready = eventually(CONVERGE, || async {
+        subscribers.iter().all(|s| !s.events.lock().is_empty())
+    })
+    .await;
+    assert!(ready);
+    let publishes = Mutex::new(Publishes::default());
+    for round in 0..20 {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            assert!(publish(node.addr, channel, &format!("p{i}-{round}"), &publishes).await);
+        }
+    }
+    // Idempotency across nodes: the repeat returns the first position.
+    let first = node_publish(
+        &cluster.nodes[0],
+        json!({"channel": channel, "data": {"id": "once"}, "idempotency_key": "k1"}),
+    )
+    .await;
+    let again = node_publish(
+        &cluster.nodes[2],
+        json!({"channel": channel, "data": {"id": "twice"}, "idempotency_key": "k1"}),
+    )
+    .await;
+    assert_eq!(first, again);
+    publishes.lock().acked.insert(
+        "once".into(),
+        (
+            first["epoch"].as_str().unwrap().into(),
+            first["offset"].as_u64().unwrap(),
+        ),
+    );
+    let publishes = verify(&cluster, channel, publishes, subscribers).await;
+    let epochs: HashSet<&String> = publishes.acked.values().map(|(e, _)| e).collect();
+    assert_eq!(epochs.len(), 1);
+    let offsets: Vec<u64> = {
+        let mut o: Vec<u64> = publishes.acked.values().map(|(_, o)| *o).collect();
+        o.sort();
+        o
+    };
+    assert_eq!(offsets, (1..=61).collect::<Vec<u64>>());
+}
+
+/// The last lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+async fn node_publish(node: &Node, body: Value) -> Value {
+    let (status, reply) = node.api("publish", body).await;
+    assert_eq!(status, 200, "{reply}");
+    reply["result"].clone()
+}
+
+/// A positioned subscribe on a node that does not lead is answered only once the leader knows
+/// of that node's interest: a publication made right after the answer is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_right_after_a_subscribe_on_a_follower_is_delivered() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let follower = (leader + 1) % 3;
+    let publisher = (leader + 2) % 3;
+    let mut client = Client::connected(&cluster.nodes[follower], herald::protocol::Format::Json, "w").await;
+    for i in 0..25 {
+        let channel = format!("hist:window{i}");
+        let reply = client
+            .call(cmd::subscribe_with(herald::protocol::proto::SubscribeRequest {
+                channel: channel.clone(),
+                recoverable: true,
+                positioned: true,
+                ..Default::default()
+            }))
+            .await;
+        assert!(reply.error.is_none(), "{:?}", reply.error);
+        node_publish(
+            &cluster.nodes[publisher],
+            json!({"channel": channel, "data": {"id": i}}),
+        )
+        .await;
+        let publication = client.next_publication().await;
+        assert_eq!(publication.offset, 1, "round {i}");
+        assert_eq!(data_of(&publication), json!({"id": i}));
+    }
+}
+
+/// Scenario (b): the leader is killed (-9) again and again while every node publishes and
+/// subscribers follow; each killed node comes back. No acknowledged publication is lost, no
+/// position holds two payloads, subscribers see every gap signalled, and the epoch never
+/// changes. Rounds: `HERALD_KILL_ROUNDS` (default 20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kills_lose_no_acknowledged_publication_and_keep_the_epoch() {
+    let _serial = SERIAL.lock().await;
+    let rounds: usize = std::env::var("HERALD_KILL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let mut cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    let addresses = addresses(&cluster);
+    let channel = "hist:kills";
+    let subscribers: Vec<Subscriber> = (0..3)
+        .map(|i| {
+            Subscriber::spawn(
+                &format!("sub{i}"),
+                addresses.clone(),
+                i,
+                channel,
+                user_token(&format!("u{i}")),
+            )
+        })
+        .collect();
+    let publishes = Arc::new(Mutex::new(Publishes::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut publishers = Vec::new();
+    for i in 0..3 {
+        let (addresses, publishes, stop) = (addresses.clone(), publishes.clone(), stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() && n < 100_000 {
+                let address = addresses.lock()[i];
+                match address {
+                    Some(address) => {
+                        publish(address, channel, &format!("p{i}-{n}"), &publishes).await;
+                        n += 1;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+    let mut outages = Vec::new();
+    for round in 0..rounds {
+        let leader = cluster.leader_elected(3, CONVERGE).await;
+        let acked_before = publishes.lock().acked.len();
+        cluster.nodes[leader].kill();
+        addresses.lock()[leader] = None;
+        let killed = Instant::now();
+        // Publishes are accepted again once a new leader is in place.
+        let resumed = eventually(CONVERGE, || async { publishes.lock().acked.len() > acked_before + 3 }).await;
+        assert!(resumed, "round {round}: no publish accepted after the kill");
+        outages.push(killed.elapsed());
+        cluster.nodes[leader].restart_after_kill();
+        addresses.lock()[leader] = Some(cluster.nodes[leader].addr);
+        cluster.converged(CONVERGE).await;
+    }
+    stop.cancel();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    cluster.leader_elected(3, CONVERGE).await;
+    let publishes = Arc::try_unwrap(publishes).map_err(|_| ()).unwrap();
+    let acked = publishes.lock().acked.len();
+    let publishes = verify(&cluster, channel, publishes, subscribers).await;
+    let epochs: HashSet<&String> = publishes.acked.values().map(|(e, _)| e).collect();
+    assert_eq!(epochs.len(), 1, "the epoch changed");
+    outages.sort();
+    eprintln!(
+        "{rounds} leader kills: {acked} acknowledged publications, {} unknown; kill to publishes accepted again: median {:?}, max {:?}",
+        publishes.unknown.len(),
+        outages[outages.len() / 2],
+        outages.last().unwrap()
+    );
+}
+
+/// Scenario (e): a fourth node joins under load: it becomes an edge node (three voters stay),
+/// its subscriber receives, and what is published through it is sequenced with the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_joins_under_load_as_an_edge_node() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    let channel = "hist:join";
+    let addresses = addresses(&cluster);
+    let mut subscribers = vec![Subscriber::spawn(
+        "sub0",
+        addresses.clone(),
+        0,
+        channel,
+        user_token("u0"),
+    )];
+    let publishes = Arc::new(Mutex::new(Publishes::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (addresses, publishes, stop) = (addresses.clone(), publishes.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() && n < 100_000 {
+                let address = addresses.lock()[n % 3].unwrap();
+                publish(address, channel, &format!("load-{n}"), &publishes).await;
+                n += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let joined = Instant::now();
+    let i = cluster.add_node();
+    cluster.converged(CONVERGE).await;
+    eprintln!("fourth node converged {:?} after it started", joined.elapsed());
+    addresses.lock().push(Some(cluster.nodes[i].addr));
+    subscribers.push(Subscriber::spawn(
+        "sub3",
+        addresses.clone(),
+        3,
+        channel,
+        user_token("u3"),
+    ));
+    let ready = eventually(CONVERGE, || async { !subscribers[1].events.lock().is_empty() }).await;
+    assert!(ready);
+    for n in 0..20 {
+        assert!(publish(cluster.nodes[i].addr, channel, &format!("edge-{n}"), &publishes).await);
+    }
+    stop.cancel();
+    load.await.unwrap();
+    let status = cluster.nodes[i].cluster_status();
+    assert_eq!(status["role"], "edge", "{status:#}");
+    let voters = cluster.nodes[0].cluster_status()["voters"].clone();
+    assert_eq!(voters.as_array().unwrap().len(), 3, "{voters}");
+    assert!(!voters.as_array().unwrap().contains(&json!("node3")));
+    let publishes = Arc::try_unwrap(publishes).map_err(|_| ()).unwrap();
+    verify(&cluster, channel, publishes, subscribers).await;
+}
+
+/// A full-cluster restart (SIGTERM on every node, then start them all): the group elects a
+/// leader again from what the nodes stored, and the stream keeps its publications and epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_cluster_restart_keeps_streams_and_epochs() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    let mut positions = BTreeMap::new();
+    for n in 0..10 {
+        let result = node_publish(
+            &cluster.nodes[n % 3],
+            json!({"channel": "hist:restart", "data": {"id": n.to_string()}}),
+        )
+        .await;
+        positions.insert(n, (result["epoch"].clone(), result["offset"].clone()));
+    }
+    for node in &mut cluster.nodes {
+        assert!(node.terminate(), "{}", node.log());
+    }
+    for node in &mut cluster.nodes {
+        node.restart_after_kill();
+    }
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    for node in &cluster.nodes {
+        let history = history(node, "hist:restart").await;
+        assert_eq!(history.len(), 10);
+        for (epoch, offset, id) in history {
+            let n: usize = id.parse().unwrap_or_else(|_| panic!("{id}"));
+            let _ = n;
+            let expected = positions.values().find(|(_, o)| o.as_u64() == Some(offset)).unwrap();
+            assert_eq!(expected.0, epoch.as_str());
+        }
+    }
+    let next = node_publish(
+        &cluster.nodes[1],
+        json!({"channel": "hist:restart", "data": {"id": 10}}),
+    )
+    .await;
+    assert_eq!(next["offset"], 11);
+    assert_eq!(next["epoch"], positions[&0].0);
+}
+
+/// Without a quorum, a publish to a channel with history waits `cluster.forward_timeout`,
+/// then fails with 100 and a log line; `/health` answers 503 with the reason. Channels without
+/// history keep working. Once a majority is back, publishes are accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_history_publishes_fail_with_100_and_health_says_why() {
+    let _serial = SERIAL.lock().await;
+    const CONFIG_PLAIN: &str = "[channels.namespaces.plain]\nallow_subscribe_for_client = true\n";
+    let config = format!("{CONFIG}{CONFIG_PLAIN}");
+    let timing = TIMING.replace("forward_timeout = \"4s\"", "forward_timeout = \"1s\"");
+    let mut cluster = Cluster::start(3, &config, &timing);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let survivor = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.nodes[leader].kill();
+    cluster.nodes[other].kill();
+    let node = &cluster.nodes[survivor];
+    let unhealthy = eventually(CONVERGE, || async {
+        let response = reqwest::get(node.http("/health")).await.unwrap();
+        response.status() == 503
+    })
+    .await;
+    assert!(unhealthy, "health stayed 200 without a quorum");
+    let health: Value = reqwest::get(node.http("/health")).await.unwrap().json().await.unwrap();
+    assert!(health["cluster"].is_string(), "{health}");
+    let started = Instant::now();
+    let (status, reply) = node.api("publish", json!({"channel": "hist:q", "data": {}})).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["error"]["code"], 100, "{reply}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(node.log().contains("no leader of the replicated log"), "no log line");
+    // Without history: no sequencer needed.
+    let (_, reply) = node.api("publish", json!({"channel": "plain:q", "data": {}})).await;
+    assert_eq!(reply["result"], json!({}), "{reply}");
+
+    cluster.nodes[other].restart_after_kill();
+    let back = eventually(CONVERGE, || async {
+        let (_, reply) = cluster.nodes[survivor]
+            .api("publish", json!({"channel": "hist:q", "data": {}}))
+            .await;
+        reply["result"]["offset"].is_u64()
+    })
+    .await;
+    assert!(
+        back,
+        "publishes not accepted with a majority back\n--- survivor:\n{}\n--- restarted:\n{}",
+        tail(&cluster.nodes[survivor].log()),
+        tail(&cluster.nodes[other].log())
+    );
+}
