@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project, on a fresh machine as on a developer's:
 #   1. formatting and lints (cargo fmt --check, clippy -D warnings);
-#   2. unit and integration tests (cargo test: real `herald` processes on 127.0.0.1);
+#   2. unit and integration tests (cargo test: real `herald` processes on loopback addresses;
+#      cluster tests run several nodes, each on its own 127.x.y.z; installs `nftables` with
+#      apt-get when `nft` is missing, for the partition test);
 #   3. the SDK conformance suites (tests/sdk/run.sh: npm `centrifuge`, PyPI `centrifuge-python`
 #      and `cent`, installed into tests/sdk/js/node_modules and tests/sdk/python/.venv);
 #   4. every fuzz target for 20 seconds (scripts/fuzz.sh; installs cargo-fuzz if missing).
@@ -18,6 +20,14 @@ step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
+# The cluster partition test (tests/partition.rs) cuts links between loopback addresses with
+# nftables rules of its own.
+if ! command -v nft >/dev/null 2>&1; then
+    sudo_if_needed=()
+    if [[ $(id -u) != 0 ]]; then sudo_if_needed=(sudo); fi
+    "${sudo_if_needed[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_if_needed[@]}" apt-get install -y -qq nftables >/dev/null
+fi
 cargo test --all-targets
 
 step "SDK conformance suites"

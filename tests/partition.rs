@@ -1,0 +1,216 @@
+//! Scenario (c) of issue 10: the leader is partitioned away from the others with nftables rules
+//! between the nodes' own loopback addresses, then healed. The minority side accepts no
+//! publish on a channel with history, the majority goes on, nobody writes two payloads at one
+//! position, and everything converges after the heal.
+//!
+//! Needs `nft` and the right to use it (root): the README's test command installs `nftables`
+//! when it is missing. The rules live in a table of their own, removed when the test ends,
+//! however it ends.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::process::Command as Process;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::checker::{self, Addresses, Publishes, Subscriber};
+use common::*;
+use parking_lot::Mutex;
+use serde_json::json;
+
+const CONFIG: &str = r#"
+[client]
+token_hmac_secret = "test-secret"
+[api]
+key = "test-api-key"
+[channels.namespaces.hist]
+history_size = 100000
+history_ttl = "1h"
+force_recovery = true
+allow_subscribe_for_client = true
+"#;
+
+const TIMING: &str = "probe_interval = \"200ms\"\nprobe_timeout = \"100ms\"\nsuspect_timeout = \"1s\"\nforward_timeout = \"2s\"";
+
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// nftables rules that drop traffic between pairs of addresses, in both directions; removed
+/// on drop.
+struct Partition {
+    table: String,
+}
+
+fn nft(args: &[&str]) {
+    let output = Process::new("nft")
+        .args(args)
+        .output()
+        .expect("running nft (the test command installs the nftables package)");
+    assert!(
+        output.status.success(),
+        "nft {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Partition {
+    fn cut(pairs: &[(IpAddr, IpAddr)]) -> Partition {
+        let table = format!("herald_test_{}", std::process::id());
+        nft(&["add", "table", "inet", &table]);
+        let partition = Partition { table };
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &partition.table,
+            "out",
+            "{ type filter hook output priority 0 ; policy accept ; }",
+        ]);
+        for (a, b) in pairs {
+            for (from, to) in [(a, b), (b, a)] {
+                let rule = format!("ip saddr {from} ip daddr {to} drop");
+                let mut args = vec!["add", "rule", "inet", partition.table.as_str(), "out"];
+                args.extend(rule.split(' '));
+                nft(&args);
+            }
+        }
+        partition
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Process::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+async fn publish(address: std::net::SocketAddr, channel: &str, id: &str, publishes: &Mutex<Publishes>) -> bool {
+    let sent = reqwest::Client::new()
+        .post(format!("http://{address}/api/publish"))
+        .header("X-API-Key", API_KEY)
+        .timeout(Duration::from_secs(10))
+        .json(&json!({"channel": channel, "data": {"id": id}}))
+        .send()
+        .await;
+    let reply: Option<serde_json::Value> = match sent {
+        Ok(response) => response.json().await.ok(),
+        Err(_) => None,
+    };
+    let mut publishes = publishes.lock();
+    match reply.as_ref().and_then(|r| r.get("result")) {
+        Some(result) if result["epoch"].is_string() => {
+            publishes.acked.insert(
+                id.to_owned(),
+                (result["epoch"].as_str().unwrap().to_owned(), result["offset"].as_u64().unwrap()),
+            );
+            true
+        }
+        _ => {
+            publishes.unknown.insert(id.to_owned());
+            false
+        }
+    }
+}
+
+async fn history(node: &Node, channel: &str) -> Vec<(String, u64, String)> {
+    let mut all = Vec::new();
+    let mut since: Option<(String, u64)> = None;
+    loop {
+        let mut body = json!({"channel": channel, "limit": 300});
+        if let Some((epoch, offset)) = &since {
+            body["since"] = json!({"epoch": epoch, "offset": offset});
+        }
+        let (_, reply) = node.api("history", body).await;
+        let result = &reply["result"];
+        let epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
+        let page = result["publications"].as_array().cloned().unwrap_or_default();
+        for p in &page {
+            all.push((
+                epoch.clone(),
+                p["offset"].as_u64().unwrap(),
+                p["data"]["id"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+        match page.last() {
+            Some(last) if page.len() == 300 => since = Some((epoch, last["offset"].as_u64().unwrap())),
+            _ => return all,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the_heal() {
+    let cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let addresses: Addresses = Arc::new(Mutex::new(cluster.nodes.iter().map(|n| Some(n.addr)).collect()));
+    let channel = "hist:split";
+    // Subscribers on the majority side (the minority's clients cannot be served history).
+    let subscribers: Vec<Subscriber> = others
+        .iter()
+        .map(|i| Subscriber::spawn(&format!("sub{i}"), addresses.clone(), *i, channel, user_token("u")))
+        .collect();
+    let ready = eventually(CONVERGE, || async { subscribers.iter().all(|s| !s.events.lock().is_empty()) }).await;
+    assert!(ready);
+    let publishes = Mutex::new(Publishes::default());
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[n % 3].addr, channel, &format!("before-{n}"), &publishes).await);
+    }
+
+    let ip = |i: usize| cluster.addresses[i].ip();
+    let partition = Partition::cut(&[(ip(leader), ip(others[0])), (ip(leader), ip(others[1]))]);
+    // The majority elects a leader of its own and takes publishes.
+    let mut n = 0;
+    let majority_leads = eventually(CONVERGE, || {
+        n += 1;
+        let address = cluster.nodes[others[n % 2]].addr;
+        let publishes = &publishes;
+        async move { publish(address, channel, &format!("majority-{n}"), publishes).await }
+    })
+    .await;
+    assert!(majority_leads, "the majority side did not take publishes");
+    // The old leader, cut off, acknowledges nothing.
+    for n in 0..3 {
+        let id = format!("minority-{n}");
+        let acked = publish(cluster.nodes[leader].addr, channel, &id, &publishes).await;
+        assert!(!acked, "the minority side acknowledged {id}");
+    }
+    for n in 0..10 {
+        publish(cluster.nodes[others[n % 2]].addr, channel, &format!("during-{n}"), &publishes).await;
+    }
+
+    drop(partition);
+    cluster.converged(CONVERGE).await;
+    let new_leader = cluster.leader_elected(3, CONVERGE).await;
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[n % 3].addr, channel, &format!("after-{n}"), &publishes).await);
+    }
+    let _ = new_leader;
+
+    let publishes = publishes.into_inner();
+    let acked: HashSet<String> = publishes.acked.keys().cloned().collect();
+    let owed: Vec<HashSet<String>> = subscribers.iter().map(|s| s.owed(&publishes)).collect();
+    let caught_up = eventually(CONVERGE, || async {
+        subscribers.iter().zip(&owed).all(|(s, owed)| owed.is_subset(&s.delivered()))
+    })
+    .await;
+    assert!(caught_up, "subscribers did not get every acknowledged publication");
+    let mut histories = Vec::new();
+    for node in &cluster.nodes {
+        histories.push(history(node, channel).await);
+    }
+    assert!(histories.windows(2).all(|w| w[0] == w[1]), "the nodes serve different histories");
+    let mut events = Vec::new();
+    for s in subscribers {
+        events.push((s.name.clone(), s.stop().await));
+    }
+    let problems = checker::check(&publishes, &histories, &events);
+    assert!(problems.is_empty(), "checker: {}", problems.join("\n"));
+    let epochs: HashSet<&String> = publishes.acked.values().map(|(e, _)| e).collect();
+    assert_eq!(epochs.len(), 1);
+    assert!(acked.iter().all(|id| !id.starts_with("minority")));
+}
