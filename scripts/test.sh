@@ -28,6 +28,8 @@ if ! command -v nft >/dev/null 2>&1; then
     "${sudo_if_needed[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${sudo_if_needed[@]}" apt-get install -y -qq nftables >/dev/null
 fi
+# The cluster's rolling-restart test (tests/rolling.rs) follows channels with the npm SDK.
+tests/sdk/run.sh install js
 cargo test --all-targets
 
 step "SDK conformance suites"

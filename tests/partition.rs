@@ -32,7 +32,8 @@ force_recovery = true
 allow_subscribe_for_client = true
 "#;
 
-const TIMING: &str = "probe_interval = \"200ms\"\nprobe_timeout = \"100ms\"\nsuspect_timeout = \"1s\"\nforward_timeout = \"2s\"";
+const TIMING: &str =
+    "probe_interval = \"200ms\"\nprobe_timeout = \"100ms\"\nsuspect_timeout = \"1s\"\nforward_timeout = \"2s\"";
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -104,7 +105,10 @@ async fn publish(address: std::net::SocketAddr, channel: &str, id: &str, publish
         Some(result) if result["epoch"].is_string() => {
             publishes.acked.insert(
                 id.to_owned(),
-                (result["epoch"].as_str().unwrap().to_owned(), result["offset"].as_u64().unwrap()),
+                (
+                    result["epoch"].as_str().unwrap().to_owned(),
+                    result["offset"].as_u64().unwrap(),
+                ),
             );
             true
         }
@@ -154,7 +158,10 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
         .iter()
         .map(|i| Subscriber::spawn(&format!("sub{i}"), addresses.clone(), *i, channel, user_token("u")))
         .collect();
-    let ready = eventually(CONVERGE, || async { subscribers.iter().all(|s| !s.events.lock().is_empty()) }).await;
+    let ready = eventually(CONVERGE, || async {
+        subscribers.iter().all(|s| !s.events.lock().is_empty())
+    })
+    .await;
     assert!(ready);
     let publishes = Mutex::new(Publishes::default());
     for n in 0..10 {
@@ -180,7 +187,13 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
         assert!(!acked, "the minority side acknowledged {id}");
     }
     for n in 0..10 {
-        publish(cluster.nodes[others[n % 2]].addr, channel, &format!("during-{n}"), &publishes).await;
+        publish(
+            cluster.nodes[others[n % 2]].addr,
+            channel,
+            &format!("during-{n}"),
+            &publishes,
+        )
+        .await;
     }
 
     drop(partition);
@@ -195,7 +208,10 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
     let acked: HashSet<String> = publishes.acked.keys().cloned().collect();
     let owed: Vec<HashSet<String>> = subscribers.iter().map(|s| s.owed(&publishes)).collect();
     let caught_up = eventually(CONVERGE, || async {
-        subscribers.iter().zip(&owed).all(|(s, owed)| owed.is_subset(&s.delivered()))
+        subscribers
+            .iter()
+            .zip(&owed)
+            .all(|(s, owed)| owed.is_subset(&s.delivered()))
     })
     .await;
     assert!(caught_up, "subscribers did not get every acknowledged publication");
@@ -203,7 +219,10 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
     for node in &cluster.nodes {
         histories.push(history(node, channel).await);
     }
-    assert!(histories.windows(2).all(|w| w[0] == w[1]), "the nodes serve different histories");
+    assert!(
+        histories.windows(2).all(|w| w[0] == w[1]),
+        "the nodes serve different histories"
+    );
     let mut events = Vec::new();
     for s in subscribers {
         events.push((s.name.clone(), s.stop().await));

@@ -6,6 +6,7 @@
 #   tests/sdk/run.sh            # both suites
 #   tests/sdk/run.sh js         # only the JS suite
 #   tests/sdk/run.sh python     # only the Python suite
+#   tests/sdk/run.sh install js # only install the packages (the cluster test uses the JS SDK)
 #
 # Environment:
 #   HERALD_BIN          server binary (default: target/debug/herald, relative to the repo root)
@@ -31,6 +32,8 @@ INSTALL_TIMEOUT=600
 log() { printf '\033[1m[sdk]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[sdk] error:\033[0m %s\n' "$*" >&2; exit 2; }
 
+install_only=0
+if [ "${1:-}" = install ]; then install_only=1; shift; fi
 suites=("$@")
 if [ ${#suites[@]} -eq 0 ]; then suites=(js python); fi
 for s in "${suites[@]}"; do
@@ -87,6 +90,7 @@ install_python() {
 
 if want js; then install_js; fi
 if want python; then install_python; fi
+if [ "$install_only" = 1 ]; then exit 0; fi
 
 # ------------------------------------------------------------------ server
 
