@@ -498,3 +498,73 @@ async fn without_a_quorum_history_publishes_fail_with_100_and_health_says_why() 
         tail(&cluster.nodes[other].log())
     );
 }
+
+/// A voter gone for `cluster.replace_dead_voter_after` is replaced by a live edge node (which
+/// first catches up as a learner), so the group keeps three voters; the node, back with its
+/// store lost, is a new member (a new id) and never votes with a log it no longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_gone_too_long_is_replaced_and_a_node_without_its_store_rejoins_as_new() {
+    let _serial = SERIAL.lock().await;
+    let timing = format!("{TIMING}\nreplace_dead_voter_after = \"2s\"");
+    let mut cluster = Cluster::start(4, CONFIG, &timing);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    for n in 0..5 {
+        node_publish(
+            &cluster.nodes[leader],
+            json!({"channel": "hist:v", "data": {"id": format!("a{n}")}}),
+        )
+        .await;
+    }
+    let voters = |status: &Value| -> Vec<String> {
+        let mut v: Vec<String> = status["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = voters(&cluster.nodes[leader].cluster_status());
+    let edge = (0..4).find(|i| !before.contains(&format!("node{i}"))).unwrap();
+    let gone = (0..4).find(|i| *i != leader && *i != edge).unwrap();
+    let old_id = cluster.nodes[gone].cluster_status()["raft_id"].clone();
+    cluster.nodes[gone].kill();
+    let killed = Instant::now();
+    let replaced = eventually(CONVERGE, || async {
+        let Some(l) = cluster.leader() else { return false };
+        let now = voters(&cluster.nodes[l].cluster_status());
+        now.len() == 3 && now.contains(&format!("node{edge}")) && !now.contains(&format!("node{gone}"))
+    })
+    .await;
+    assert!(
+        replaced,
+        "node{gone} was not replaced: {:#}",
+        cluster.nodes[leader].cluster_status()
+    );
+    eprintln!(
+        "voter replaced {:?} after its kill (replace_dead_voter_after = 2s)",
+        killed.elapsed()
+    );
+    // The new voter holds the whole stream.
+    let history = history(&cluster.nodes[edge], "hist:v").await;
+    assert_eq!(history.len(), 5);
+
+    // Back without its store: a new id, outside the voters.
+    std::fs::remove_dir_all(cluster.nodes[gone].storage_path()).unwrap();
+    cluster.nodes[gone].restart_after_kill();
+    cluster.converged(CONVERGE).await;
+    let status = cluster.nodes[gone].cluster_status();
+    assert_ne!(status["raft_id"], old_id, "same id after losing the store");
+    let l = cluster.leader_elected(3, CONVERGE).await;
+    assert!(!voters(&cluster.nodes[l].cluster_status()).contains(&format!("node{gone}")));
+    assert_eq!(status["role"], "edge", "{status:#}");
+    // It serves clients: publishes through it are sequenced.
+    let result = node_publish(
+        &cluster.nodes[gone],
+        json!({"channel": "hist:v", "data": {"id": "back"}}),
+    )
+    .await;
+    assert_eq!(result["offset"], 6);
+}

@@ -375,6 +375,10 @@ fn dispatch(inner: &Arc<Inner>, name: &Arc<str>, generation: u64, body: frame::B
             metrics::gauge!("herald_cluster_interest_entries", "side" => "remote").set(remote.entries() as f64);
         }
         frame::Body::InterestDigest(digest) => {
+            let knows = inner.replica.get().is_some_and(|r| r.leads() || r.leader().is_some());
+            if !knows && !digest.leader.is_empty() && *digest.leader != *inner.name {
+                *inner.leader_hint.lock() = Some(Arc::from(digest.leader.as_str()));
+            }
             let digest = super::interest::Digest {
                 count: digest.count,
                 hash: digest.hash,

@@ -623,6 +623,10 @@ impl Inner {
         if let Some(replica) = self.replica.get() {
             replica.fill_status(&mut status);
         }
+        if status.leader.is_empty() {
+            // Outside the group: the leader as the peers say.
+            status.leader = self.leader_hint.lock().as_deref().unwrap_or_default().to_owned();
+        }
         status
     }
 }
@@ -640,11 +644,17 @@ async fn digest_loop(inner: Arc<Inner>) {
             _ = inner.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let leader = match inner.replica.get() {
+            Some(replica) if replica.leads() => inner.name.to_string(),
+            Some(replica) => replica.leader().unwrap_or_default(),
+            None => String::new(),
+        };
         let local = inner.local.lock();
         let digest = local.digest();
         let frame = encode(frame::Body::InterestDigest(wire::InterestDigest {
             count: digest.count,
             hash: digest.hash,
+            leader,
         }));
         for peer in inner.peers.read().values() {
             peer.send(frame.clone());
