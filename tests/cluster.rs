@@ -322,3 +322,38 @@ async fn cluster_status_prints_members_and_links() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no [cluster] section"));
 }
+
+/// `client.user_connection_limit` counts the user's connections on every node (best effort:
+/// see docs/cluster.md for how exact it is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_connection_limit_holds_across_nodes() {
+    let config = CONFIG.replace("[client]\n", "[client]\nuser_connection_limit = 2\n");
+    let cluster = Cluster::start(2, &config, "");
+    cluster.converged(CONVERGE).await;
+    let _a = Client::connected(&cluster.nodes[0], Format::Json, "7").await;
+    let b = Client::connected(&cluster.nodes[0], Format::Json, "7").await;
+    let mut third = Client::open(&cluster.nodes[1], Format::Json).await;
+    third.send(&cmd::connect(&user_token("7"))).await;
+    assert_eq!(third.closed().await.0, 3504);
+    // A closed connection on one node frees a slot on the other.
+    b.close().await;
+    let freed = eventually(CONVERGE, || async {
+        let (_, info) = cluster.nodes[1].api("info", json!({})).await;
+        info["result"]["nodes"].as_array().is_some_and(|nodes| {
+            nodes
+                .iter()
+                .map(|n| n["num_clients"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 1
+        })
+    })
+    .await;
+    assert!(freed);
+    let mut again = Client::open(&cluster.nodes[1], Format::Json).await;
+    let reply = again.connect(&user_token("7")).await;
+    assert!(
+        reply.connect.is_some(),
+        "the slot was not freed across nodes: {:?}",
+        reply.error
+    );
+}

@@ -568,3 +568,58 @@ async fn a_voter_gone_too_long_is_replaced_and_a_node_without_its_store_rejoins_
     .await;
     assert_eq!(result["offset"], 6);
 }
+
+/// `history_remove`, retention and the forgetting of idle streams go through the log: every
+/// node serves the same result, and the leader's clock decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_remove_and_retention_are_replicated() {
+    let _serial = SERIAL.lock().await;
+    let config = format!(
+        "{CONFIG}[storage]\nretention_interval = \"200ms\"\n[channels.namespaces.brief]\nhistory_size = 3\nhistory_ttl = \"2s\"\nhistory_meta_ttl = \"2s\"\n"
+    );
+    let cluster = Cluster::start(3, &config, TIMING);
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    let first = node_publish(&cluster.nodes[0], json!({"channel": "hist:rm", "data": {"id": "a"}})).await;
+    let (status, reply) = cluster.nodes[1]
+        .api("history_remove", json!({"channel": "hist:rm"}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let after = node_publish(&cluster.nodes[2], json!({"channel": "hist:rm", "data": {"id": "b"}})).await;
+    assert_ne!(after["epoch"], first["epoch"], "history_remove starts a new epoch");
+    assert_eq!(after["offset"], 1);
+    for node in &cluster.nodes {
+        assert_eq!(
+            history(node, "hist:rm").await,
+            vec![(after["epoch"].as_str().unwrap().to_owned(), 1, "b".to_owned())]
+        );
+    }
+    // Size retention and the forgetting of an idle stream.
+    for n in 0..5 {
+        node_publish(
+            &cluster.nodes[n % 3],
+            json!({"channel": "brief:x", "data": {"id": format!("x{n}")}}),
+        )
+        .await;
+    }
+    for node in &cluster.nodes {
+        let ids: Vec<String> = history(node, "brief:x")
+            .await
+            .into_iter()
+            .map(|(_, _, id)| id)
+            .collect();
+        assert_eq!(ids, ["x2", "x3", "x4"]);
+    }
+    let forgotten = eventually(CONVERGE, || async {
+        let (_, reply) = cluster.nodes[2]
+            .api("history", json!({"channel": "brief:x", "limit": 0}))
+            .await;
+        reply["result"]["offset"].as_u64().unwrap_or(0) == 0
+    })
+    .await;
+    assert!(forgotten, "the idle stream was not forgotten");
+    // Every replica forgot it: a new publication starts a new stream at offset 1 wherever it
+    // is read.
+    let again = node_publish(&cluster.nodes[0], json!({"channel": "brief:x", "data": {"id": "y"}})).await;
+    assert_eq!(again["offset"], 1);
+}

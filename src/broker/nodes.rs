@@ -34,6 +34,33 @@ impl Broker {
         let _ = self.cluster.set(cluster);
     }
 
+    /// Registers a connected session unless its user already has `limit` connections (0: no
+    /// limit). In a cluster the user's connections on every node count: each live peer is asked
+    /// (a peer that does not answer in time counts 0, and two connects racing on two nodes may
+    /// both pass, so the limit can be exceeded by the connects in flight at once).
+    pub async fn register_session(
+        &self,
+        user: &str,
+        session: Arc<crate::session::SessionShared>,
+        limit: usize,
+    ) -> bool {
+        let Some(cluster) = self.cluster.get().filter(|_| limit > 0) else {
+            return self.sessions.add(user, session, limit);
+        };
+        let mut elsewhere = 0usize;
+        for (_, answer) in cluster.ask_all(request::Body::UserConnections(user.to_owned())).await {
+            match answer {
+                Ok(response::Body::Count(n)) => elsewhere += n as usize,
+                Ok(_) => {}
+                Err(e) => partial("user connections", &e),
+            }
+        }
+        if elsewhere >= limit {
+            return false;
+        }
+        self.sessions.add(user, session, limit - elsewhere)
+    }
+
     /// The cluster this node belongs to, if any.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
@@ -83,6 +110,9 @@ impl Local for Broker {
                     response::Body::Done(wire::Done {})
                 }
                 request::Body::Stream(query) => response::Body::Stream(self.answer_stream(query).await),
+                request::Body::UserConnections(user) => {
+                    response::Body::Count(self.sessions.of_user(&user, None).len() as u64)
+                }
                 request::Body::Status(_) | request::Body::Raft(_) | request::Body::Replicate(_) => {
                     response::Body::Error("answered by the cluster".to_owned())
                 }

@@ -263,6 +263,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             let n = tokio::select! {
                 _ = peer.gone.cancelled() => {
                     peer.link_up.store(false, Ordering::Relaxed);
+                    inner.link_lost(&peer.name);
                     return;
                 }
                 // The peer never writes on this link: its end closing (the process died, the
@@ -289,6 +290,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             }
         };
         peer.link_up.store(false, Ordering::Relaxed);
+        inner.link_lost(&peer.name);
         if let Err(e) = result {
             tracing::warn!(node = %peer.name, error = %e, "cluster: link lost (dialing again)");
         }
@@ -419,7 +421,7 @@ fn dispatch(inner: &Arc<Inner>, name: &Arc<str>, generation: u64, body: frame::B
             });
         }
         frame::Body::Response(response) => {
-            if let (Some(waiter), Some(body)) = (inner.pending.lock().remove(&response.id), response.body) {
+            if let (Some((_, waiter)), Some(body)) = (inner.pending.lock().remove(&response.id), response.body) {
                 let _ = waiter.send(body);
             }
         }

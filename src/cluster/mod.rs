@@ -95,6 +95,8 @@ pub enum AskError {
     Unreachable(Arc<str>),
     #[error("{0} did not answer in time")]
     Timeout(Arc<str>),
+    #[error("the link to {0} broke before it answered")]
+    LinkLost(Arc<str>),
     #[error("{0} answered with an error: {1}")]
     Failed(Arc<str>, String),
 }
@@ -109,6 +111,9 @@ pub enum ReplicateError {
     #[error("the replicated log failed: {0}")]
     Failed(String),
 }
+
+/// A request out to a peer: who was asked, and who waits for the answer.
+type Waiting = (Arc<str>, oneshot::Sender<response::Body>);
 
 /// This node's part of the cluster.
 pub struct Cluster {
@@ -132,7 +137,8 @@ pub(crate) struct Inner {
     local: Mutex<interest::Local>,
     remote: RwLock<interest::Remote<Arc<Peer>>>,
     peers: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<response::Body>>>,
+    /// Requests waiting for their answer: the peer asked, and the waiter.
+    pending: Mutex<HashMap<u64, Waiting>>,
     next_request: AtomicU64,
     /// The membership view as last seen by the membership task (for `herald cluster status`).
     members: Mutex<Vec<wire::Member>>,
@@ -356,7 +362,16 @@ impl Cluster {
     /// and reachable. `Err` says why not (for `/health`).
     pub fn ready(&self) -> Result<(), String> {
         match self.inner.leader_target() {
-            Some(Target::Here(_)) => Ok(()),
+            Some(Target::Here(replica)) => {
+                let within = self.inner.config.election_timeout * 2;
+                if replica.leads_with_quorum(within) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "this node leads but no majority acknowledged it for {within:?}"
+                    ))
+                }
+            }
             Some(Target::Peer(peer)) => {
                 let up = self
                     .inner
@@ -527,7 +542,7 @@ impl Inner {
         }
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
+        self.pending.lock().insert(id, (peer.clone(), tx));
         let frame = encode(frame::Body::Request(wire::Request { id, body: Some(body) }));
         if !link.send(frame) {
             self.pending.lock().remove(&id);
@@ -536,11 +551,19 @@ impl Inner {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(response::Body::Error(error))) => Err(AskError::Failed(peer.clone(), error)),
             Ok(Ok(body)) => Ok(body),
-            Ok(Err(_)) | Err(_) => {
+            // The link to the peer broke while the request was out (see `link_lost`).
+            Ok(Err(_)) => Err(AskError::LinkLost(peer.clone())),
+            Err(_) => {
                 self.pending.lock().remove(&id);
                 Err(AskError::Timeout(peer.clone()))
             }
         }
+    }
+
+    /// The link to `peer` broke: requests waiting for its answers end now ([`AskError::LinkLost`])
+    /// rather than at their timeout. Whether the peer acted on them is unknown.
+    fn link_lost(&self, peer: &str) {
+        self.pending.lock().retain(|_, (asked, _)| &**asked != peer);
     }
 
     /// A member came up (or was renamed to a new generation): it gets a link.

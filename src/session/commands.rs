@@ -333,7 +333,12 @@ impl Connection {
         } else {
             client.user_connection_limit
         };
-        if !self.ctx.broker.sessions().add(&claims.user, self.shared.clone(), limit) {
+        if !self
+            .ctx
+            .broker
+            .register_session(&claims.user, self.shared.clone(), limit)
+            .await
+        {
             metrics::counter!("herald_limit_rejections_total", "limit" => "user_connections").increment(1);
             return Err(Failure::Disconnect(DisconnectCode::CONNECTION_LIMIT));
         }

@@ -80,7 +80,10 @@ pub(super) enum Op {
     /// Operations applied together in one batch with extra records (`meta`): a replicated
     /// log's entries and the log position they bring the store to, durable together or not at
     /// all. Appends are handed to the commit hook only when `deliver` is set (the node that
-    /// delivers them); otherwise they are answered as soon as the batch is applied.
+    /// delivers them); otherwise they are answered as soon as the batch is applied. A group
+    /// does not wait for a flush of its own: the replicated log is the durable record, and
+    /// after a crash whatever the store lost is applied again from it (the log's next flush,
+    /// which covers the whole database, makes it durable meanwhile).
     Group {
         ops: Vec<Op>,
         meta: Vec<(Vec<u8>, Vec<u8>)>,
@@ -289,6 +292,8 @@ struct Staging {
     forgotten: HashSet<Arc<str>>,
     /// What the operations inside groups answer (see `Op::Group`).
     group_done: Vec<Done>,
+    /// Every write of this batch comes from groups (no flush of its own needed).
+    only_groups: bool,
 }
 
 impl Writer {
@@ -443,7 +448,20 @@ impl Writer {
             }
             return false;
         }
-        let mut staging = Staging::default();
+        let mut staging = Staging {
+            only_groups: ops.iter().any(|op| matches!(op, Op::Group { .. }))
+                && !ops.iter().any(|op| {
+                    matches!(
+                        op,
+                        Op::Append { .. }
+                            | Op::Reset { .. }
+                            | Op::Trim { .. }
+                            | Op::ExpireIdempotency { .. }
+                            | Op::Install { .. }
+                    )
+                }),
+            ..Default::default()
+        };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops.drain(..) {
             if let Some(d) = self.stage(op, &mut staging) {
@@ -462,7 +480,8 @@ impl Writer {
                 failed = Some(e.into());
             }
         }
-        let must_flush = staging.flush_requested || (wrote && self.durability == Durability::Flush);
+        let must_flush =
+            staging.flush_requested || (wrote && self.durability == Durability::Flush && !staging.only_groups);
         if failed.is_none() && must_flush {
             if let Err(e) = self.flush() {
                 failed = Some(e);

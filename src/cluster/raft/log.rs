@@ -3,8 +3,10 @@
 //! last purged log id and this node's id live in a small meta tree.
 //!
 //! An append is acknowledged to Raft (`IOFlushed`) once it is on disk in `flush` durability,
-//! once it is in sled in `os` durability (documented: a machine crash may then lose a vote or
-//! entries this node acknowledged). The vote is always flushed before it counts.
+//! once it is in sled in `os` durability (documented: a machine crash, not a process crash, may
+//! then lose entries this node acknowledged, and a majority of machines crashing at once could
+//! lose a committed entry). The vote is always flushed before it counts. The log's flush covers
+//! the whole database, the streams' latest applies included.
 
 use std::fmt::Debug;
 use std::io;

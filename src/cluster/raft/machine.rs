@@ -6,8 +6,10 @@
 //!
 //! Only the leader hands what it applies to the fan-out (local subscribers and interested
 //! peers); the others apply quietly, and their subscribers get the leader's deliveries over
-//! the links. A leadership change can therefore skip a delivery; a subscriber sees the gap in
-//! offsets and is told (2500), and its SDK recovers from history.
+//! the links. A node that becomes leader first delivers again what it applied quietly in the
+//! last seconds (its predecessor may have died before delivering it); nodes skip positions
+//! they already delivered. Should a delivery still be missed, the subscriber sees the gap at
+//! the next publication and is told (2500), and its SDK recovers from history.
 
 use std::collections::VecDeque;
 use std::io::{self, Cursor};

@@ -128,6 +128,19 @@ impl Replica {
         self.leading.load(Ordering::Relaxed)
     }
 
+    /// Whether this node leads and a majority acknowledged it within `within` (a leader cut
+    /// off from its majority keeps believing it leads until it hears otherwise).
+    pub fn leads_with_quorum(&self, within: Duration) -> bool {
+        if !self.leads() {
+            return false;
+        }
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        metrics
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|at| openraft::Instant::elapsed(&**at) < within)
+    }
+
     /// The leader's name, as this node knows it.
     pub fn leader(&self) -> Option<String> {
         let metrics = self.raft.metrics().borrow_watched().clone();
@@ -184,6 +197,12 @@ impl Replica {
         }
         fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, String> {
             postcard::to_stdvec(value).map_err(failed)
+        }
+        if rpc.target != self.id {
+            return Err(format!(
+                "this node's replica is {}, not {} (its store was replaced)",
+                self.id, rpc.target
+            ));
         }
         match rpc.kind {
             network::APPEND => encode(&self.raft.append_entries(decode(&rpc.body)?).await),
@@ -252,11 +271,22 @@ impl Replica {
             return;
         }
         let metrics = self.raft.metrics().borrow_watched().clone();
+        // The voter most caught up (one that acknowledged the whole log is alive and ready).
+        let last = metrics.last_log_index.unwrap_or(0);
+        let matched = |id: &u64| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned())
+                .flatten()
+                .map_or(0, |l| l.index())
+        };
         let target = metrics
             .membership_config
             .membership()
             .voter_ids()
-            .find(|id| *id != self.id);
+            .filter(|id| *id != self.id)
+            .max_by_key(|id| (matched(id) >= last, matched(id)));
         if let Some(target) = target {
             if self.raft.trigger().transfer_leader(target).await.is_ok() {
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -313,16 +343,26 @@ impl Replica {
             .filter(|(_, since)| now.duration_since(**since) >= replace_after)
             .map(|(id, _)| *id)
             .collect();
-        let mut target: BTreeSet<u64> = voters.iter().copied().filter(|id| !dead.contains(id)).collect();
+        let mut target: BTreeSet<u64> = voters.clone();
         let mut added = Vec::new();
         let mut pool = candidates.into_iter();
-        // Replace the dead, then grow to an odd size up to `replicas`.
-        while target.len() < voters.len() || target.len() < replicas {
+        let mut replaced = Vec::new();
+        // Replace the dead (only when a live node can take the place: removing a voter
+        // without one would leave fewer voters, and a smaller majority of failures to bear)…
+        for id in &dead {
+            let Some((name, new)) = pool.next() else { break };
+            target.remove(id);
+            target.insert(new);
+            added.push((name.clone(), new));
+            replaced.push(*id);
+        }
+        // …then grow to `replicas`.
+        while target.len() < replicas {
             let Some((name, id)) = pool.next() else { break };
             target.insert(id);
             added.push((name.clone(), id));
         }
-        if target.len().is_multiple_of(2) && target.len() > voters.len() {
+        if target.len().is_multiple_of(2) && target.len() > voters.len() && added.len() > replaced.len() {
             // An even group tolerates no more failures than the odd one below it.
             if let Some((_, id)) = added.pop() {
                 target.remove(&id);
@@ -352,7 +392,7 @@ impl Replica {
         tracing::info!(from = ?names(&voters), to = ?names(&target), "cluster: changing the voters");
         match self.raft.change_membership(target.clone(), false).await {
             Ok(_) => {
-                for id in &dead {
+                for id in &replaced {
                     missing.remove(id);
                 }
             }

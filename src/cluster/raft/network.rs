@@ -35,10 +35,11 @@ pub struct Network {
 impl RaftNetworkFactory<Herald> for Network {
     type Network = Client;
 
-    async fn new_client(&mut self, _target: u64, node: &Member) -> Client {
+    async fn new_client(&mut self, target: u64, node: &Member) -> Client {
         Client {
             inner: self.inner.clone(),
             name: Arc::from(node.name.as_str()),
+            target,
         }
     }
 }
@@ -46,6 +47,7 @@ impl RaftNetworkFactory<Herald> for Network {
 pub struct Client {
     inner: Weak<Inner>,
     name: Arc<str>,
+    target: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,7 @@ impl Client {
                 request::Body::Raft(wire::RaftRpc {
                     kind,
                     body: body.into(),
+                    target: self.target,
                 }),
                 timeout,
             )
