@@ -15,10 +15,9 @@ use std::process::Command as Process;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::checker::{self, Addresses, Publishes, Subscriber};
+use common::checker::{self, history, publish, Addresses, Publishes, Subscriber};
 use common::*;
 use parking_lot::Mutex;
-use serde_json::json;
 
 const CONFIG: &str = r#"
 [client]
@@ -85,63 +84,6 @@ impl Drop for Partition {
         let _ = Process::new("nft")
             .args(["delete", "table", "inet", &self.table])
             .status();
-    }
-}
-
-async fn publish(address: std::net::SocketAddr, channel: &str, id: &str, publishes: &Mutex<Publishes>) -> bool {
-    let sent = reqwest::Client::new()
-        .post(format!("http://{address}/api/publish"))
-        .header("X-API-Key", API_KEY)
-        .timeout(Duration::from_secs(10))
-        .json(&json!({"channel": channel, "data": {"id": id}}))
-        .send()
-        .await;
-    let reply: Option<serde_json::Value> = match sent {
-        Ok(response) => response.json().await.ok(),
-        Err(_) => None,
-    };
-    let mut publishes = publishes.lock();
-    match reply.as_ref().and_then(|r| r.get("result")) {
-        Some(result) if result["epoch"].is_string() => {
-            publishes.acked.insert(
-                id.to_owned(),
-                (
-                    result["epoch"].as_str().unwrap().to_owned(),
-                    result["offset"].as_u64().unwrap(),
-                ),
-            );
-            true
-        }
-        _ => {
-            publishes.unknown.insert(id.to_owned());
-            false
-        }
-    }
-}
-
-async fn history(node: &Node, channel: &str) -> Vec<(String, u64, String)> {
-    let mut all = Vec::new();
-    let mut since: Option<(String, u64)> = None;
-    loop {
-        let mut body = json!({"channel": channel, "limit": 300});
-        if let Some((epoch, offset)) = &since {
-            body["since"] = json!({"epoch": epoch, "offset": offset});
-        }
-        let (_, reply) = node.api("history", body).await;
-        let result = &reply["result"];
-        let epoch = result["epoch"].as_str().unwrap_or_default().to_owned();
-        let page = result["publications"].as_array().cloned().unwrap_or_default();
-        for p in &page {
-            all.push((
-                epoch.clone(),
-                p["offset"].as_u64().unwrap(),
-                p["data"]["id"].as_str().unwrap_or_default().to_owned(),
-            ));
-        }
-        match page.last() {
-            Some(last) if page.len() == 300 => since = Some((epoch, last["offset"].as_u64().unwrap())),
-            _ => return all,
-        }
     }
 }
 

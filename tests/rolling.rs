@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::checker::{self, Addresses, Event, Publishes};
+use common::checker::{self, publish, Addresses, Event, Publishes};
 use common::*;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -150,37 +150,6 @@ impl SdkFollower {
         let _ = self.child.wait();
         let events = self.events.lock().clone();
         (self.name, events)
-    }
-}
-
-async fn publish(address: std::net::SocketAddr, channel: &str, id: &str, publishes: &Mutex<Publishes>) -> bool {
-    let sent = reqwest::Client::new()
-        .post(format!("http://{address}/api/publish"))
-        .header("X-API-Key", API_KEY)
-        .timeout(Duration::from_secs(10))
-        .json(&json!({"channel": channel, "data": {"id": id}}))
-        .send()
-        .await;
-    let reply: Option<Value> = match sent {
-        Ok(response) => response.json().await.ok(),
-        Err(_) => None,
-    };
-    let mut publishes = publishes.lock();
-    match reply.as_ref().and_then(|r| r.get("result")) {
-        Some(result) if result["epoch"].is_string() => {
-            publishes.acked.insert(
-                id.to_owned(),
-                (
-                    result["epoch"].as_str().unwrap().to_owned(),
-                    result["offset"].as_u64().unwrap(),
-                ),
-            );
-            true
-        }
-        _ => {
-            publishes.unknown.insert(id.to_owned());
-            false
-        }
     }
 }
 
