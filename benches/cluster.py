@@ -35,6 +35,8 @@ LOADGEN = ROOT / "target/release/herald-loadgen"
 SECRET = "bench-secret"
 API_KEY = "bench-key"
 CLUSTER_SECRET = "bench-cluster-secret-0123456789"
+# storage.durability of every node (--durability): "flush" is what the targets name.
+DURABILITY = "flush"
 
 CONFIG = """
 [http]
@@ -46,6 +48,7 @@ max_connections = 100000
 key = "{api_key}"
 [storage]
 path = "{data}"
+durability = "{durability}"
 [channels.namespaces.bench]
 allow_subscribe_for_client = true
 allow_publish_for_client = true
@@ -81,7 +84,7 @@ class Node:
         self.dir = Path(work) / f"n{i}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "herald.toml"
-        text = CONFIG.format(http=self.http, secret=SECRET, api_key=API_KEY, data=self.dir / "data")
+        text = CONFIG.format(http=self.http, secret=SECRET, api_key=API_KEY, data=self.dir / "data", durability=DURABILITY)
         if cluster_size is not None:
             seeds = "" if i == 0 else f'"127.0.3.2:7946"'
             text += CLUSTER.format(i=i, bind=f"{self.ip}:7946", seeds=seeds, cluster_secret=CLUSTER_SECRET)
@@ -206,7 +209,11 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--kills", type=int, default=None)
     parser.add_argument("--budget", type=float, default=1200.0)
+    parser.add_argument("--durability", choices=["flush", "os"], default="flush",
+                        help="storage.durability of every node; the report is written to docs/ only for flush")
     args = parser.parse_args()
+    global DURABILITY
+    DURABILITY = args.durability
     kills = args.kills or (5 if args.quick else 20)
     fanout_messages = 1000 if args.quick else 3000
     history_messages = 5000 if args.quick else 20000
@@ -388,7 +395,7 @@ def main():
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.quick:
+    if not args.quick and DURABILITY == "flush":
         (ROOT / "docs/benchmarks-cluster.md").write_text(text)
 
 
