@@ -564,3 +564,47 @@ async fn history_remove_and_retention_are_replicated() {
     let again = node_publish(&cluster.nodes[0], json!({"channel": "brief:x", "data": {"id": "y"}})).await;
     assert_eq!(again["offset"], 1);
 }
+
+/// A voter that comes back without its store before it was replaced is a new replica: it
+/// refuses the messages meant for the replica it was (so it never votes with a log it no
+/// longer has), the group keeps its quorum with the others, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_back_without_its_store_never_answers_for_its_old_replica() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let publishes = Mutex::new(Publishes::default());
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[n % 3].addr, "hist:lost", &format!("a{n}"), &publishes).await);
+    }
+    let gone = (leader + 1) % 3;
+    let old_id = cluster.nodes[gone].cluster_status()["raft_id"].clone();
+    cluster.nodes[gone].kill();
+    std::fs::remove_dir_all(cluster.nodes[gone].storage_path()).unwrap();
+    cluster.nodes[gone].restart_after_kill();
+    cluster.converged(CONVERGE).await;
+    let status = cluster.nodes[gone].cluster_status();
+    assert_ne!(status["raft_id"], old_id);
+    // It holds no log and takes no part in the group: the leader still counts the old id
+    // among the voters (it is not replaced yet), and commits with the third node.
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[n % 3].addr, "hist:lost", &format!("b{n}"), &publishes).await);
+    }
+    let status = cluster.nodes[gone].cluster_status();
+    assert_eq!(status["role"], "edge", "{status:#}");
+    assert_eq!(
+        status["last_log_index"], 0,
+        "the new replica got log entries: {status:#}"
+    );
+    let leader_status = cluster.nodes[leader].cluster_status();
+    assert_eq!(leader_status["role"], "leader", "{leader_status:#}");
+    // Every node serves the whole stream, the one without a store included (through the leader).
+    let publishes = publishes.into_inner();
+    let mut histories = Vec::new();
+    for node in &cluster.nodes {
+        histories.push(history(node, "hist:lost").await);
+    }
+    let problems = checker::check(&publishes, &histories, &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
