@@ -608,3 +608,68 @@ async fn a_voter_back_without_its_store_never_answers_for_its_old_replica() {
     let problems = checker::check(&publishes, &histories, &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A node that joins after the log was compacted catches up from a snapshot of the streams:
+/// with `snapshot_entries = 20`, a voter is replaced once 300 entries were written, and the
+/// replacement (which never saw the early entries) serves the whole stream, with the same
+/// positions, once the old voters are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_voter_catches_up_from_a_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let timing = format!("{TIMING}\nreplace_dead_voter_after = \"1s\"\nsnapshot_entries = 20");
+    let mut cluster = Cluster::start(3, CONFIG, &timing);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let publishes = Mutex::new(Publishes::default());
+    for n in 0..300 {
+        assert!(publish(cluster.nodes[leader].addr, "hist:snap", &format!("s{n}"), &publishes).await);
+    }
+    // A fourth node joins (edge), then a voter dies: the fourth replaces it, from a snapshot.
+    let fourth = cluster.add_node();
+    cluster.converged(CONVERGE).await;
+    let gone = (leader + 1) % 3;
+    cluster.nodes[gone].kill();
+    let replaced = eventually(CONVERGE, || async {
+        let status = cluster.nodes[leader].cluster_status();
+        status["voters"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!(format!("node{fourth}"))) && !v.contains(&json!(format!("node{gone}"))))
+    })
+    .await;
+    assert!(replaced, "{:#}", cluster.nodes[leader].cluster_status());
+    assert!(
+        cluster.nodes[fourth].log().contains("cluster: snapshot installed"),
+        "the new voter did not catch up from a snapshot:\n{}",
+        cluster.nodes[fourth].log()
+    );
+    // The fourth node now holds a majority with the third: the group lives on without the
+    // nodes that saw the early entries as log entries, and both survivors applied the same.
+    let third = (0..3).find(|i| *i != leader && *i != gone).unwrap();
+    cluster.nodes[leader].kill();
+    let new_leader = eventually(CONVERGE, || async {
+        [third, fourth]
+            .iter()
+            .any(|i| cluster.nodes[*i].cluster_status()["role"] == "leader")
+    })
+    .await;
+    assert!(new_leader, "no leader among the survivors");
+    let caught_up = eventually(CONVERGE, || async {
+        let (a, b) = (
+            cluster.nodes[third].cluster_status(),
+            cluster.nodes[fourth].cluster_status(),
+        );
+        a["applied"].as_u64().is_some_and(|x| x > 300) && a["applied"] == b["applied"]
+    })
+    .await;
+    assert!(
+        caught_up,
+        "{:#} {:#}",
+        cluster.nodes[third].cluster_status(),
+        cluster.nodes[fourth].cluster_status()
+    );
+    let publishes = publishes.into_inner();
+    let histories = vec![history(&cluster.nodes[fourth], "hist:snap").await];
+    assert_eq!(histories[0].len(), 300);
+    let problems = checker::check(&publishes, &histories, &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -79,6 +79,10 @@ pub struct ClusterConfig {
     /// Inter-node messages are accepted within this much clock difference, and never twice.
     #[serde(with = "humantime_serde")]
     pub replay_window: Duration,
+    /// The replicated log is compacted into a snapshot of the streams every this many entries;
+    /// a fifth of them is kept after it, for followers slightly behind. A node further behind
+    /// catches up from the snapshot.
+    pub snapshot_entries: u64,
 }
 
 impl Default for ClusterConfig {
@@ -100,6 +104,7 @@ impl Default for ClusterConfig {
             forward_timeout: Duration::from_secs(5),
             replace_dead_voter_after: Duration::from_secs(60),
             replay_window: Duration::from_secs(30),
+            snapshot_entries: 50_000,
         }
     }
 }
@@ -126,6 +131,9 @@ impl ClusterConfig {
             if !valid {
                 problems.push(format!("key `cluster.seeds`: `{seed}` is not host:port"));
             }
+        }
+        if self.snapshot_entries < 10 {
+            problems.push("key `cluster.snapshot_entries`: must be at least 10".to_owned());
         }
         if self.replicas == 0 {
             problems.push("key `cluster.replicas`: must be at least 1".to_owned());

@@ -80,8 +80,8 @@ impl Replica {
             election_timeout_min: election,
             election_timeout_max: election + election / 2,
             enable_pre_vote: Some(true),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(50_000),
-            max_in_snapshot_log_to_keep: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cluster.snapshot_entries),
+            max_in_snapshot_log_to_keep: cluster.snapshot_entries / 5,
             ..Default::default()
         }
         .validate()
