@@ -96,13 +96,27 @@ pub async fn run(
         shutdown: shutdown.clone(),
         connections: Arc::new(tokio::sync::Semaphore::new(config.client.max_connections)),
         sessions: TaskTracker::new(),
+        emulated: Default::default(),
     });
     let sessions = session_ctx.sessions.clone();
 
     let app = Router::new()
         .route(
             "/connection/websocket",
-            any(crate::transport::websocket::handler).with_state(session_ctx),
+            any(crate::transport::websocket::handler).with_state(session_ctx.clone()),
+        )
+        // The fallbacks answer 404 unless [http_stream] / [sse] enable them.
+        .route(
+            "/connection/http_stream",
+            any(crate::transport::emulation::http_stream).with_state(session_ctx.clone()),
+        )
+        .route(
+            "/connection/sse",
+            any(crate::transport::emulation::sse).with_state(session_ctx.clone()),
+        )
+        .route(
+            "/emulation",
+            any(crate::transport::emulation::emulation).with_state(session_ctx),
         )
         .route(
             "/api/{method}",

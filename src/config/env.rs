@@ -12,7 +12,17 @@
 use super::ConfigError;
 
 const PREFIX: &str = "HERALD_";
-const SECTIONS: &[&str] = &["http", "client", "api", "storage", "log", "cluster"];
+/// Longer names first: `http_stream_enabled` belongs to `http_stream`, not to `http`.
+const SECTIONS: &[&str] = &[
+    "http_stream",
+    "sse",
+    "http",
+    "client",
+    "api",
+    "storage",
+    "log",
+    "cluster",
+];
 /// Keys whose values are always strings, even when they look like numbers.
 const STRING_KEYS: &[&str] = &[
     "token_hmac_secret",

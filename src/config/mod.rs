@@ -29,6 +29,10 @@ pub const DEV_SECRETS: &[&str] = &[
 pub struct Config {
     pub http: HttpConfig,
     pub client: ClientConfig,
+    /// `[http_stream]`: the HTTP-streaming fallback (`POST /connection/http_stream`).
+    pub http_stream: StreamTransportConfig,
+    /// `[sse]`: the Server-Sent Events fallback (`GET|POST /connection/sse`).
+    pub sse: StreamTransportConfig,
     pub api: ApiConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
@@ -201,6 +205,27 @@ impl Default for HttpConfig {
             body_read_timeout: Duration::from_secs(30),
             max_pending_connections: 4096,
             max_pending_connections_per_ip: 256,
+        }
+    }
+}
+
+/// `[http_stream]` and `[sse]`: the fallbacks the SDKs use where WebSocket is blocked. The
+/// client's later commands arrive through `POST /emulation`, which is served while either is on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamTransportConfig {
+    /// Off by default, as in the reference server.
+    pub enabled: bool,
+    /// Largest request body (the connect command, or one `/emulation` request) in bytes; a
+    /// larger one is answered 413.
+    pub max_request_body_size: usize,
+}
+
+impl Default for StreamTransportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_request_body_size: 65536,
         }
     }
 }
@@ -609,6 +634,11 @@ impl Config {
         }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             problems.push("key `http.tls_cert`: http.tls_cert and http.tls_key must be set together".to_owned());
+        }
+        for (key, transport) in [("http_stream", &self.http_stream), ("sse", &self.sse)] {
+            if transport.max_request_body_size == 0 {
+                problems.push(format!("key `{key}.max_request_body_size`: must be greater than zero"));
+            }
         }
         if self.api.max_batch_commands == 0 {
             problems.push("key `api.max_batch_commands`: must be greater than zero".to_owned());

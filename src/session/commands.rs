@@ -367,6 +367,12 @@ impl Connection {
             subs,
             ping: client.ping_interval.as_secs().max(1) as u32,
             pong: !client.pong_timeout.is_zero(),
+            // Emulated transports address their later commands with these.
+            session: self.emulation.as_deref().unwrap_or_default().to_owned(),
+            node: match &self.emulation {
+                Some(_) => self.ctx.broker.node_id().to_string(),
+                None => String::new(),
+            },
             ..Default::default()
         };
         self.activate(

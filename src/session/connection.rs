@@ -29,6 +29,8 @@ pub struct SessionContext {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Every session task, so shutdown can wait for their close frames.
     pub sessions: tokio_util::task::TaskTracker,
+    /// HTTP-streaming and SSE sessions, where `POST /emulation` finds them.
+    pub emulated: Arc<crate::transport::emulation::EmulatedSessions>,
 }
 
 /// Where the connection is in its life.
@@ -58,6 +60,8 @@ pub struct Connection {
     pub(crate) rate: Option<TokenBucket>,
     /// Commands rejected by the rate limit since the last accepted one.
     pub(crate) rejected: u32,
+    /// The session id of an emulated transport ([`Transport::emulation_session`]).
+    pub(crate) emulation: Option<Arc<str>>,
 }
 
 /// Runs a session over a transport until either side ends it.
@@ -67,6 +71,7 @@ where
     S: Stream<Item = Incoming> + Unpin + Send,
 {
     let shared = SessionShared::new(format, ctx.config.client.max_queue_bytes);
+    let emulation = transport.emulation_session();
     let mut writer = tokio::spawn(write_loop(shared.clone(), transport));
     let stale_at = Instant::now() + ctx.config.client.stale_close_delay;
     let client = &ctx.config.client;
@@ -83,6 +88,7 @@ where
         state: State::Connecting { stale_at },
         rate,
         rejected: 0,
+        emulation,
     };
     // Command handling is boxed inside `serve`: its futures are large (several KB) and live only
     // while a command runs, so an idle connection does not carry them (issue 5: memory per idle

@@ -3,6 +3,7 @@
 //! and, later, SSE can bring their own.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -29,4 +30,10 @@ pub trait Transport: Send + 'static {
     fn own_output(&self) -> impl Future<Output = ()> + Send + 'static;
     /// Ends the connection with a code the SDK understands.
     fn close(&mut self, code: &DisconnectCode) -> impl Future<Output = ()> + Send;
+    /// The id the client names in its later requests when the transport cannot carry them
+    /// itself (HTTP-streaming and SSE: `POST /emulation`); the connect result tells it, with
+    /// the node's name. `None` for a socket.
+    fn emulation_session(&self) -> Option<Arc<str>> {
+        None
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod coalesce;
+pub mod emulation;
 pub mod tls;
 pub mod watchdog;
 pub mod websocket;
@@ -17,13 +18,14 @@ use coalesce::{CoalesceSwitch, Coalescing};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use watchdog::{Activity, Counted, Watch};
+use watchdog::{Activity, Counted, RequestGuard, Watch};
 
 /// How the listener treats connections before they are WebSockets.
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ pub async fn accept_loop(
             }
         }
         let slot = match listening.admission.admit(peer.ip()) {
-            Ok(slot) => slot,
+            Ok(slot) => Arc::new(Mutex::new(Some(slot))),
             Err(refusal) => {
                 metrics::counter!("herald_limit_rejections_total", "limit" => refusal.label()).increment(1);
                 drop(stream);
@@ -101,11 +103,13 @@ pub async fn accept_loop(
                     let switch = CoalesceSwitch::default();
                     let app = app.layer(axum::Extension(switch.clone()));
                     let io = Coalescing::new(stream, switch);
-                    serve_connection(io, peer, accepted, app, &listening, shutdown).await
+                    serve_connection(io, peer, accepted, app, &listening, &slot, shutdown).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(listening.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve_connection(stream, peer, accepted, app, &listening, shutdown).await,
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, accepted, app, &listening, &slot, shutdown).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => {
                             metrics::counter!("herald_http_timeouts_total", "timeout" => "tls_handshake").increment(1);
@@ -114,10 +118,29 @@ pub async fn accept_loop(
                     }
                 }
             }
-            // The slot is held until the connection closes or is handed over as a WebSocket
-            // (hyper's connection future ends at the upgrade).
+            // The slot is held until the connection closes, is handed over as a WebSocket
+            // (hyper's connection future ends at the upgrade) or carries a session
+            // ([`LongLived::begin`]).
             drop(slot);
         });
+    }
+}
+
+/// In every request's extensions: lets a handler whose response outlives the request (an
+/// HTTP-streaming or SSE session) make its connection a client connection.
+#[derive(Clone)]
+pub struct LongLived {
+    activity: Arc<Activity>,
+    slot: Arc<Mutex<Option<admission::Slot>>>,
+}
+
+impl LongLived {
+    /// Gives the connection's pending-connection slot back (the session counts against
+    /// `client.max_connections` instead) and keeps the connection busy, out of reach of the idle
+    /// timeout, until the returned guard drops.
+    pub fn begin(&self) -> RequestGuard {
+        self.slot.lock().take();
+        self.activity.request()
     }
 }
 
@@ -127,6 +150,7 @@ async fn serve_connection<I>(
     accepted: Instant,
     app: Router,
     listening: &Listening,
+    slot: &Arc<Mutex<Option<admission::Slot>>>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -134,8 +158,13 @@ async fn serve_connection<I>(
     let activity = Arc::new(Activity::default());
     let io = Counted::new(io, activity.clone());
     let counting = activity.clone();
-    let service = tower::service_fn(move |request| {
+    let long_lived = LongLived {
+        activity: activity.clone(),
+        slot: slot.clone(),
+    };
+    let service = tower::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
         let guard = counting.request();
+        request.extensions_mut().insert(long_lived.clone());
         let app = app.clone();
         async move {
             let response = app.oneshot(request).await;
