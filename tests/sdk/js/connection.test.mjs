@@ -1,8 +1,9 @@
-// Connection lifecycle, connection tokens, refresh and RPC — centrifuge-js, JSON and Protobuf.
+// Connection lifecycle, connection tokens, refresh and RPC — centrifuge-js, JSON and Protobuf, over
+// WebSocket and the HTTP-streaming and SSE fallbacks.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  FORMATS, TEST_TIMEOUT, uid, nowSec, sleep, jwt, connToken, newClient, connectedClient, waitUntil,
+  FORMATS, TEST_TIMEOUT, WS_URL, ENDPOINTS, uid, nowSec, sleep, jwt, connToken, newClient, connectedClient, waitUntil,
 } from './helpers.mjs';
 
 for (const fmt of FORMATS) {
@@ -25,7 +26,7 @@ for (const fmt of FORMATS) {
         const ctx = client.log.connected.at(-1);
         assert.equal(typeof ctx.client, 'string');
         assert.ok(ctx.client.length > 0, 'connect result must carry a client id');
-        assert.equal(ctx.transport, 'websocket');
+        assert.equal(ctx.transport, fmt.transport);
         ids.push(ctx.client);
         client.disconnect();
         assert.equal(client.state, 'disconnected');
@@ -143,11 +144,38 @@ for (const fmt of FORMATS) {
       assert.equal(client.state, 'connected', 'an rpc error does not close the connection');
     });
 
-    test('SSE / HTTP-stream / WebTransport transports', (t) => {
-      t.skip('Herald serves only the bidirectional WebSocket transport');
-    });
   });
 }
+
+// Where WebSocket is blocked the SDK falls back along its transport list; Herald serves each
+// fallback (the whole suite above also runs over them, HERALD_SDK_TRANSPORTS).
+test('js json: blocked transports fall back to http_stream, then to sse', { timeout: TEST_TIMEOUT }, async (t) => {
+  const blockedWs = WS_URL.replace(/\/connection\/websocket$/, '/blocked/websocket');
+  const blockedStream = `${ENDPOINTS.http_stream.replace(/\/connection\/http_stream$/, '')}/blocked/http_stream`;
+  const cases = [
+    { transports: [{ transport: 'websocket', endpoint: blockedWs }, { transport: 'http_stream', endpoint: ENDPOINTS.http_stream }], expect: 'http_stream' },
+    {
+      transports: [
+        { transport: 'websocket', endpoint: blockedWs },
+        { transport: 'http_stream', endpoint: blockedStream },
+        { transport: 'sse', endpoint: ENDPOINTS.sse },
+      ],
+      expect: 'sse',
+    },
+  ];
+  for (const { transports, expect } of cases) {
+    const fmt = FORMATS.find((f) => f.format === 'json');
+    const client = newClient(t, fmt, { token: connToken(`u-${uid()}`) }, transports);
+    client.connect();
+    await client.ready(10000);
+    assert.equal(client.log.connected.at(-1).transport, expect);
+    const sub = await client.newSubscription(`public:fallback-${uid()}`);
+    sub.on('error', () => {});
+    sub.subscribe();
+    await sub.ready(5000);
+    client.disconnect();
+  }
+});
 
 // Server pings (ping_interval 25 s in herald-sdk.toml) and client pongs. Both formats at
 // once to keep the suite short: each client is idle for 40 s. With maxServerPingDelay 2 s

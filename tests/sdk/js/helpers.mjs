@@ -7,7 +7,9 @@
 //   HERALD_SECRET   HMAC secret for HS256 connection/subscription tokens
 
 import { createHmac, randomBytes } from 'node:crypto';
+import { ReadableStream } from 'node:stream/web';
 import { WebSocket } from 'ws';
+import EventSource from 'eventsource';
 import { Centrifuge as CentrifugeJson } from 'centrifuge';
 import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 
@@ -16,32 +18,49 @@ export const API_URL = process.env.HERALD_API_URL || 'http://127.0.0.1:8000/api'
 export const API_KEY = process.env.HERALD_API_KEY || 'sdk-test-api-key';
 export const SECRET = process.env.HERALD_SECRET || 'sdk-test-secret';
 
+// The fallback endpoints sit beside the WebSocket one.
+const HTTP_BASE = WS_URL.replace(/^ws/, 'http').replace(/\/connection\/websocket$/, '');
+export const ENDPOINTS = {
+  http_stream: `${HTTP_BASE}/connection/http_stream`,
+  sse: `${HTTP_BASE}/connection/sse`,
+};
+export const EMULATION_URL = `${HTTP_BASE}/emulation`;
+
 // Default per-test timeout (ms) handed to node:test `test(name, { timeout })`.
 export const TEST_TIMEOUT = 30000;
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-// Each scenario runs once per protocol format. `encode` turns a JS value into what
-// the SDK publishes in that format (JSON: the value itself; Protobuf: bytes), and
-// `decode` turns received publication data back into the JS value.
+// Each scenario runs once per protocol format and transport. `encode` turns a JS value into
+// what the SDK publishes in that format (JSON: the value itself; Protobuf: bytes), and
+// `decode` turns received publication data back into the JS value. The fallbacks run as the
+// SDK's own suite runs them in Node: `ws`, `eventsource` (major 2), fetch and ReadableStream.
+// HERALD_SDK_TRANSPORTS (comma-separated, default all) picks the transports.
+const JSON_FORMAT = {
+  format: 'json',
+  Centrifuge: CentrifugeJson,
+  encode: (v) => v,
+  decode: (d) => d,
+};
+const PROTOBUF_FORMAT = {
+  format: 'protobuf',
+  Centrifuge: CentrifugeProtobuf,
+  encode: (v) => enc.encode(JSON.stringify(v)),
+  decode: (d) => {
+    assertBytes(d);
+    return JSON.parse(dec.decode(d));
+  },
+};
+const WANTED = (process.env.HERALD_SDK_TRANSPORTS || 'websocket,http_stream,sse').split(',');
 export const FORMATS = [
-  {
-    name: 'json',
-    Centrifuge: CentrifugeJson,
-    encode: (v) => v,
-    decode: (d) => d,
-  },
-  {
-    name: 'protobuf',
-    Centrifuge: CentrifugeProtobuf,
-    encode: (v) => enc.encode(JSON.stringify(v)),
-    decode: (d) => {
-      assertBytes(d);
-      return JSON.parse(dec.decode(d));
-    },
-  },
-];
+  { ...JSON_FORMAT, name: 'json', transport: 'websocket' },
+  { ...PROTOBUF_FORMAT, name: 'protobuf', transport: 'websocket' },
+  { ...JSON_FORMAT, name: 'json http_stream', transport: 'http_stream' },
+  { ...PROTOBUF_FORMAT, name: 'protobuf http_stream', transport: 'http_stream' },
+  // SSE is JSON only.
+  { ...JSON_FORMAT, name: 'json sse', transport: 'sse' },
+].filter((f) => WANTED.includes(f.transport));
 
 export function assertBytes(d) {
   if (!(d instanceof Uint8Array)) {
@@ -114,9 +133,17 @@ export function record(emitter, events) {
 
 // Creates a client for `fmt`, records its events in `client.log` and disconnects it
 // when the test ends. Does not connect.
-export function newClient(t, fmt, opts = {}) {
-  const client = new fmt.Centrifuge(WS_URL, {
+// `transports` (a list of {transport, endpoint}) replaces the variant's own endpoint.
+export function newClient(t, fmt, opts = {}, transports = null) {
+  const endpoint = transports || (fmt.transport === 'websocket'
+    ? WS_URL
+    : [{ transport: fmt.transport, endpoint: ENDPOINTS[fmt.transport] }]);
+  const client = new fmt.Centrifuge(endpoint, {
     websocket: WebSocket,
+    fetch: globalThis.fetch,
+    readableStream: ReadableStream,
+    eventsource: EventSource,
+    emulationEndpoint: EMULATION_URL,
     timeout: 5000,
     minReconnectDelay: 100,
     maxReconnectDelay: 1000,
@@ -153,11 +180,18 @@ export async function subscribed(client, channel, opts = {}) {
   return sub;
 }
 
-// Terminates the WebSocket under the client without a close handshake (an abrupt
-// transport drop, as on network loss). Returns false when the SDK internals this
-// relies on are not where expected.
+// Drops the transport under the client without a close handshake (an abrupt
+// transport drop, as on network loss): terminates the WebSocket, or closes the HTTP stream
+// or event source. Returns false when the SDK internals this relies on are not where
+// expected.
 export function dropTransport(client) {
-  const ws = client._transport && client._transport._transport;
+  const transport = client._transport;
+  if (transport && transport.emulation && transport.emulation()) {
+    if (typeof transport.close !== 'function') return false;
+    transport.close();
+    return true;
+  }
+  const ws = transport && transport._transport;
   if (!ws || typeof ws.terminate !== 'function') return false;
   ws.terminate();
   return true;

@@ -175,7 +175,7 @@ for (const fmt of FORMATS) {
       assert.equal(sub.log.publication[1].offset, 2);
     });
 
-    if (fmt.name === 'protobuf') {
+    if (fmt.format === 'protobuf') {
       test('protobuf: binary (non-JSON) payload comes back byte-exact', { timeout: TEST_TIMEOUT }, async (t) => {
         const user = `u-${uid()}`;
         const client = await connectedClient(t, fmt, user);
