@@ -143,7 +143,7 @@ async fn malformed_bodies_are_400_with_a_message() {
         ("publish", r#"{"channel": 5, "data": {}}"#),
         ("history", r#"{"channel": "news", "limit": "ten"}"#),
         ("disconnect", r#"{"user": ["42"]}"#),
-        ("publish", r#"{"channel": "news", "b64data": "***not base64***"}"#),
+        ("publish", r#"{"channel": "news", "data": {}, "version": -1}"#),
     ];
     for (method, body) in cases {
         let (status, reply) = api_raw(&node, method, body).await;
@@ -153,6 +153,9 @@ async fn malformed_bodies_are_400_with_a_message() {
             .unwrap_or_else(|| panic!("400 body is not text: {reply}"));
         assert!(!message.trim().is_empty(), "{method} {body}: empty 400 message");
     }
+    // Bad base64 is a bad request in the body (107), as in Centrifugo, not a 400.
+    let bad_base64 = json!({"channel": "news", "b64data": "***not base64***"});
+    assert_eq!(error_code(&node, "publish", bad_base64).await, 107);
     // No history was written by any of them.
     let history = ok(&node, "history", json!({"channel": "news", "limit": -1})).await;
     assert_eq!(offsets(&history), Vec::<u64>::new());
@@ -205,9 +208,9 @@ async fn publish_errors_in_body_and_transport_mode() {
     let node = Node::start(CONFIG);
     let publish = json!({"channel": "nope:x", "data": {}});
     assert_eq!(error_code(&node, "publish", publish.clone()).await, 102);
+    // An unknown method has no route, as in Centrifugo: 404 whatever the error mode.
     let (status, body) = node.api("no_such_method", json!({})).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["error"]["code"], 104, "{body}");
+    assert_eq!(status, 404, "{body}");
 
     let headers = [("X-API-Key", API_KEY), TRANSPORT];
     let (status, body) = node.api_with("publish", publish.to_string(), &headers).await;
@@ -450,6 +453,28 @@ async fn info_describes_the_node() {
 // ---------------------------------------------------------------------------------------------
 // batch
 
+/// Runs a batch that must be answered 200 and returns its replies. The answer is
+/// `{"replies": [...]}` and nothing else: no `result` around it, as Centrifugo answers (the
+/// `cent` client reads `replies` at the top).
+async fn batch(node: &Node, body: Value) -> Vec<Value> {
+    let (status, answer) = node.api("batch", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let keys: Vec<&String> = answer
+        .as_object()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .keys()
+        .collect();
+    assert_eq!(keys, ["replies"], "{answer}");
+    answer["replies"].as_array().unwrap().clone()
+}
+
+/// The method key of a batch reply (`error` for an error).
+fn reply_key(reply: &Value) -> &str {
+    let keys: Vec<&String> = reply.as_object().unwrap_or_else(|| panic!("{reply}")).keys().collect();
+    assert_eq!(keys.len(), 1, "a reply has one key: {reply}");
+    keys[0]
+}
+
 #[tokio::test]
 async fn batch_runs_commands_in_order_with_per_command_errors() {
     let node = Node::start(CONFIG);
@@ -460,25 +485,122 @@ async fn batch_runs_commands_in_order_with_per_command_errors() {
         {"publish": {"channel": "nope:x", "data": {}}},
         {"publish": {"channel": "batched", "data": {"n": 2}}},
     ]});
-    let result = ok(&node, "batch", body).await;
-    let replies = result["replies"].as_array().unwrap_or_else(|| panic!("{result}"));
-    assert_eq!(replies.len(), 4, "{result}");
-    assert_eq!(replies[0]["publish"]["offset"], 1, "{result}");
+    let replies = batch(&node, body).await;
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    assert_eq!(replies[0]["publish"]["offset"], 1, "{replies:?}");
     assert!(replies[0]["publish"]["epoch"].as_str().is_some_and(|e| !e.is_empty()));
     assert_eq!(
         replies[1]["presence_stats"],
         json!({"num_clients": 1, "num_users": 1}),
-        "{result}"
+        "{replies:?}"
     );
-    assert_eq!(replies[2]["error"]["code"], 102, "{result}");
-    assert!(replies[2].get("publish").is_none(), "{result}");
-    assert_eq!(replies[3]["publish"]["offset"], 2, "{result}");
+    assert_eq!(
+        replies[2],
+        json!({"error": {"code": 102, "message": "unknown channel"}})
+    );
+    assert_eq!(replies[3]["publish"]["offset"], 2, "{replies:?}");
+}
+
+/// Every method in one batch, each answered under its own key, in command order; what names no
+/// method answers 104 ("not found") and a `null` command 107, in their own slots.
+#[tokio::test]
+async fn batch_answers_every_method_under_its_own_key() {
+    let node = Node::start(CONFIG);
+    let (_client, id) = connect_with_id(&node, Format::Json, "b").await;
+    let body = json!({"commands": [
+        {"publish": {"channel": "every", "data": {"n": 1}}},
+        {"broadcast": {"channels": ["every", "every-2"], "data": {"n": 2}}},
+        {"subscribe": {"user": "b", "channel": "every"}},
+        {"history": {"channel": "every", "limit": -1}},
+        {"presence": {"channel": "every"}},
+        {"presence_stats": {"channel": "every"}},
+        {"channels": {"pattern": "every*"}},
+        {"info": {}},
+        {"refresh": {"user": "b", "expire_at": 4_000_000_000u64}},
+        {"unsubscribe": {"user": "b", "channel": "every"}},
+        {"history_remove": {"channel": "every-2"}},
+        {"rpc": {"method": "anything", "params": {"x": 1}}},
+        {"nope": {}},
+        null,
+        {},
+        {"disconnect": {"user": "b", "client": id}},
+    ]});
+    let replies = batch(&node, body).await;
+    let keys: Vec<&str> = replies.iter().map(reply_key).collect();
+    assert_eq!(
+        keys,
+        [
+            "publish",
+            "broadcast",
+            "subscribe",
+            "history",
+            "presence",
+            "presence_stats",
+            "channels",
+            "info",
+            "refresh",
+            "unsubscribe",
+            "history_remove",
+            "error",
+            "error",
+            "error",
+            "error",
+            "disconnect"
+        ],
+        "{replies:?}"
+    );
+    assert_eq!(replies[0]["publish"]["offset"], 1);
+    let responses = &replies[1]["broadcast"]["responses"];
+    assert_eq!(responses[0]["result"]["offset"], 2, "{responses}");
+    assert_eq!(responses[1]["result"]["offset"], 1, "{responses}");
+    assert_eq!(replies[2]["subscribe"], json!({}));
+    assert_eq!(offsets(&replies[3]["history"]), [1, 2]);
+    assert_eq!(replies[7]["info"]["nodes"].as_array().map(Vec::len), Some(1));
+    let not_found = json!({"error": {"code": 104, "message": "not found"}});
+    assert_eq!(replies[11], not_found, "rpc: no method is registered");
+    assert_eq!(replies[12], not_found, "an unknown method");
+    assert_eq!(replies[13], json!({"error": {"code": 107, "message": "bad request"}}));
+    assert_eq!(replies[14], not_found, "a command without a method");
+    assert_eq!(replies[15]["disconnect"], json!({}));
+}
+
+/// A malformed command refuses the whole batch before any command runs (400), as Centrifugo's
+/// decoder does; a command its method refuses (bad base64) answers in its own slot and the
+/// others run.
+#[tokio::test]
+async fn batch_with_a_malformed_command_runs_nothing() {
+    let node = Node::start(CONFIG);
+    let body = json!({"commands": [
+        {"publish": {"channel": "strict", "data": {"n": 1}}},
+        {"publish": {"channel": 5, "data": {"n": 2}}},
+    ]});
+    let (status, reply) = node.api("batch", body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.as_str().is_some_and(|m| m.starts_with("publish: ")), "{reply}");
+    let (status, reply) = api_raw(
+        &node,
+        "batch",
+        r#"{"commands": [{"publish": {"channel": "strict", "data": {"n": 1}}}, {"publish": {"channel": "strict", "data": 1e400}}]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "I-JSON: {reply}");
+    let history = ok(&node, "history", json!({"channel": "strict", "limit": -1})).await;
+    assert_eq!(offsets(&history), Vec::<u64>::new(), "nothing ran: {history}");
+
+    let body = json!({"commands": [
+        {"publish": {"channel": "strict", "data": {"n": 5}}},
+        {"publish": {"channel": "strict", "b64data": "not base64!"}},
+        {"publish": {"channel": "strict", "data": {"n": 7}}},
+    ]});
+    let replies = batch(&node, body).await;
+    assert_eq!(replies[1], json!({"error": {"code": 107, "message": "bad request"}}));
+    assert_eq!(node.history_numbers("strict", "n").await, [5, 7]);
 }
 
 /// Publishes of a batch reach subscribers in the batch's order, across channels with and
-/// without history; a malformed command ends the batch after the commands before it ran.
+/// without history.
 #[tokio::test]
-async fn batch_keeps_order_across_channels_and_runs_what_precedes_a_malformed_command() {
+async fn batch_keeps_order_across_channels() {
     let node = Node::start(CONFIG);
     let mut client = subscribed(&node, Format::Json, "1", "mixed-history").await;
     client.call(cmd::subscribe("open:mixed")).await;
@@ -488,7 +610,7 @@ async fn batch_keeps_order_across_channels_and_runs_what_precedes_a_malformed_co
         {"publish": {"channel": "mixed-history", "data": {"n": 3}}},
         {"publish": {"channel": "open:mixed", "data": {"n": 4}}},
     ]});
-    ok(&node, "batch", body).await;
+    batch(&node, body).await;
     let mut seen = Vec::new();
     while seen.len() < 4 {
         let push = next_event(&mut client).await;
@@ -498,16 +620,42 @@ async fn batch_keeps_order_across_channels_and_runs_what_precedes_a_malformed_co
         }
     }
     assert_eq!(seen, [1, 2, 3, 4]);
+}
 
-    let body = json!({"commands": [
-        {"publish": {"channel": "mixed-history", "data": {"n": 5}}},
-        {"publish": {"channel": "mixed-history", "data": {"n": 6}}},
-        {"publish": {"channel": "mixed-history", "b64data": "not base64!"}},
-        {"publish": {"channel": "mixed-history", "data": {"n": 7}}},
-    ]});
-    let (status, reply) = node.api("batch", body).await;
-    assert_eq!(status, 400, "{reply}");
-    assert_eq!(node.history_numbers("mixed-history", "n").await, [1, 3, 5, 6]);
+/// `parallel: true`: commands may run concurrently, yet every reply is in its command's slot,
+/// and each channel's offsets are still contiguous from 1.
+#[tokio::test]
+async fn parallel_batch_answers_in_command_order() {
+    let node = Node::start(CONFIG);
+    let mut commands = Vec::new();
+    for i in 0..300u64 {
+        commands.push(match i % 5 {
+            4 => json!({"presence_stats": {"channel": format!("par-{}", i % 3)}}),
+            3 => json!({"history": {"channel": "nope:x"}}),
+            _ => json!({"publish": {"channel": format!("par-{}", i % 3), "data": {"i": i}}}),
+        });
+    }
+    let replies = batch(&node, json!({"commands": commands, "parallel": true})).await;
+    assert_eq!(replies.len(), 300);
+    let mut offsets_of: [Vec<u64>; 3] = Default::default();
+    for (i, reply) in replies.iter().enumerate() {
+        match i % 5 {
+            4 => assert_eq!(reply_key(reply), "presence_stats", "{i}: {reply}"),
+            3 => assert_eq!(reply["error"]["code"], 102, "{i}: {reply}"),
+            _ => offsets_of[i % 3].push(reply["publish"]["offset"].as_u64().unwrap()),
+        }
+    }
+    for (channel, mut offsets) in offsets_of.into_iter().enumerate() {
+        offsets.sort_unstable();
+        let expected: Vec<u64> = (1..=offsets.len() as u64).collect();
+        assert_eq!(offsets, expected, "par-{channel}");
+        // Each publication is stored once, whatever order the commands ran in.
+        let mut numbers = node.history_numbers(&format!("par-{channel}"), "i").await;
+        assert_eq!(numbers.len(), expected.len().min(10), "par-{channel}: history_size 10");
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(numbers.len(), expected.len().min(10));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,6 +829,164 @@ async fn refresh_expired_closes_with_3005() {
     assert_eq!(client.closed().await.0, 3005);
     let reply = other.call(cmd::subscribe("fine")).await;
     assert!(reply.error.is_none(), "{reply:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request and reply shapes, field by field against Centrifugo v6 (`internal/apiproto/api.proto`)
+
+/// The keys of a JSON object, sorted.
+fn keys_of(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// `rpc` reaches handlers registered in the server, never a proxy; there are none: an empty
+/// method is 107, any other 104, and in transport mode 400 and 404.
+#[tokio::test]
+async fn rpc_answers_that_no_method_exists() {
+    let node = Node::start(CONFIG);
+    let (status, reply) = node.api("rpc", json!({"method": "getUser", "params": {"id": 1}})).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply, json!({"error": {"code": 104, "message": "not found"}}));
+    assert_eq!(error_code(&node, "rpc", json!({"params": [1]})).await, 107);
+    let headers = [("X-API-Key", API_KEY), ("X-Centrifugo-Error-Mode", "transport")];
+    let (status, _) = node.api_with("rpc", r#"{"method": "x"}"#.into(), &headers).await;
+    assert_eq!(status, 404);
+    let (status, _) = node.api_with("rpc", "{}".into(), &headers).await;
+    assert_eq!(status, 400);
+}
+
+/// Publish takes every field of Centrifugo's PublishRequest: `delta`, `version` and
+/// `version_epoch` are accepted (not yet applied), `null` is a field's zero value, and
+/// `b64data` wins over `data`.
+#[tokio::test]
+async fn publish_takes_every_centrifugo_field() {
+    let node = Node::start(CONFIG);
+    let mut client = subscribed(&node, Format::Protobuf, "1", "fields").await;
+    let body = json!({
+        "channel": "fields", "data": {"n": 1}, "skip_history": null, "tags": null,
+        "idempotency_key": null, "b64data": null, "delta": true, "version": 7, "version_epoch": "v1",
+    });
+    assert_eq!(ok(&node, "publish", body).await["offset"], 1);
+    let body = json!({"channel": "fields", "data": {"ignored": true}, "b64data": "AAEC", "tags": {"k": "v"}});
+    assert_eq!(ok(&node, "publish", body).await["offset"], 2);
+    let first = next_event(&mut client).await.r#pub.expect("publication");
+    assert_eq!(common::data_of(&first), json!({"n": 1}));
+    let second = next_event(&mut client).await.r#pub.expect("publication");
+    assert_eq!(&second.data[..], [0, 1, 2]);
+    assert_eq!(second.tags.get("k").map(String::as_str), Some("v"));
+    let body = json!({"channels": ["fields"], "data": 1, "delta": false, "version": 0, "version_epoch": ""});
+    let result = ok(&node, "broadcast", body).await;
+    assert_eq!(result["responses"][0]["result"]["offset"], 3, "{result}");
+    // A publication to a channel without history answers `{}`; one without data is 107.
+    assert_eq!(
+        ok(&node, "publish", json!({"channel": "open:x", "data": 1})).await,
+        json!({})
+    );
+    assert_eq!(error_code(&node, "publish", json!({"channel": "fields"})).await, 107);
+    assert_eq!(
+        error_code(&node, "broadcast", json!({"channels": [], "data": 1})).await,
+        107
+    );
+}
+
+/// History publications carry exactly Centrifugo's API fields (`data`, `info`, `offset`, `tags`;
+/// not the client protocol's `time`), with `info` as `{user, client}`; presence entries are
+/// `{user, client}` too; the history result always has `publications`, `epoch` and `offset`.
+#[tokio::test]
+async fn history_and_presence_entries_have_centrifugo_fields_only() {
+    let node = Node::start(CONFIG);
+    let (mut client, id) = connect_with_id(&node, Format::Json, "writer").await;
+    let reply = client.call(cmd::subscribe("shapes")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    node.api(
+        "publish",
+        json!({"channel": "shapes", "data": {"api": 1}, "tags": {"t": "1"}}),
+    )
+    .await;
+    let reply = client.call(cmd::publish("shapes", r#"{"client":2}"#)).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+
+    let history = ok(&node, "history", json!({"channel": "shapes", "limit": -1})).await;
+    assert_eq!(keys_of(&history), ["epoch", "offset", "publications"], "{history}");
+    let publications = history["publications"].as_array().unwrap();
+    assert_eq!(publications.len(), 2, "{history}");
+    assert_eq!(keys_of(&publications[0]), ["data", "offset", "tags"], "{history}");
+    assert_eq!(keys_of(&publications[1]), ["data", "info", "offset"], "{history}");
+    assert_eq!(publications[1]["info"], json!({"user": "writer", "client": id}));
+
+    let presence = ok(&node, "presence", json!({"channel": "shapes"})).await;
+    assert_eq!(
+        presence,
+        json!({"presence": {id.clone(): {"user": "writer", "client": id}}})
+    );
+
+    let empty = ok(&node, "history", json!({"channel": "never-written"})).await;
+    assert_eq!(empty, json!({"publications": [], "epoch": "", "offset": 0}));
+    assert_eq!(error_code(&node, "history", json!({})).await, 107, "no channel");
+    assert_eq!(error_code(&node, "presence", json!({"channel": null})).await, 107);
+}
+
+/// The user methods take every field of Centrifugo's requests. `session` names a session id,
+/// which no Herald connection has yet: such a call reaches nobody. Unsubscribing from no channel
+/// does nothing; an unknown namespace is 102; bad base64 is 107.
+#[tokio::test]
+async fn user_methods_take_every_centrifugo_field() {
+    let node = Node::start(CONFIG);
+    let (mut client, id) = connect_with_id(&node, Format::Json, "fields").await;
+    let subscribe = json!({
+        "user": "fields", "channel": "srv", "client": id, "session": null, "expire_at": 0,
+        "info": {"role": "x"}, "b64info": null, "data": {"hello": 1}, "b64data": "",
+        "recover_since": {"offset": 0, "epoch": ""},
+        "override": {"presence": {"value": true}, "join_leave": null, "force_recovery": {"value": false}},
+    });
+    assert_eq!(ok(&node, "subscribe", subscribe).await, json!({}));
+    let push = next_event(&mut client).await;
+    assert_eq!(push.channel, "srv");
+    assert!(push.subscribe.is_some(), "{push:?}");
+    let bad = json!({"user": "fields", "channel": "srv", "b64info": "%%%"});
+    assert_eq!(error_code(&node, "subscribe", bad).await, 107);
+    let unknown = json!({"user": "fields", "channel": "nope:x"});
+    assert_eq!(error_code(&node, "subscribe", unknown.clone()).await, 102);
+    assert_eq!(error_code(&node, "unsubscribe", unknown).await, 102);
+    assert_eq!(ok(&node, "unsubscribe", json!({"user": "fields"})).await, json!({}));
+
+    // A session matches none of Herald's connections.
+    for (method, body) in [
+        (
+            "unsubscribe",
+            json!({"user": "fields", "channel": "srv", "session": "s1"}),
+        ),
+        ("refresh", json!({"user": "fields", "expired": true, "session": "s1"})),
+        ("disconnect", json!({"user": "fields", "session": "s1"})),
+    ] {
+        assert_eq!(ok(&node, method, body).await, json!({}), "{method}");
+    }
+    let reply = client.call(cmd::subscribe("still-connected")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    assert_eq!(
+        ok(
+            &node,
+            "refresh",
+            json!({"user": "fields", "client": id, "info": {"new": 1}, "expire_at": null})
+        )
+        .await,
+        json!({})
+    );
+    let reply = client.call(cmd::subscribe("still-connected-2")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    let disconnect =
+        json!({"user": "fields", "client": id, "whitelist": null, "disconnect": {"code": 4001, "reason": "bye"}});
+    assert_eq!(ok(&node, "disconnect", disconnect).await, json!({}));
+    assert_eq!(client.closed().await, (4001, "bye".to_owned()));
+    let out_of_range = json!({"user": "fields", "disconnect": {"code": 1000, "reason": ""}});
+    assert_eq!(error_code(&node, "disconnect", out_of_range).await, 107);
 }
 
 // ---------------------------------------------------------------------------------------------

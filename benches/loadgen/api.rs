@@ -177,15 +177,15 @@ async fn read_responses(mut read: OwnedReadHalf, permits: Arc<Semaphore>, acks: 
     acks.send_modify(|a| a.closed = Some(closed));
 }
 
-/// How a `/api/batch` result starts.
-const BATCH_RESULT: &[u8] = b"{\"result\":{\"replies\":";
+/// How a `/api/batch` answer starts (Centrifugo's shape: the replies at the top, no `result`).
+const BATCH_RESULT: &[u8] = b"{\"replies\":";
 
 /// Counts each reply of a batch result: a publish result, or an error. A body that does not
 /// parse counts as one error (its publishes stay unanswered, which the run reports).
 fn count_batch_replies(body: &[u8], acks: &mut Acks) {
     let replies = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v["result"]["replies"].as_array().cloned());
+        .and_then(|v| v["replies"].as_array().cloned());
     let Some(replies) = replies else {
         acks.error(|| format!("bad batch result {}", String::from_utf8_lossy(body)));
         return;
@@ -295,7 +295,7 @@ HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n";
 
         let mut acks = Acks::default();
         count_batch_replies(
-            br#"{"result":{"replies":[{"publish":{"offset":1}},{"error":{"code":102}},{"publish":{}}]}}"#,
+            br#"{"replies":[{"publish":{"offset":1}},{"error":{"code":102}},{"publish":{}}]}"#,
             &mut acks,
         );
         assert_eq!((acks.ok, acks.errors), (2, 1));

@@ -1,37 +1,70 @@
 //! `history` and `history_remove`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::presence::Channel;
-use super::{ApiError, ApiResult};
+use super::presence::{Channel, ClientInfo};
+use super::{nullable, ApiResult};
 use crate::broker::Broker;
+use crate::protocol::json::{is_default, raw};
+use crate::protocol::proto;
 
+/// Centrifugo's `HistoryRequest`: `limit` 0 (or absent) answers only the stream's position, a
+/// negative one as many publications as retained.
 #[derive(Deserialize)]
 pub struct History {
+    #[serde(default, deserialize_with = "nullable")]
     channel: String,
+    #[serde(default, deserialize_with = "nullable")]
+    limit: i32,
     #[serde(default)]
-    limit: i64,
-    #[serde(default)]
-    since: Option<Since>,
-    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default, deserialize_with = "nullable")]
     reverse: bool,
 }
 
 #[derive(Deserialize)]
-struct Since {
-    #[serde(default)]
+pub struct StreamPosition {
+    #[serde(default, deserialize_with = "nullable")]
     offset: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     epoch: String,
 }
 
+/// A publication as the API shows it (Centrifugo's API `Publication`): the client protocol's
+/// `time`, `channel` and `delta` are not part of it.
+#[derive(Serialize)]
+struct Publication {
+    #[serde(serialize_with = "raw::serialize", skip_serializing_if = "Bytes::is_empty")]
+    data: Bytes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<ClientInfo>,
+    #[serde(skip_serializing_if = "is_default")]
+    offset: u64,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    tags: HashMap<String, String>,
+}
+
+impl From<proto::Publication> for Publication {
+    fn from(p: proto::Publication) -> Self {
+        Self {
+            data: p.data,
+            info: p.info.map(ClientInfo::from),
+            offset: p.offset,
+            tags: p.tags,
+        }
+    }
+}
+
+/// `{publications, epoch, offset}`, all three always present.
 pub async fn history(broker: &Arc<Broker>, h: History) -> ApiResult {
     let since = h.since.map(|s| (s.epoch, s.offset));
-    let history = broker.history(&h.channel, h.limit, since, h.reverse).await?;
-    let publications = serde_json::to_value(&history.publications).map_err(|e| ApiError::Malformed(e.to_string()))?;
+    let history = broker.history(&h.channel, i64::from(h.limit), since, h.reverse).await?;
+    let publications: Vec<Publication> = history.publications.into_iter().map(Publication::from).collect();
     Ok(json!({ "publications": publications, "epoch": history.epoch, "offset": history.offset }))
 }
 

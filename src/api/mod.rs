@@ -1,14 +1,20 @@
 //! The HTTP server API: `POST /api/<method>` with a JSON body, authenticated by
-//! `X-API-Key: <key>` or `Authorization: apikey <key>`.
+//! `X-API-Key: <key>` or `Authorization: apikey <key>`. Request and reply shapes are Centrifugo
+//! v6's (`internal/apiproto/api.proto`), so its API clients (PyPI `cent`) work unchanged.
 //!
-//! Replies are `200 {"result": …}` or `200 {"error": {"code", "message"}}`; with the header
+//! Replies are `200 {"result": …}` or `200 {"error": {"code", "message"}}`, except `batch`, which
+//! answers `200 {"replies": […]}` as Centrifugo does; with the header
 //! `X-Herald-Error-Mode: transport` (or `X-Centrifugo-Error-Mode`) errors become HTTP statuses
-//! (100→500, 102/104→404, 107/108→400, 112→416). A missing or wrong key is 401, a malformed
-//! body 400 with a message. Each method lives in its own file and is listed in [`call`].
+//! (100→500, 102/104→404, 107/108→400, 112→416). A missing or wrong key is 401, an unknown
+//! method 404, a malformed body 400 with a message. Like Centrifugo's decoder (Go's
+//! `encoding/json`), parameters ignore unknown fields and read `null` as the field's zero value.
+//! Each method lives in its own file and is listed in [`Request`].
 
+mod batch;
 mod history;
 mod presence;
 mod publish;
+mod rpc;
 mod server;
 mod users;
 
@@ -19,6 +25,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -53,6 +60,12 @@ fn params<T: DeserializeOwned>(body: &RawValue) -> Result<T, ApiError> {
     serde_json::from_str(body.get()).map_err(|e| ApiError::Malformed(format!("invalid parameters: {e}")))
 }
 
+/// A parameter given as `null` is its zero value, as Centrifugo's decoder reads it (clients that
+/// serialize unset fields as `null` work). Use with `#[serde(default)]` for a missing field.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 /// The method as a metric label: any name other than [`Request::METHODS`] counts as `unknown`,
 /// so that clients cannot create metric series at will (issue 11).
 fn method_label(method: &str) -> &'static str {
@@ -64,7 +77,6 @@ fn method_label(method: &str) -> &'static str {
 }
 
 /// Runs one API method other than `batch` (which [`handler`] runs, and which may not nest).
-/// `batch` calls this for each of its commands.
 pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiResult {
     metrics::counter!("herald_api_requests_total", "method" => method_label(method)).increment(1);
     Request::parse(method, body)?.run(broker).await
@@ -74,10 +86,10 @@ pub async fn call(broker: &Arc<Broker>, method: &str, body: &RawValue) -> ApiRes
 /// broker. Kept apart from [`Request::run`] so the api_bodies fuzz target can parse every
 /// method's body without a broker.
 pub enum Request {
-    Publish(publish::Body),
-    Broadcast(publish::Body),
-    Subscribe(users::Subscription),
-    Unsubscribe(users::Subscription),
+    Publish(Box<crate::broker::PublishRequest>),
+    Broadcast(Vec<crate::broker::PublishRequest>),
+    Subscribe(users::Subscribe),
+    Unsubscribe(users::Unsubscribe),
     Disconnect(users::Disconnect),
     Refresh(users::Refresh),
     Presence(presence::Channel),
@@ -86,7 +98,8 @@ pub enum Request {
     HistoryRemove(presence::Channel),
     Channels(server::Channels),
     Info,
-    Batch(server::Batch),
+    Rpc(rpc::Rpc),
+    Batch(batch::Batch),
 }
 
 impl Request {
@@ -104,13 +117,14 @@ impl Request {
         "history_remove",
         "channels",
         "info",
+        "rpc",
         "batch",
     ];
 
     pub fn parse(method: &str, body: &RawValue) -> Result<Self, ApiError> {
         Ok(match method {
-            "publish" => Self::Publish(params(body)?),
-            "broadcast" => Self::Broadcast(params(body)?),
+            "publish" => Self::Publish(Box::new(publish::publish_request(params(body)?)?)),
+            "broadcast" => Self::Broadcast(publish::broadcast_requests(params(body)?)?),
             "subscribe" => Self::Subscribe(params(body)?),
             "unsubscribe" => Self::Unsubscribe(params(body)?),
             "disconnect" => Self::Disconnect(params(body)?),
@@ -121,14 +135,35 @@ impl Request {
             "history_remove" => Self::HistoryRemove(params(body)?),
             "channels" => Self::Channels(params(body)?),
             "info" => Self::Info,
+            "rpc" => Self::Rpc(params(body)?),
             "batch" => Self::Batch(params(body)?),
             _ => return Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND)),
         })
     }
 
+    /// The method's name: the key of its reply in a batch.
+    fn method(&self) -> &'static str {
+        match self {
+            Self::Publish(_) => "publish",
+            Self::Broadcast(_) => "broadcast",
+            Self::Subscribe(_) => "subscribe",
+            Self::Unsubscribe(_) => "unsubscribe",
+            Self::Disconnect(_) => "disconnect",
+            Self::Refresh(_) => "refresh",
+            Self::Presence(_) => "presence",
+            Self::PresenceStats(_) => "presence_stats",
+            Self::History(_) => "history",
+            Self::HistoryRemove(_) => "history_remove",
+            Self::Channels(_) => "channels",
+            Self::Info => "info",
+            Self::Rpc(_) => "rpc",
+            Self::Batch(_) => "batch",
+        }
+    }
+
     async fn run(self, broker: &Arc<Broker>) -> ApiResult {
         match self {
-            Self::Publish(p) => publish::publish(broker, p).await,
+            Self::Publish(p) => publish::publish(broker, *p).await,
             Self::Broadcast(b) => publish::broadcast(broker, b).await,
             Self::Subscribe(s) => users::subscribe(broker, s).await,
             Self::Unsubscribe(s) => users::unsubscribe(broker, s).await,
@@ -140,6 +175,7 @@ impl Request {
             Self::HistoryRemove(c) => history::history_remove(broker, c).await,
             Self::Channels(c) => server::channels(broker, c).await,
             Self::Info => server::info(broker).await,
+            Self::Rpc(r) => rpc::rpc(r),
             // [`handler`] runs a batch itself (its replies are written as text); one never nests.
             Self::Batch(_) => Err(ApiError::Malformed("batch inside batch".into())),
         }
@@ -175,6 +211,11 @@ pub async fn handler(
     if !authorized(&headers, broker.config().api.key.as_deref()) {
         return (StatusCode::UNAUTHORIZED, "unauthorized: missing or wrong API key").into_response();
     }
+    if !Request::METHODS.contains(&method.as_str()) {
+        // Centrifugo has no route for it either: a 404, whatever the error mode.
+        metrics::counter!("herald_api_requests_total", "method" => "unknown").increment(1);
+        return (StatusCode::NOT_FOUND, "unknown API method").into_response();
+    }
     let body = match read_body(body, &headers, broker.config()).await {
         Ok(body) => body,
         Err(refusal) => return refusal,
@@ -188,39 +229,53 @@ pub async fn handler(
             .get(*h)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport"))
     });
-    let outcome = if method == "batch" {
+    if method == "batch" {
         metrics::counter!("herald_api_requests_total", "method" => "batch").increment(1);
         // A batch's replies are written as JSON text as they come (bounded by
-        // api.max_batch_reply_size), never held as a tree.
-        match params(body) {
-            Ok(batch) => server::batch(&broker, batch).await,
+        // api.max_batch_reply_size), never held as a tree; that text is the whole answer,
+        // `{"replies": [...]}` with no `result` around it (Centrifugo's BatchResponse).
+        let replies = match params(body) {
+            Ok(request) => batch::batch(&broker, request).await,
             Err(e) => Err(e),
-        }
-    } else {
-        call(&broker, &method, body)
-            .await
-            .map(|result| serde_json::to_vec(&result).expect("a JSON value serializes into memory"))
-    };
-    match outcome {
+        };
+        return match replies {
+            Ok(replies) => json_bytes(replies),
+            Err(e) => failure(e, transport_errors),
+        };
+    }
+    match call(&broker, &method, body).await {
         Ok(result) => {
+            let result = serde_json::to_vec(&result).expect("a JSON value serializes into memory");
             let mut body = Vec::with_capacity(result.len() + 11);
             body.extend_from_slice(b"{\"result\":");
             body.extend_from_slice(&result);
             body.push(b'}');
-            (
-                StatusCode::OK,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response()
+            json_bytes(body)
         }
-        Err(ApiError::Malformed(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
-        Err(ApiError::Code(code)) if transport_errors => (
+        Err(e) => failure(e, transport_errors),
+    }
+}
+
+fn json_bytes(body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// The answer to a call that failed: 400 with the message, or the error code in the body (or as
+/// a status in transport error mode).
+fn failure(error: ApiError, transport_errors: bool) -> Response {
+    match error {
+        ApiError::Malformed(message) => (StatusCode::BAD_REQUEST, message).into_response(),
+        ApiError::Code(code) if transport_errors => (
             status_of(code),
             serde_json::json!({"error": error_json(code)}).to_string(),
         )
             .into_response(),
-        Err(ApiError::Code(code)) => json_response(StatusCode::OK, &serde_json::json!({ "error": error_json(code) })),
+        ApiError::Code(code) => json_response(StatusCode::OK, &serde_json::json!({ "error": error_json(code) })),
     }
 }
 
@@ -233,8 +288,15 @@ fn json_response(status: StatusCode, value: &Value) -> Response {
         .into_response()
 }
 
+/// An error as the API writes it. Codes and messages are Centrifugo's API errors
+/// (`apiproto/errors.go`); only 104 reads differently there than to clients ("not found", not
+/// "method not found").
 pub(crate) fn error_json(code: ErrorCode) -> Value {
-    serde_json::json!({"code": code.code, "message": code.message})
+    let message = match code {
+        ErrorCode::METHOD_NOT_FOUND => "not found",
+        _ => code.message,
+    };
+    serde_json::json!({"code": code.code, "message": message})
 }
 
 fn status_of(code: ErrorCode) -> StatusCode {
@@ -356,9 +418,56 @@ mod request_tests {
             Err(ApiError::Code(ErrorCode::METHOD_NOT_FOUND))
         ));
         assert!(matches!(
-            Request::parse("history", &raw(r#"{"limit":1}"#)),
+            Request::parse("history", &raw(r#"{"channel":1}"#)),
             Err(ApiError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn parameters_read_null_as_zero_and_ignore_unknown_fields() {
+        let history = r#"{"channel":"a","limit":null,"since":null,"reverse":null,"extra":[1]}"#;
+        assert!(matches!(
+            Request::parse("history", &raw(history)),
+            Ok(Request::History(_))
+        ));
+        let disconnect = r#"{"user":null,"client":null,"whitelist":null,"disconnect":null,"session":null}"#;
+        assert!(matches!(
+            Request::parse("disconnect", &raw(disconnect)),
+            Ok(Request::Disconnect(_))
+        ));
+        // A missing `user` is the empty (anonymous) user, as in Centrifugo.
+        assert!(matches!(
+            Request::parse("unsubscribe", &raw("{}")),
+            Ok(Request::Unsubscribe(_))
+        ));
+        let publish = r#"{"channel":"a","data":null,"tags":null,"skip_history":null,"delta":true,"version":3,"version_epoch":"e"}"#;
+        match Request::parse("publish", &raw(publish)) {
+            Ok(Request::Publish(request)) => assert_eq!(&request.data[..], b"null"),
+            _ => panic!("publish with data null"),
+        }
+        // Wrong types are still refused.
+        assert!(matches!(
+            Request::parse("publish", &raw(r#"{"channel":"a","data":1,"version":"x"}"#)),
+            Err(ApiError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn b64data_wins_over_data_and_bad_base64_is_107() {
+        match Request::parse("publish", &raw(r#"{"channel":"a","data":{"x":1},"b64data":"AAE="}"#)) {
+            Ok(Request::Publish(request)) => assert_eq!(&request.data[..], [0, 1]),
+            _ => panic!("publish with b64data"),
+        }
+        for method in ["publish", "broadcast"] {
+            let body = r#"{"channel":"a","channels":["a"],"b64data":"not base64!"}"#;
+            assert!(
+                matches!(
+                    Request::parse(method, &raw(body)),
+                    Err(ApiError::Code(ErrorCode::BAD_REQUEST))
+                ),
+                "{method}"
+            );
+        }
     }
 
     #[test]
@@ -370,9 +479,11 @@ mod request_tests {
             }),
             _ => panic!("not a batch: {text}"),
         };
-        // A refused publish and an unknown method are answers inside the batch, not failures.
-        let ok = r#"{"commands":[{"publish":{"channel":"","data":1}},{"nope":{}},{"info":{}}]}"#;
-        assert_eq!(parse(ok), Ok(3));
+        // A refused publish, an unknown method, an empty or null command and bad base64 are
+        // answers inside the batch, not failures.
+        let ok = r#"{"commands":[{"publish":{"channel":"","data":1}},{"nope":{}},{},null,{"info":{}},
+            {"publish":{"channel":"a","b64data":"%"}},{"info":null,"channels":{}}],"parallel":true}"#;
+        assert_eq!(parse(ok), Ok(7));
         let nested = r#"{"commands":[{"info":{}},{"batch":{"commands":[]}}]}"#;
         assert_eq!(parse(nested).unwrap_err(), "batch inside batch");
         let two_keys = r#"{"commands":[{"info":{},"channels":{}}]}"#;

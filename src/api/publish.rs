@@ -9,42 +9,70 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiResult};
+use super::{nullable, ApiError, ApiResult};
 use crate::broker::{Broker, PublishRequest, PublishResult};
 use crate::protocol::ErrorCode;
 
-/// Parameters of publish (`channel`) and broadcast (`channels`). One flat struct: `data` must
-/// reach us as raw JSON, which serde's `flatten` would re-buffer.
+/// Parameters of publish (`channel`) and broadcast (`channels`): Centrifugo's `PublishRequest`
+/// and `BroadcastRequest`. One flat struct: `data` must reach us as raw JSON, which serde's
+/// `flatten` would re-buffer.
 #[derive(Deserialize)]
 pub struct Body {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     channel: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     channels: Vec<String>,
+    /// `null` is published as `null`, as Centrifugo does; only a missing `data` is `None`.
+    #[serde(default, deserialize_with = "raw_even_null")]
     data: Option<Box<RawValue>>,
-    b64data: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
+    b64data: String,
+    #[serde(default, deserialize_with = "nullable")]
     skip_history: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     tags: HashMap<String, String>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    idempotency_key: String,
+    /// Publish as a delta for subscribers that negotiated one. Accepted and ignored until
+    /// Herald has fossil deltas: every subscriber gets the full data, which a delta-capable
+    /// client reads as well (Centrifugo also sends full data to the others).
+    #[serde(default, deserialize_with = "nullable")]
+    #[allow(dead_code)]
+    delta: bool,
+    /// Centrifugo drops a publication whose `version` (> 0) is not above the channel's last
+    /// one within the same `version_epoch` (an empty epoch matches any) and answers the
+    /// stream's current position. Accepted and not yet applied: Herald appends every
+    /// publication. Doing it needs the version beside each stream's position in the store,
+    /// checked by its writer and carried by replicated appends (issue 12, item 6).
+    #[serde(default, deserialize_with = "nullable")]
+    #[allow(dead_code)]
+    version: u64,
+    #[serde(default, deserialize_with = "nullable")]
+    #[allow(dead_code)]
+    version_epoch: String,
+}
+
+fn raw_even_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 impl Body {
+    /// The payload: `b64data` when given (it wins over `data`, as in Centrifugo), else `data`,
+    /// which must be I-JSON (see [`crate::protocol::json::check_interoperable`]).
     fn data(&self) -> Result<Bytes, ApiError> {
-        match (&self.data, &self.b64data) {
-            (Some(raw), _) => {
-                crate::protocol::json::check_interoperable(raw.get().as_bytes())
-                    .map_err(|why| ApiError::Malformed(format!("data: {why}")))?;
-                Ok(Bytes::from(raw.get().to_owned()))
-            }
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
+        if !self.b64data.is_empty() {
+            return base64::engine::general_purpose::STANDARD
+                .decode(&self.b64data)
                 .map(Bytes::from)
-                .map_err(|e| ApiError::Malformed(format!("b64data: {e}"))),
-            (None, None) => Err(ApiError::Code(ErrorCode::BAD_REQUEST)),
+                .map_err(|_| ApiError::Code(ErrorCode::BAD_REQUEST));
         }
+        let Some(raw) = &self.data else {
+            // Centrifugo would publish an empty payload, which a JSON subscriber cannot read.
+            return Err(ApiError::Code(ErrorCode::BAD_REQUEST));
+        };
+        crate::protocol::json::check_interoperable(raw.get().as_bytes())
+            .map_err(|why| ApiError::Malformed(format!("data: {why}")))?;
+        Ok(Bytes::from(raw.get().to_owned()))
     }
 
     fn request(&self, channel: String, data: Bytes) -> PublishRequest {
@@ -54,7 +82,7 @@ impl Body {
             info: None,
             tags: self.tags.clone(),
             skip_history: self.skip_history,
-            idempotency_key: self.idempotency_key.clone(),
+            idempotency_key: Some(self.idempotency_key.clone()).filter(|k| !k.is_empty()),
         }
     }
 }
@@ -70,18 +98,19 @@ fn result_json(result: &PublishResult) -> Value {
     Value::Object(out)
 }
 
-pub async fn publish(broker: &Arc<Broker>, p: Body) -> ApiResult {
-    let result = broker.publish(publish_request(p)?).await?;
-    Ok(result_json(&result))
-}
-
-/// What `publish` asks of the broker.
-pub fn publish_request(p: Body) -> Result<PublishRequest, ApiError> {
+/// What `publish` asks of the broker: 107 for an empty channel or bad `b64data`.
+pub fn publish_request(mut p: Body) -> Result<PublishRequest, ApiError> {
     if p.channel.is_empty() {
         return Err(ErrorCode::BAD_REQUEST.into());
     }
     let data = p.data()?;
-    Ok(p.request(p.channel.clone(), data))
+    let channel = std::mem::take(&mut p.channel);
+    Ok(p.request(channel, data))
+}
+
+pub async fn publish(broker: &Arc<Broker>, request: PublishRequest) -> ApiResult {
+    let result = broker.publish(request).await?;
+    Ok(result_json(&result))
 }
 
 /// The reply to one `publish` of a batch.
@@ -92,16 +121,20 @@ pub fn publish_reply(result: Result<PublishResult, crate::broker::BrokerError>) 
     }
 }
 
-pub async fn broadcast(broker: &Arc<Broker>, b: Body) -> ApiResult {
+/// What `broadcast` asks of the broker, one publish per channel: 107 when there are no
+/// channels or `b64data` is bad. A channel that cannot be published to fails in its own slot.
+pub fn broadcast_requests(b: Body) -> Result<Vec<PublishRequest>, ApiError> {
     if b.channels.is_empty() {
         return Err(ErrorCode::BAD_REQUEST.into());
     }
     let data = b.data()?;
-    let requests = b
-        .channels
+    Ok(b.channels
         .iter()
         .map(|channel| b.request(channel.clone(), data.clone()))
-        .collect();
+        .collect())
+}
+
+pub async fn broadcast(broker: &Arc<Broker>, requests: Vec<PublishRequest>) -> ApiResult {
     // One group commit for every channel with history, not one flush per channel.
     let responses: Vec<Value> = broker
         .publish_all(requests)

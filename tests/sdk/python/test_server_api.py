@@ -1,29 +1,50 @@
 """Herald's HTTP server API through the `cent` client (JSON), observed with centrifuge-python."""
 
+import base64
 import json
+from typing import Any
 
 import pytest
 import requests
 from cent import (
+    BatchRequest,
+    BoolValue,
     BroadcastRequest,
+    BroadcastResult,
     CentApiResponseError,
+    CentTransportError,
     CentUnauthorizedError,
+    ChannelOptionsOverride,
     ChannelsRequest,
+    ChannelsResult,
+    ConnectionsRequest,
     Disconnect,
     DisconnectRequest,
+    DisconnectResult,
     HistoryRemoveRequest,
+    HistoryRemoveResult,
     HistoryRequest,
+    HistoryResult,
     InfoRequest,
+    InfoResult,
     PresenceRequest,
+    PresenceResult,
     PresenceStatsRequest,
+    PresenceStatsResult,
     PublishRequest,
+    PublishResult,
+    RefreshRequest,
+    RefreshResult,
     StreamPosition,
     SubscribeRequest,
+    SubscribeResult,
     UnsubscribeRequest,
+    UnsubscribeResult,
 )
+from cent.dto import CentRequest, CentResult
 from centrifuge import ClientState, SubscriptionState
 
-from helpers import API_KEY, API_URL, api, api_client, run, sub_token, uid, wait_until
+from helpers import API_KEY, API_URL, api, api_client, now, run, sub_token, uid, wait_until
 
 FMT = "json"
 
@@ -222,5 +243,153 @@ def test_subscribe_user_via_api():
         await wait_until(lambda: any(p.channel == ch for p in ev.publications), 3, "publication")
         pub = next(p for p in ev.publications if p.channel == ch)
         assert pub.pub.data == {"via": "server-side subscription"}
+
+    run(FMT, scenario)
+
+
+# ------------------------------------------------------------------ every method's fields
+
+
+class RpcResult(CentResult):
+    """`cent` 5.2.0 has no `rpc` request; this one is built on its own base classes."""
+
+    data: Any = None
+
+
+class RpcRequest(CentRequest[RpcResult]):
+    __returning__ = RpcResult
+    __api_method__ = "rpc"
+
+    method: str
+    params: Any = None
+
+
+def test_rpc_has_no_method():
+    cent = api_client()
+    # `Client` has no rpc method in 5.2.0; `_send` is what each of its methods calls.
+    with pytest.raises(CentApiResponseError) as exc:
+        cent._send(RpcRequest(method="getUser", params={"id": 1}))
+    assert (exc.value.code, exc.value.message) == (104, "not found")
+    with pytest.raises(CentApiResponseError) as exc:
+        cent._send(RpcRequest(method=""))
+    assert exc.value.code == 107
+
+
+def test_a_method_herald_does_not_have_is_404():
+    # `connections` is a Centrifugo PRO method: the open-source server has no route for it either.
+    with pytest.raises(CentTransportError) as exc:
+        api_client().connections(ConnectionsRequest(user="u", expression=""))
+    assert exc.value.status_code == 404
+
+
+def test_publish_with_every_field():
+    cent = api_client()
+    ch = f"api-fields-{uid()}"
+    key = uid()
+    # `delta`, `version` and `version_epoch` are not fields of cent 5.2.0's PublishRequest; its
+    # models keep extra fields and send them.
+    request = PublishRequest(channel=ch, data={"n": 1}, skip_history=False, tags={"k": "v"},
+                             idempotency_key=key, delta=True, version=1, version_epoch="v1")
+    assert "version_epoch" in request.api_payload
+    first = cent.publish(request)
+    again = cent.publish(request)
+    assert (again.offset, again.epoch) == (first.offset, first.epoch) == (1, first.epoch)
+    b64 = cent.publish(PublishRequest(channel=ch, data=None, b64data=base64.b64encode(b'{"n":2}').decode()))
+    assert b64.offset == 2
+    skipped = cent.publish(PublishRequest(channel=ch, data={"n": 3}, skip_history=True))
+    assert (skipped.offset, skipped.epoch) == (0, "")
+    h = cent.history(HistoryRequest(channel=ch, limit=-1))
+    assert [(p.offset, p.data, p.tags) for p in h.publications] == [(1, {"n": 1}, {"k": "v"}), (2, {"n": 2}, None)]
+    bc = cent.broadcast(BroadcastRequest(channels=[ch, ""], data={"n": 4}, tags={"b": "1"}, delta=False,
+                                         version=2, version_epoch="v1"))
+    assert bc.responses[0].error is None and bc.responses[0].result.offset == 3
+    assert bc.responses[1].result is None and bc.responses[1].error.code == 107
+
+
+def test_subscribe_with_every_field_and_refresh():
+    async def scenario(s):
+        user = f"u-{uid()}"
+        client = await s.connected(user)
+        ch = f"srv-fields-{uid()}"
+        request = SubscribeRequest(
+            user=user, channel=ch, client=client.client_id, info={"role": "reader"}, data={"hello": 1},
+            recover_since=StreamPosition(offset=0, epoch=""), expire_at=0,
+            override=ChannelOptionsOverride(presence=BoolValue(value=True), join_leave=BoolValue(value=False)),
+        )
+        assert isinstance(await api("subscribe", request), SubscribeResult)
+        ev = client.events
+        await wait_until(lambda: any(c.channel == ch for c in ev.subscribed), 3, "server-side subscribed event")
+        # A `session` names no Herald connection: nothing happens to this one.
+        await api("unsubscribe", UnsubscribeRequest(user=user, channel=ch, session="no-such-session"))
+        await api("refresh", RefreshRequest(user=user, client=client.client_id, expire_at=now() + 3600))
+        await api("publish", PublishRequest(channel=ch, data={"still": "subscribed"}))
+        await wait_until(lambda: any(p.channel == ch for p in ev.publications), 3, "publication")
+        assert client.state == ClientState.CONNECTED
+        # Expired now: closed with 3005, from which the SDK reconnects.
+        await api("refresh", RefreshRequest(user=user, expired=True))
+        await wait_until(lambda: any(c.code == 3005 for c in ev.connecting), 3, "reconnect after 3005")
+
+    run(FMT, scenario)
+
+
+def test_disconnect_whitelist_and_client():
+    async def scenario(s):
+        user = f"u-{uid()}"
+        keep = await s.connected(user)
+        drop = await s.connected(user)
+        await api("disconnect", DisconnectRequest(user=user, whitelist=[keep.client_id],
+                                                  disconnect=Disconnect(code=4502, reason="not you")))
+        await wait_until(lambda: drop.events.disconnected, 3, "disconnected event")
+        assert (drop.events.disconnected[0].code, drop.events.disconnected[0].reason) == (4502, "not you")
+        assert keep.state == ClientState.CONNECTED
+        await api("disconnect", DisconnectRequest(user=user, client=keep.client_id))
+        await wait_until(lambda: keep.events.disconnected, 3, "disconnected event")
+        assert keep.events.disconnected[0].code == 3503
+
+    run(FMT, scenario)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_batch_of_every_command_type(parallel):
+    async def scenario(s):
+        user = f"u-{uid()}"
+        client = await s.connected(user)
+        ch = f"batch-{uid()}"
+        other = f"batch-{uid()}"
+        sub = await s.subscribed(client, ch, token=sub_token(user, ch))
+        result = await api("batch", BatchRequest(parallel=parallel, requests=[
+            PublishRequest(channel=ch, data={"n": 1}),
+            BroadcastRequest(channels=[ch, other], data={"n": 2}),
+            PresenceStatsRequest(channel=ch),
+            PresenceRequest(channel=ch),
+            HistoryRequest(channel=ch, limit=10),
+            ChannelsRequest(pattern=ch),
+            InfoRequest(),
+            HistoryRemoveRequest(channel=other),
+            RefreshRequest(user=user, expire_at=now() + 3600),
+            SubscribeRequest(user=user, channel=other),
+            UnsubscribeRequest(user=user, channel=f"nobody-{uid()}"),
+            DisconnectRequest(user=f"nobody-{uid()}"),
+        ]))
+        replies = result.replies
+        kinds = [PublishResult, BroadcastResult, PresenceStatsResult, PresenceResult, HistoryResult,
+                 ChannelsResult, InfoResult, HistoryRemoveResult, RefreshResult, SubscribeResult,
+                 UnsubscribeResult, DisconnectResult]
+        assert [type(r) for r in replies] == kinds
+        publish, broadcast = replies[0], replies[1]
+        assert broadcast.responses[0].result.epoch == publish.epoch
+        assert sorted([publish.offset, broadcast.responses[0].result.offset]) == [1, 2]
+        assert broadcast.responses[1].result.offset == 1
+        assert (replies[2].num_clients, replies[2].num_users) == (1, 1)
+        assert list(replies[3].presence) == [client.client_id]
+        assert list(replies[5].channels) == [ch] and replies[5].channels[ch].num_clients == 1
+        assert len(replies[6].nodes) >= 1
+        if not parallel:
+            assert (publish.offset, broadcast.responses[0].result.offset) == (1, 2)
+            assert [p.data for p in replies[4].publications] == [{"n": 1}, {"n": 2}]
+        await wait_until(lambda: len(sub.events.publications) == 2, 3, "both publications")
+        assert sorted(p.pub.offset for p in sub.events.publications) == [1, 2]
+        await wait_until(lambda: any(c.channel == other for c in client.events.subscribed), 3,
+                         "server-side subscription from the batch")
 
     run(FMT, scenario)
