@@ -57,6 +57,7 @@ const CHANNEL_KEYS: &[&str] = &[
     "allow_history_for_subscriber",
     "allow_history_for_anonymous",
     "allow_user_limited_channels",
+    "allow_tags_filter",
 ];
 
 /// Merges the `HERALD_…` variables into `table`. Returns which dotted key each variable set, so

@@ -446,6 +446,9 @@ pub struct ChannelOptions {
     pub allow_history_for_anonymous: bool,
     /// Channels like `dialog#42,43` are open to the listed users only.
     pub allow_user_limited_channels: bool,
+    /// Subscribers may send a tags filter (`tf`): they then receive only the publications whose
+    /// tags match it.
+    pub allow_tags_filter: bool,
 }
 
 impl Default for ChannelOptions {
@@ -470,6 +473,7 @@ impl Default for ChannelOptions {
             allow_history_for_subscriber: false,
             allow_history_for_anonymous: false,
             allow_user_limited_channels: false,
+            allow_tags_filter: false,
         }
     }
 }
