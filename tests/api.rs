@@ -557,7 +557,11 @@ async fn batch_answers_every_method_under_its_own_key() {
     assert_eq!(offsets(&replies[3]["history"]), [1, 2]);
     assert_eq!(replies[7]["info"]["nodes"].as_array().map(Vec::len), Some(1));
     let not_found = json!({"error": {"code": 104, "message": "not found"}});
-    assert_eq!(replies[11], not_found, "rpc: no method is registered");
+    assert_eq!(
+        replies[11],
+        json!({"error": {"code": 108, "message": "not available"}}),
+        "rpc: no proxy"
+    );
     assert_eq!(replies[12], not_found, "an unknown method");
     assert_eq!(replies[13], json!({"error": {"code": 107, "message": "bad request"}}));
     assert_eq!(replies[14], not_found, "a command without a method");
@@ -846,18 +850,18 @@ fn keys_of(value: &Value) -> Vec<&str> {
     keys
 }
 
-/// `rpc` reaches handlers registered in the server, never a proxy; there are none: an empty
-/// method is 107, any other 104, and in transport mode 400 and 404.
+/// `rpc` is for the RPC proxy (issue 13); without one, an empty method is 107 and any other
+/// 108, as for a client's rpc, and in transport mode both are 400.
 #[tokio::test]
-async fn rpc_answers_that_no_method_exists() {
+async fn rpc_answers_not_available_without_a_proxy() {
     let node = Node::start(CONFIG);
     let (status, reply) = node.api("rpc", json!({"method": "getUser", "params": {"id": 1}})).await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply, json!({"error": {"code": 104, "message": "not found"}}));
+    assert_eq!(reply, json!({"error": {"code": 108, "message": "not available"}}));
     assert_eq!(error_code(&node, "rpc", json!({"params": [1]})).await, 107);
     let headers = [("X-API-Key", API_KEY), ("X-Centrifugo-Error-Mode", "transport")];
     let (status, _) = node.api_with("rpc", r#"{"method": "x"}"#.into(), &headers).await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 400);
     let (status, _) = node.api_with("rpc", "{}".into(), &headers).await;
     assert_eq!(status, 400);
 }

@@ -1,8 +1,9 @@
-//! `rpc`: calls a method the server registered for the API.
+//! `rpc`: calls a method of the application backend.
 //!
-//! Centrifugo answers it from handlers registered in the server itself, never through a proxy,
-//! and its open-source server registers none: an empty `method` is 107, any other 104. Herald
-//! registers none either and answers the same.
+//! Herald will answer it through the RPC proxy (issue 13), as it will a client's `rpc`. Until a
+//! proxy is configured, an empty `method` is 107 and any other 108 "not available", the answer a
+//! client's `rpc` gets too. (The open-source reference server answers 104: it only calls
+//! handlers registered in the server itself, and registers none.)
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -24,5 +25,5 @@ pub fn rpc(r: Rpc) -> ApiResult {
     if r.method.is_empty() {
         return Err(ErrorCode::BAD_REQUEST.into());
     }
-    Err(ErrorCode::METHOD_NOT_FOUND.into())
+    Err(ErrorCode::NOT_AVAILABLE.into())
 }

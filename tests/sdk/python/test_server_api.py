@@ -264,12 +264,12 @@ class RpcRequest(CentRequest[RpcResult]):
     params: Any = None
 
 
-def test_rpc_has_no_method():
+def test_rpc_is_not_available_without_a_proxy():
     cent = api_client()
     # `Client` has no rpc method in 5.2.0; `_send` is what each of its methods calls.
     with pytest.raises(CentApiResponseError) as exc:
         cent._send(RpcRequest(method="getUser", params={"id": 1}))
-    assert (exc.value.code, exc.value.message) == (104, "not found")
+    assert (exc.value.code, exc.value.message) == (108, "not available")
     with pytest.raises(CentApiResponseError) as exc:
         cent._send(RpcRequest(method=""))
     assert exc.value.code == 107
