@@ -7,6 +7,7 @@
 //! - [`protocol`]: pure decode/encode of client frames (JSON and Protobuf) and every code.
 //! - [`session`]: one client connection: its state machine, subscriptions, pings, bounded queue.
 //! - [`auth`]: JWT verification and channel permission rules.
+//! - [`delta`]: fossil deltas of publication data, for subscribers that negotiate `delta: "fossil"`.
 //! - [`hub`]: the local index channel → sessions; fan-out encodes once per format.
 //! - [`broker`]: the node's engine and the only way in for the API and sessions: publish (and
 //!   the fan-out of commits, off the store's writer), subscribe with recovery, history, presence.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod delta;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
