@@ -115,6 +115,18 @@ pub async fn run(
             any(crate::transport::emulation::sse).with_state(session_ctx.clone()),
         )
         .route(
+            "/connection/uni_http_stream",
+            any(crate::transport::emulation::uni_http_stream).with_state(session_ctx.clone()),
+        )
+        .route(
+            "/connection/uni_sse",
+            any(crate::transport::emulation::uni_sse).with_state(session_ctx.clone()),
+        )
+        .route(
+            "/connection/uni_websocket",
+            any(crate::transport::websocket::uni_handler).with_state(session_ctx.clone()),
+        )
+        .route(
             "/emulation",
             any(crate::transport::emulation::emulation).with_state(session_ctx),
         )

@@ -16,6 +16,9 @@ const PREFIX: &str = "HERALD_";
 const SECTIONS: &[&str] = &[
     "http_stream",
     "sse",
+    "uni_websocket",
+    "uni_http_stream",
+    "uni_sse",
     "http",
     "client",
     "api",

@@ -33,6 +33,12 @@ pub struct Config {
     pub http_stream: StreamTransportConfig,
     /// `[sse]`: the Server-Sent Events fallback (`GET|POST /connection/sse`).
     pub sse: StreamTransportConfig,
+    /// `[uni_websocket]`: unidirectional WebSocket (`/connection/uni_websocket`).
+    pub uni_websocket: UniWebSocketConfig,
+    /// `[uni_http_stream]`: unidirectional HTTP-streaming (`POST /connection/uni_http_stream`).
+    pub uni_http_stream: StreamTransportConfig,
+    /// `[uni_sse]`: unidirectional SSE (`GET|POST /connection/uni_sse`).
+    pub uni_sse: StreamTransportConfig,
     pub api: ApiConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
@@ -228,6 +234,15 @@ impl Default for StreamTransportConfig {
             max_request_body_size: 65536,
         }
     }
+}
+
+/// `[uni_websocket]`: a WebSocket whose client sends one connect request and then only
+/// receives. Its message size limit is `client.max_message_size`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UniWebSocketConfig {
+    /// Off by default, as in the reference server.
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -639,7 +654,12 @@ impl Config {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             problems.push("key `http.tls_cert`: http.tls_cert and http.tls_key must be set together".to_owned());
         }
-        for (key, transport) in [("http_stream", &self.http_stream), ("sse", &self.sse)] {
+        for (key, transport) in [
+            ("http_stream", &self.http_stream),
+            ("sse", &self.sse),
+            ("uni_http_stream", &self.uni_http_stream),
+            ("uni_sse", &self.uni_sse),
+        ] {
             if transport.max_request_body_size == 0 {
                 problems.push(format!("key `{key}.max_request_body_size`: must be greater than zero"));
             }

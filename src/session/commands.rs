@@ -366,7 +366,7 @@ impl Connection {
             ttl: claims.expires_at.map_or(0, ttl_of),
             subs,
             ping: client.ping_interval.as_secs().max(1) as u32,
-            pong: !client.pong_timeout.is_zero(),
+            pong: self.expects_pongs,
             // Emulated transports address their later commands with these.
             session: self.emulation.as_deref().unwrap_or_default().to_owned(),
             node: match &self.emulation {

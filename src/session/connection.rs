@@ -62,6 +62,9 @@ pub struct Connection {
     pub(crate) rejected: u32,
     /// The session id of an emulated transport ([`Transport::emulation_session`]).
     pub(crate) emulation: Option<Arc<str>>,
+    /// Pongs are expected: `client.pong_timeout` is set and the transport can answer
+    /// ([`Transport::answers_pings`]).
+    pub(crate) expects_pongs: bool,
 }
 
 /// Runs a session over a transport until either side ends it.
@@ -72,6 +75,7 @@ where
 {
     let shared = SessionShared::new(format, ctx.config.client.max_queue_bytes);
     let emulation = transport.emulation_session();
+    let expects_pongs = transport.answers_pings() && !ctx.config.client.pong_timeout.is_zero();
     let mut writer = tokio::spawn(write_loop(shared.clone(), transport));
     let stale_at = Instant::now() + ctx.config.client.stale_close_delay;
     let client = &ctx.config.client;
@@ -89,6 +93,7 @@ where
         rate,
         rejected: 0,
         emulation,
+        expects_pongs,
     };
     // Command handling is boxed inside `serve`: its futures are large (several KB) and live only
     // while a command runs, so an idle connection does not carry them (issue 5: memory per idle
@@ -209,7 +214,7 @@ impl Connection {
                 if now >= c.next_ping_at {
                     self.shared.queue().push(ping(self.shared.format));
                     c.next_ping_at = now + client.ping_interval;
-                    if !client.pong_timeout.is_zero() {
+                    if self.expects_pongs {
                         c.pong_due = Some(now + client.pong_timeout);
                     }
                 }

@@ -36,4 +36,9 @@ pub trait Transport: Send + 'static {
     fn emulation_session(&self) -> Option<Arc<str>> {
         None
     }
+    /// Whether the client can answer the server's pings. Unidirectional transports cannot: the
+    /// pings still go out (the client may watch for them), but no pong is expected.
+    fn answers_pings(&self) -> bool {
+        true
+    }
 }

@@ -11,6 +11,10 @@
 //!
 //! The session is the same one WebSocket clients get ([`session::run`]); only the framing and
 //! the close differ. A stream cannot carry a close code, so a disconnect push goes first.
+//!
+//! The unidirectional streams (`POST /connection/uni_http_stream`, `GET|POST
+//! /connection/uni_sse`) are served here too: the same responses, carrying bare pushes
+//! ([`super::uni`]), and no `/emulation`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -141,6 +145,8 @@ impl Framing {
 struct StreamTransport {
     chunks: Option<mpsc::Sender<Bytes>>,
     framing: Framing,
+    /// Unidirectional: the client receives bare pushes ([`super::uni::push_of`]).
+    uni: bool,
     session: Arc<str>,
     /// `client.write_timeout`: longest wait for the response to take a chunk.
     write_timeout: Duration,
@@ -167,7 +173,15 @@ impl Transport for StreamTransport {
         if replies.is_empty() {
             return Ok(());
         }
-        let chunk = self.framing.frame(replies);
+        let chunk = if self.uni {
+            let pushes: Vec<Bytes> = replies.iter().filter_map(super::uni::push_of).collect();
+            if pushes.is_empty() {
+                return Ok(());
+            }
+            self.framing.frame(&pushes)
+        } else {
+            self.framing.frame(replies)
+        };
         self.write(chunk).await
     }
 
@@ -189,13 +203,21 @@ impl Transport for StreamTransport {
             }),
             ..Default::default()
         };
-        let chunk = self.framing.frame(&[encode_reply(self.framing.format(), &push)]);
+        let mut encoded = encode_reply(self.framing.format(), &push);
+        if self.uni {
+            encoded = super::uni::push_of(&encoded).expect("a push reply");
+        }
+        let chunk = self.framing.frame(&[encoded]);
         let _ = self.write(chunk).await;
         self.chunks = None;
     }
 
     fn emulation_session(&self) -> Option<Arc<str>> {
         Some(self.session.clone())
+    }
+
+    fn answers_pings(&self) -> bool {
+        !self.uni
     }
 }
 
@@ -226,7 +248,7 @@ pub async fn http_stream(State(ctx): State<Arc<SessionContext>>, request: Reques
     let limit = ctx.config.http_stream.max_request_body_size;
     let long_lived = long_lived_of(&request);
     let response = match read_body(&ctx, request, limit).await {
-        Ok(connect) => open(ctx, framing, connect, long_lived),
+        Ok(connect) => open(ctx, framing, false, connect, long_lived),
         Err(refused) => refused,
     };
     with_cors(response, origin)
@@ -250,7 +272,7 @@ pub async fn sse(State(ctx): State<Arc<SessionContext>>, request: Request) -> Re
             match connect {
                 Some(connect) if connect.len() <= ctx.config.sse.max_request_body_size => {
                     let long_lived = long_lived_of(&request);
-                    open(ctx, Framing::EventStream, Bytes::from(connect), long_lived)
+                    open(ctx, Framing::EventStream, false, Bytes::from(connect), long_lived)
                 }
                 Some(_) => (StatusCode::PAYLOAD_TOO_LARGE, "cf_connect too large").into_response(),
                 None => (StatusCode::BAD_REQUEST, "cf_connect query parameter required").into_response(),
@@ -260,13 +282,95 @@ pub async fn sse(State(ctx): State<Arc<SessionContext>>, request: Request) -> Re
             let limit = ctx.config.sse.max_request_body_size;
             let long_lived = long_lived_of(&request);
             match read_body(&ctx, request, limit).await {
-                Ok(connect) => open(ctx, Framing::EventStream, connect, long_lived),
+                Ok(connect) => open(ctx, Framing::EventStream, false, connect, long_lived),
                 Err(refused) => refused,
             }
         }
         _ => (StatusCode::METHOD_NOT_ALLOWED, "GET or POST only").into_response(),
     };
     with_cors(response, origin)
+}
+
+/// `POST /connection/uni_http_stream`: the body is a JSON `ConnectRequest`; the response is
+/// one JSON push per line.
+pub async fn uni_http_stream(State(ctx): State<Arc<SessionContext>>, request: Request) -> Response {
+    let origin = match cors(&ctx, request.headers()) {
+        Ok(origin) => origin,
+        Err(refused) => return refused.into_response(),
+    };
+    if !ctx.config.uni_http_stream.enabled {
+        return with_cors(
+            (StatusCode::NOT_FOUND, "uni_http_stream is not enabled").into_response(),
+            origin,
+        );
+    }
+    if request.method() == Method::OPTIONS {
+        return preflight(request.headers(), origin);
+    }
+    if request.method() != Method::POST {
+        return with_cors((StatusCode::METHOD_NOT_ALLOWED, "POST only").into_response(), origin);
+    }
+    let limit = ctx.config.uni_http_stream.max_request_body_size;
+    let long_lived = long_lived_of(&request);
+    let response = match read_body(&ctx, request, limit).await {
+        Ok(body) => open_uni(ctx, Framing::JsonLines, &body, long_lived),
+        Err(refused) => refused,
+    };
+    with_cors(response, origin)
+}
+
+/// `GET /connection/uni_sse?cf_connect=<ConnectRequest JSON>`, or `POST` with it as the body;
+/// each push is one `data:` event.
+pub async fn uni_sse(State(ctx): State<Arc<SessionContext>>, request: Request) -> Response {
+    let origin = match cors(&ctx, request.headers()) {
+        Ok(origin) => origin,
+        Err(refused) => return refused.into_response(),
+    };
+    if !ctx.config.uni_sse.enabled {
+        return with_cors(
+            (StatusCode::NOT_FOUND, "uni_sse is not enabled").into_response(),
+            origin,
+        );
+    }
+    let limit = ctx.config.uni_sse.max_request_body_size;
+    let response = match *request.method() {
+        Method::OPTIONS => return preflight(request.headers(), origin),
+        Method::GET => {
+            let query = Query::<HashMap<String, String>>::try_from_uri(request.uri());
+            // No cf_connect: a request without a token (anonymous, or refused by the session).
+            let connect = query
+                .ok()
+                .and_then(|Query(mut q)| q.remove("cf_connect"))
+                .unwrap_or_default();
+            if connect.len() > limit {
+                (StatusCode::PAYLOAD_TOO_LARGE, "cf_connect too large").into_response()
+            } else {
+                let long_lived = long_lived_of(&request);
+                open_uni(ctx, Framing::EventStream, connect.as_bytes(), long_lived)
+            }
+        }
+        Method::POST => {
+            let long_lived = long_lived_of(&request);
+            match read_body(&ctx, request, limit).await {
+                Ok(body) => open_uni(ctx, Framing::EventStream, &body, long_lived),
+                Err(refused) => refused,
+            }
+        }
+        _ => (StatusCode::METHOD_NOT_ALLOWED, "GET or POST only").into_response(),
+    };
+    with_cors(response, origin)
+}
+
+fn open_uni(
+    ctx: Arc<SessionContext>,
+    framing: Framing,
+    request: &[u8],
+    long_lived: Option<super::LongLived>,
+) -> Response {
+    match super::uni::connect_command(request) {
+        Some(connect) => open(ctx, framing, true, connect, long_lived),
+        None => (StatusCode::BAD_REQUEST, "the body must be a JSON ConnectRequest").into_response(),
+    }
 }
 
 /// `POST /emulation`: a later command batch of an emulated session,
@@ -364,7 +468,15 @@ fn decode_emulation(body: &[u8], protobuf: bool) -> Option<Emulated> {
 }
 
 /// Starts a session whose output is the returned response's body.
-fn open(ctx: Arc<SessionContext>, framing: Framing, connect: Bytes, long_lived: Option<super::LongLived>) -> Response {
+/// Unidirectional sessions (`uni`) are not registered for `/emulation`: their client sends
+/// nothing more.
+fn open(
+    ctx: Arc<SessionContext>,
+    framing: Framing,
+    uni: bool,
+    connect: Bytes,
+    long_lived: Option<super::LongLived>,
+) -> Response {
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         metrics::counter!("herald_limit_rejections_total", "limit" => "max_connections").increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -375,6 +487,7 @@ fn open(ctx: Arc<SessionContext>, framing: Framing, connect: Bytes, long_lived: 
     let transport = StreamTransport {
         chunks: Some(chunks.clone()),
         framing,
+        uni,
         session: session.clone(),
         write_timeout: ctx.config.client.write_timeout,
         _connection: long_lived.map(|l| l.begin()),
@@ -393,7 +506,7 @@ fn open(ctx: Arc<SessionContext>, framing: Framing, connect: Bytes, long_lived: 
         futures_util::stream::once(std::future::ready(first)).chain(receiver_stream(incoming)),
         futures_util::stream::once(gone),
     );
-    let registered = ctx.emulated.insert(session, inbound);
+    let registered = (!uni).then(|| ctx.emulated.insert(session, inbound));
     let format = framing.format();
     let sessions = ctx.sessions.clone();
     sessions.spawn(async move {

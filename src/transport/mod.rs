@@ -5,6 +5,7 @@ pub mod admission;
 pub mod coalesce;
 pub mod emulation;
 pub mod tls;
+pub mod uni;
 pub mod watchdog;
 pub mod websocket;
 

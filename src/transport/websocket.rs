@@ -35,7 +35,20 @@ const JSON_SUBPROTOCOL: &str = "centrifuge-json";
 type Io = TokioIo<hyper::upgrade::Upgraded>;
 
 /// The upgrade handler.
-pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Request) -> Response {
+pub async fn handler(State(ctx): State<Arc<SessionContext>>, request: Request) -> Response {
+    upgrade(ctx, request, false)
+}
+
+/// `/connection/uni_websocket`: the client sends one JSON `ConnectRequest` (its first message, or
+/// the `cf_connect` query parameter) and then only receives bare pushes ([`super::uni`]).
+pub async fn uni_handler(State(ctx): State<Arc<SessionContext>>, request: Request) -> Response {
+    if !ctx.config.uni_websocket.enabled {
+        return (StatusCode::NOT_FOUND, "uni_websocket is not enabled").into_response();
+    }
+    upgrade(ctx, request, true)
+}
+
+fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Response {
     let headers = request.headers();
     let is_upgrade =
         header_has(headers, header::CONNECTION, "upgrade") && header_has(headers, header::UPGRADE, "websocket");
@@ -52,7 +65,25 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         metrics::counter!("herald_limit_rejections_total", "limit" => "max_connections").increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
-    let (format, subprotocol) = select_format(headers, request.uri().query().unwrap_or(""));
+    let (format, subprotocol) = match uni {
+        // JSON only.
+        true => (Format::Json, None),
+        false => select_format(headers, request.uri().query().unwrap_or("")),
+    };
+    // A unidirectional client may put its connect request in the URL instead of a message.
+    let mut uni_connect = None;
+    if uni {
+        let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri());
+        if let Some(connect) = query
+            .ok()
+            .and_then(|axum::extract::Query(mut q)| q.remove("cf_connect"))
+        {
+            match super::uni::connect_command(connect.as_bytes()) {
+                Some(command) => uni_connect = Some(command),
+                None => return (StatusCode::BAD_REQUEST, "cf_connect must be a JSON ConnectRequest").into_response(),
+            }
+        }
+    }
     // The session's frames must not wait behind the HTTP connection's write coalescing.
     if let Some(switch) = request.extensions().get::<crate::transport::coalesce::CoalesceSwitch>() {
         switch.stop();
@@ -80,8 +111,14 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
             own,
             format,
             write_timeout,
+            uni,
         };
-        session::run(ctx, format, transport, Box::pin(incoming)).await;
+        if uni {
+            let incoming = uni_incoming(incoming, uni_connect);
+            session::run(ctx, format, transport, Box::pin(incoming)).await;
+        } else {
+            session::run(ctx, format, transport, Box::pin(incoming)).await;
+        }
         drop(permit);
     };
     sessions.spawn(task);
@@ -96,6 +133,35 @@ pub async fn handler(State(ctx): State<Arc<SessionContext>>, mut request: Reques
         response = response.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     response.body(Body::empty()).expect("static headers are valid")
+}
+
+/// A unidirectional client's input as the session reads it: its connect request (from the URL,
+/// or its first message) as a connect command; anything it sends later is ignored. A first
+/// message that is not a connect request closes the connection (3501 bad request).
+fn uni_incoming(
+    incoming: impl futures_util::Stream<Item = Incoming> + Send + Unpin,
+    from_url: Option<Bytes>,
+) -> impl futures_util::Stream<Item = Incoming> + Send {
+    let connected = from_url.is_some();
+    let first = futures_util::stream::iter(from_url.map(|data| Incoming::Message { data, binary: false }));
+    let rest = incoming.scan(connected, |connected, item| {
+        let item = match item {
+            Incoming::Message { .. } if *connected => None,
+            Incoming::Message { data, binary: false } => {
+                *connected = true;
+                Some(match super::uni::connect_command(&data) {
+                    Some(data) => Incoming::Message { data, binary: false },
+                    None => Incoming::Violation(crate::protocol::DisconnectCode::BAD_REQUEST),
+                })
+            }
+            Incoming::Message { binary: true, .. } => {
+                Some(Incoming::Violation(crate::protocol::DisconnectCode::BAD_REQUEST))
+            }
+            other => Some(other),
+        };
+        std::future::ready(Some(item))
+    });
+    first.chain(rest.filter_map(std::future::ready))
 }
 
 /// How tungstenite reads a client's frames: messages and frames up to the client message limit.
@@ -282,6 +348,8 @@ struct WebSocketTransport {
     format: Format,
     /// `client.write_timeout`: longest wait for the socket to take any byte.
     write_timeout: std::time::Duration,
+    /// Unidirectional: the client receives bare pushes, and a disconnect push before the close.
+    uni: bool,
 }
 
 impl WebSocketTransport {
@@ -306,6 +374,17 @@ impl WebSocketTransport {
         Ok(())
     }
 
+    /// Unidirectional: one text message per push.
+    async fn send_pushes(&mut self, replies: &[Bytes]) -> std::io::Result<()> {
+        let mut frames = Vec::new();
+        for push in replies.iter().filter_map(super::uni::push_of) {
+            put_header(&mut frames, OPCODE_TEXT, push.len());
+            frames.extend_from_slice(&push);
+        }
+        self.write_all(&frames).await?;
+        self.flush().await
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         match tokio::time::timeout(self.write_timeout, self.write.flush()).await {
             Ok(result) => result,
@@ -320,6 +399,9 @@ impl Transport for WebSocketTransport {
         if replies.is_empty() {
             // TLS may hold what was written until flushed.
             return self.flush().await;
+        }
+        if self.uni {
+            return self.send_pushes(replies).await;
         }
         let opcode = match self.format {
             Format::Json => OPCODE_TEXT,
@@ -340,8 +422,28 @@ impl Transport for WebSocketTransport {
         async move { ready.notified().await }
     }
 
+    fn answers_pings(&self) -> bool {
+        !self.uni
+    }
+
     async fn close(&mut self, code: &DisconnectCode) {
         let _ = self.write_own_output().await;
+        if self.uni {
+            // A unidirectional client may not read close codes: it is told with a push too.
+            let push = crate::protocol::proto::Reply {
+                push: Some(crate::protocol::proto::Push {
+                    disconnect: Some(crate::protocol::proto::Disconnect {
+                        code: u32::from(code.code),
+                        reason: code.reason.to_string(),
+                        reconnect: code.reconnect(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let encoded = crate::protocol::codec::encode_reply(Format::Json, &push);
+            let _ = self.send_pushes(&[encoded]).await;
+        }
         let peer_close = *self.own.peer_close.lock();
         let frame = match peer_close {
             None => close_frame(Some(code.code), &code.reason),
