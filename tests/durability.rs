@@ -844,14 +844,30 @@ async fn one_flush_serves_many_publishes() {
     let node = Arc::new(Node::start(&config));
     const TASKS: usize = 30;
     const EACH: usize = 10;
+    // Each task keeps its own connection and all start together, so that the node sees 30
+    // publishers at once even on a busy machine (a new client per request made the test side
+    // the bottleneck when other tests ran beside it: publishes then arrived one by one).
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let url = node.http("/api/publish");
     let started = Instant::now();
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
-            let node = node.clone();
+            let barrier = barrier.clone();
+            let url = url.clone();
             tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                barrier.wait().await;
                 for n in 0..EACH {
-                    node.publish(&format!("group-{}", task % 10), json!({"t": task, "n": n}))
-                        .await;
+                    let body = json!({"channel": format!("group-{}", task % 10), "data": {"t": task, "n": n}});
+                    let response = http
+                        .post(&url)
+                        .header("X-API-Key", API_KEY)
+                        .body(body.to_string())
+                        .send()
+                        .await
+                        .unwrap();
+                    let reply: Value = response.json().await.unwrap();
+                    assert!(reply["result"]["offset"].is_u64(), "{reply}");
                 }
             })
         })
