@@ -7,10 +7,17 @@
 //! the channel's shard lock so every subscriber sees one order; no lock is held across `.await`.
 //! The last unsubscribe removes the channel's entry.
 //!
+//! A subscription may hold a tags filter ([`filter`]). A publication is judged once per distinct
+//! filter, not once per subscriber: the verdicts are kept in the [`Prepared`] that every
+//! subscriber of the channel shares ([`Prepared::passes`]). Subscriptions without a filter never
+//! look at them.
+//!
 //! The hub reports a channel's first local subscriber and the loss of its last one
 //! ([`Interest`]), under the shard lock, so per channel the reports come in the order the
 //! changes happened. It knows subscriptions only through [`Deliver`]: it does not import the
 //! session.
+
+pub mod filter;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -21,8 +28,14 @@ use parking_lot::Mutex;
 
 use crate::protocol::codec::{encode_reply, Format};
 use crate::protocol::proto::{ClientInfo, Join, Leave, Publication, Push, Reply};
+use filter::TagsFilter;
 
 const SHARDS: usize = 64;
+
+/// Most tags-filter verdicts a [`Prepared`] keeps. A channel whose subscribers hold more distinct
+/// filters than this has the rest evaluated per subscriber: past a few dozen entries, scanning
+/// the list costs about what evaluating a bounded filter does.
+const MAX_VERDICTS: usize = 32;
 
 /// What a push is, which decides how a session filters it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +52,10 @@ pub struct Prepared {
     reply: Reply,
     json: OnceLock<Bytes>,
     protobuf: OnceLock<Bytes>,
+    /// Tags-filter verdicts on this publication, by filter id. Empty (and unallocated) unless a
+    /// filtered subscriber asked. Uncontended: the hub delivers a push under its shard lock, and
+    /// only a subscription finishing its setup replays one beside it.
+    verdicts: Mutex<Vec<(u64, bool)>>,
 }
 
 impl Prepared {
@@ -51,6 +68,7 @@ impl Prepared {
             },
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
+            verdicts: Mutex::new(Vec::new()),
         })
     }
 
@@ -125,6 +143,24 @@ impl Prepared {
     /// The publication carried, if this is one (used to replay buffered pushes in order).
     pub fn publication_ref(&self) -> Option<&Publication> {
         self.reply.push.as_ref().and_then(|p| p.r#pub.as_ref())
+    }
+
+    /// Whether a subscriber with `filter` gets this push. Only publications are filtered (join
+    /// and leave always pass). Each distinct filter is evaluated once per publication; the
+    /// subscribers after the first read its verdict.
+    pub fn passes(&self, filter: &TagsFilter) -> bool {
+        let Some(publication) = self.publication_ref() else {
+            return true;
+        };
+        let mut verdicts = self.verdicts.lock();
+        if let Some(&(_, verdict)) = verdicts.iter().find(|(id, _)| *id == filter.id()) {
+            return verdict;
+        }
+        let verdict = filter.matches(&publication.tags);
+        if verdicts.len() < MAX_VERDICTS {
+            verdicts.push((filter.id(), verdict));
+        }
+        verdict
     }
 }
 
@@ -286,6 +322,89 @@ mod tests {
 
     fn client(id: &str) -> Client {
         Client(Arc::from(id))
+    }
+
+    /// A subscriber with a tags filter that counts what it is handed.
+    struct Filtered {
+        client: Arc<str>,
+        filter: Arc<TagsFilter>,
+        got: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Deliver for Filtered {
+        fn client(&self) -> &Arc<str> {
+            &self.client
+        }
+
+        fn deliver(&self, push: &Arc<Prepared>) {
+            if push.passes(&self.filter) {
+                self.got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn team_filter(team: &str) -> Arc<TagsFilter> {
+        let tree = crate::protocol::proto::FilterNode {
+            key: "team".into(),
+            cmp: "eq".into(),
+            val: team.into(),
+            ..Default::default()
+        };
+        TagsFilter::intern(&tree).unwrap()
+    }
+
+    fn tagged(team: &str) -> Arc<Prepared> {
+        let publication = Publication {
+            tags: [("team".to_owned(), team.to_owned())].into(),
+            ..Default::default()
+        };
+        Prepared::publication("room", Arc::from(""), publication)
+    }
+
+    /// Subscribers with equal filters share one verdict per publication: it is computed once
+    /// per distinct filter (the cache holds one entry each), not once per subscriber.
+    #[test]
+    fn a_publication_is_judged_once_per_distinct_filter() {
+        let hub = Hub::default();
+        let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for i in 0..100 {
+            let team = if i % 2 == 0 { "eng" } else { "ops" };
+            let subscriber = Filtered {
+                client: Arc::from(format!("c{i}")),
+                filter: team_filter(team),
+                got: got.clone(),
+            };
+            hub.subscribe("room", subscriber, ClientInfo::default(), |_| {});
+        }
+        let push = tagged("eng");
+        assert_eq!(hub.broadcast("room", &push), 100);
+        assert_eq!(got.load(std::sync::atomic::Ordering::Relaxed), 50);
+        assert_eq!(push.verdicts.lock().len(), 2, "two distinct filters, two evaluations");
+
+        let join = Prepared::join("room", ClientInfo::default());
+        hub.broadcast("room", &join);
+        assert_eq!(
+            got.load(std::sync::atomic::Ordering::Relaxed),
+            150,
+            "join and leave are not filtered"
+        );
+        assert!(join.verdicts.lock().is_empty());
+    }
+
+    /// Past [`MAX_VERDICTS`] distinct filters the rest are evaluated each time, still right.
+    #[test]
+    fn verdicts_beyond_the_cache_are_still_right() {
+        let push = tagged("team7");
+        let filters: Vec<_> = (0..MAX_VERDICTS + 10)
+            .map(|i| team_filter(&format!("team{i}")))
+            .collect();
+        for _ in 0..2 {
+            let passed: Vec<usize> = (0..filters.len()).filter(|&i| push.passes(&filters[i])).collect();
+            assert_eq!(passed, vec![7]);
+        }
+        let late = team_filter("team7");
+        assert!(push.passes(&late), "an equal filter is the same filter");
+        assert_eq!(push.verdicts.lock().len(), MAX_VERDICTS);
     }
 
     /// Only the first subscriber and the loss of the last are reported, once each.

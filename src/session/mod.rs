@@ -20,6 +20,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::hub::filter::TagsFilter;
 use crate::hub::{Deliver, Prepared, PushKind};
 use crate::protocol::codec::{encode_reply, Format};
 use crate::protocol::proto::Reply;
@@ -99,6 +100,9 @@ pub(crate) struct Subscription {
     pub server_side: bool,
     /// Unix seconds when the subscription token expires, if it does.
     pub expires_at: Option<i64>,
+    /// Only publications whose tags pass are sent. Those that do not still move `offset` on:
+    /// they are part of the stream the client holds a position in, not a gap.
+    pub tags_filter: Option<Arc<TagsFilter>>,
 }
 
 pub(crate) enum Phase {
@@ -125,7 +129,16 @@ enum Admit {
 }
 
 impl Subscription {
+    /// What to do with a push: send it, skip it (already sent, not wanted, or filtered out) or
+    /// end the subscription (a gap). Publications move the position on even when filtered out.
     fn admit(&mut self, push: &Prepared) -> Admit {
+        match self.admit_position(push) {
+            Admit::Send if !wants(&self.tags_filter, push) => Admit::Skip,
+            admit => admit,
+        }
+    }
+
+    fn admit_position(&mut self, push: &Prepared) -> Admit {
         match &push.kind {
             PushKind::JoinLeave if self.join_leave => Admit::Send,
             PushKind::JoinLeave => Admit::Skip,
@@ -155,6 +168,11 @@ impl Subscription {
     }
 }
 
+/// Whether a subscription with `filter` (if any) gets `push`.
+fn wants(filter: &Option<Arc<TagsFilter>>, push: &Prepared) -> bool {
+    filter.as_ref().is_none_or(|filter| push.passes(filter))
+}
+
 impl SessionShared {
     pub fn new(format: Format, max_queue_bytes: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -180,6 +198,7 @@ impl SessionShared {
             join_leave: false,
             server_side: false,
             expires_at: None,
+            tags_filter: None,
         };
         self.register(&mut self.subs.lock(), Arc::from(channel), subscription)
     }
@@ -262,9 +281,16 @@ impl Deliver for Subscriber {
 
     /// Called by the hub for every push to the channel. Never blocks.
     fn deliver(&self, push: &Arc<Prepared>) {
-        let mut sub = self.subscription.lock();
+        let mut guard = self.subscription.lock();
+        let sub = &mut *guard;
         match &mut sub.phase {
             Phase::Subscribing(buffer) => {
+                // A publication the tags filter drops will not be sent, but a positioned
+                // subscription needs it all the same, for its offset; it keeps its place in
+                // the budget, as it keeps the push alive.
+                if !sub.positioned && !wants(&sub.tags_filter, push) {
+                    return;
+                }
                 let size = push.bytes(self.session.format).len();
                 // Over budget, the queue marks the client slow and the connection ends.
                 if self.session.queue.reserve(size) {
@@ -273,9 +299,7 @@ impl Deliver for Subscriber {
                 }
             }
             Phase::Broken => {}
-            Phase::Active => self
-                .session
-                .deliver_to(&self.channel, &mut sub, &self.subscription, push),
+            Phase::Active => self.session.deliver_to(&self.channel, sub, &self.subscription, push),
         }
     }
 }
@@ -313,6 +337,99 @@ mod tests {
         )
     }
 
+    fn tagged(offset: u64, team: &str) -> Arc<Prepared> {
+        Prepared::publication(
+            "ch",
+            Arc::from("e"),
+            Publication {
+                offset,
+                data: Bytes::from_static(b"{}"),
+                tags: [("team".to_owned(), team.to_owned())].into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn team_filter(team: &str) -> Option<Arc<TagsFilter>> {
+        let tree = crate::protocol::proto::FilterNode {
+            key: "team".into(),
+            cmp: "eq".into(),
+            val: team.into(),
+            ..Default::default()
+        };
+        Some(TagsFilter::intern(&tree).unwrap())
+    }
+
+    /// The offsets of the publications queued for the client.
+    fn queued_offsets(session: &SessionShared) -> Vec<u64> {
+        let items = session.queue.try_take().map(|d| d.items).unwrap_or_default();
+        items
+            .iter()
+            .map(|bytes| {
+                let reply: Reply = serde_json::from_slice(bytes).unwrap();
+                reply.push.unwrap().r#pub.unwrap().offset
+            })
+            .collect()
+    }
+
+    /// A positioned subscription with a tags filter is sent only what passes, yet its offset
+    /// moves past every publication: what the filter drops is not a gap.
+    #[tokio::test]
+    async fn filtered_out_publications_move_the_position_on() {
+        let session = SessionShared::new(Format::Json, 1 << 20);
+        let subscriber = session.register(
+            &mut session.subs.lock(),
+            Arc::from("ch"),
+            Subscription {
+                phase: Phase::Active,
+                positioned: true,
+                epoch: Arc::from("e"),
+                offset: 1,
+                join_leave: false,
+                server_side: false,
+                expires_at: None,
+                tags_filter: team_filter("eng"),
+            },
+        );
+        for (offset, team) in [(2, "ops"), (3, "eng"), (4, "ops"), (5, "ops"), (6, "eng")] {
+            subscriber.deliver(&tagged(offset, team));
+        }
+        assert_eq!(queued_offsets(&session), vec![3, 6]);
+        let sub = subscriber.subscription.lock();
+        assert!(matches!(sub.phase, Phase::Active), "no gap");
+        assert_eq!(sub.offset, 6);
+        assert!(session.controls.lock().is_empty());
+    }
+
+    /// While subscribing, a positioned subscription keeps what its filter drops (for the
+    /// offsets); an unpositioned one does not keep it at all.
+    #[test]
+    fn filtered_out_pushes_are_buffered_only_for_a_position() {
+        let session = SessionShared::new(Format::Json, 1 << 20);
+        let subscribing = |positioned| Subscription {
+            phase: Phase::Subscribing(Buffered::default()),
+            positioned,
+            epoch: Arc::from(""),
+            offset: 0,
+            join_leave: false,
+            server_side: false,
+            expires_at: None,
+            tags_filter: team_filter("eng"),
+        };
+        let positioned = session.register(&mut session.subs.lock(), Arc::from("a"), subscribing(true));
+        let unpositioned = session.register(&mut session.subs.lock(), Arc::from("b"), subscribing(false));
+        for subscriber in [&positioned, &unpositioned] {
+            subscriber.deliver(&tagged(1, "ops"));
+            subscriber.deliver(&tagged(2, "eng"));
+        }
+        let buffered = |subscriber: &Subscriber| match &subscriber.subscription.lock().phase {
+            Phase::Subscribing(buffer) => buffer.pushes.len(),
+            _ => unreachable!(),
+        };
+        assert_eq!(buffered(&positioned), 2);
+        assert_eq!(buffered(&unpositioned), 1);
+    }
+
     /// A gap names the subscription that saw it: a new subscription to the same channel (an
     /// unsubscribe and a subscribe in the frame being handled) is not the one to end.
     #[tokio::test]
@@ -326,6 +443,7 @@ mod tests {
             join_leave: false,
             server_side: false,
             expires_at: None,
+            tags_filter: None,
         };
         let old = session.register(&mut session.subs.lock(), Arc::from("ch"), positioned());
         old.deliver(&publication(3, 1));
@@ -361,6 +479,7 @@ mod tests {
                 join_leave: false,
                 server_side: false,
                 expires_at: None,
+                tags_filter: None,
             },
         );
         for offset in 1..=8 {

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::connection::{ttl_of, Connection, State, SubResults};
 use super::{Phase, Subscription};
 use crate::config::ChannelOptions;
+use crate::hub::filter::TagsFilter;
 use crate::protocol::proto::{self, ClientInfo, Push, Reply, SubscribeResult};
 use crate::protocol::{DisconnectCode, ErrorCode, UnsubscribeCode};
 use crate::session::commands::Failure;
@@ -52,6 +53,17 @@ impl Connection {
 
     /// Registers the subscription (buffering pushes), finds its position and recovers.
     pub(crate) async fn setup_subscription(&mut self, setup: Setup<'_>) -> Result<(SubscribeResult, Ready), Failure> {
+        self.setup_filtered_subscription(setup, None).await
+    }
+
+    /// [`Self::setup_subscription`] for a client subscription that asked for a tags filter (see
+    /// [`requested_tags_filter`]): only the publications that pass it are sent, live or
+    /// recovered.
+    pub(crate) async fn setup_filtered_subscription(
+        &mut self,
+        setup: Setup<'_>,
+        tags_filter: Option<Arc<TagsFilter>>,
+    ) -> Result<(SubscribeResult, Ready), Failure> {
         let channel: Arc<str> = Arc::from(setup.channel);
         let options = setup.options;
         let positioned = options.force_recovery && options.history_enabled();
@@ -76,6 +88,7 @@ impl Connection {
                 join_leave: options.join_leave && (options.force_push_join_leave || setup.join_leave_requested),
                 server_side: setup.server_side,
                 expires_at: setup.expires_at,
+                tags_filter: tags_filter.clone(),
             };
             self.shared.register(&mut subs, channel.clone(), subscription)
         };
@@ -115,7 +128,12 @@ impl Connection {
             match broker.recover(&channel, options, &epoch, offset, &position).await {
                 Ok(recovery) => {
                     let budget = self.ctx.config.client.reply_budget();
-                    let publications = recovery.publications;
+                    let mut publications = recovery.publications;
+                    // As live: what the filter drops is left out; the client's position still
+                    // moves past it, to the stream top the result carries.
+                    if let Some(filter) = &tags_filter {
+                        publications.retain(|p| filter.matches(&p.tags));
+                    }
                     if super::commands::fitting_publications(&publications, budget) < publications.len() {
                         // Never a partial recovery: too much to replay within the reply budget
                         // is "not recovered" (the client reloads), not a reply that would close
@@ -349,6 +367,36 @@ impl super::SessionShared {
                     });
                 }
             }
+        }
+    }
+}
+
+/// The tags filter a client's subscribe asks for (`tf`), checked. As the reference server
+/// (centrifuge `client.go`, `subscribeCmd`), a filter where the channel's namespace does not
+/// `allow_tags_filter`, or an invalid one, is answered 107. So is a filter together with a
+/// `delta`: the two are exclusive (centrifugal.dev, "Channel publication filtering"; the SDKs
+/// refuse to send both), since a delta is against the previous publication, which the filter
+/// may have withheld from this client.
+pub fn requested_tags_filter(
+    options: &ChannelOptions,
+    request: &proto::SubscribeRequest,
+) -> Result<Option<Arc<TagsFilter>>, ErrorCode> {
+    let Some(tree) = &request.tf else {
+        return Ok(None);
+    };
+    if !options.allow_tags_filter {
+        tracing::debug!(channel = %request.channel, "tags filter not allowed");
+        return Err(ErrorCode::BAD_REQUEST);
+    }
+    if !request.delta.is_empty() {
+        tracing::debug!(channel = %request.channel, "tags filter together with delta");
+        return Err(ErrorCode::BAD_REQUEST);
+    }
+    match TagsFilter::intern(tree) {
+        Ok(filter) => Ok(Some(filter)),
+        Err(e) => {
+            tracing::debug!(channel = %request.channel, error = %e, "invalid tags filter");
+            Err(ErrorCode::BAD_REQUEST)
         }
     }
 }
