@@ -434,7 +434,7 @@ async fn history_and_recovery_at_offset_and_limit_extremes() {
             c.call(cmd::unsubscribe(channel)).await;
         }
     }
-    // The API takes an i64 limit and a u64 offset.
+    // The API takes an i32 limit (Centrifugo's HistoryRequest) and a u64 offset.
     let api = async |body: serde_json::Value| {
         let (status, body) = node.api("history", body).await;
         match body["result"]["publications"].as_array() {
@@ -451,8 +451,12 @@ async fn history_and_recovery_at_offset_and_limit_extremes() {
         api(json!({"channel": channel, "limit": -1, "since": since(u64::MAX), "reverse": true})).await,
         Ok(newest_first.clone())
     );
-    for limit in [i64::MIN, i64::MAX] {
+    for limit in [i32::MIN, i32::MAX] {
         assert_eq!(api(json!({"channel": channel, "limit": limit})).await, Ok(all.clone()));
+    }
+    for limit in [i64::MIN, i64::MAX] {
+        let refused = api(json!({"channel": channel, "limit": limit})).await;
+        assert!(matches!(refused, Err((400, _))), "{refused:?}");
     }
     // Out of range for the field's type: a bad request, not a clamped or wrapped read.
     let too_big = r#"{"channel": "extremes", "limit": 1, "since": {"offset": 18446744073709551616}}"#;
