@@ -4,7 +4,8 @@
 //! `herald_publications_out_total` (deliveries), `herald_bytes_in_total`, `herald_bytes_out_total`,
 //! `herald_disconnects_total{code}`, `herald_slow_disconnects_total`, `herald_stream_gaps_total`,
 //! `herald_command_errors_total{code}`, `herald_api_requests_total{method}` (counters);
-//! `herald_command_duration_seconds{command}` (histogram).
+//! `herald_command_duration_seconds{command}`, `herald_api_request_duration_seconds{method}`,
+//! `herald_store_flush_duration_seconds` (histograms).
 
 use std::sync::OnceLock;
 

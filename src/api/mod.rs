@@ -229,13 +229,27 @@ pub async fn handler(
             .get(*h)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"transport"))
     });
+    // From the body read to the answer: what the caller waits for once it has sent the request.
+    let started = std::time::Instant::now();
+    let label = if method == "batch" {
+        "batch"
+    } else {
+        method_label(&method)
+    };
+    let response = answer(&broker, &method, body, transport_errors).await;
+    metrics::histogram!("herald_api_request_duration_seconds", "method" => label)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn answer(broker: &Arc<Broker>, method: &str, body: &RawValue, transport_errors: bool) -> Response {
     if method == "batch" {
         metrics::counter!("herald_api_requests_total", "method" => "batch").increment(1);
         // A batch's replies are written as JSON text as they come (bounded by
         // api.max_batch_reply_size), never held as a tree; that text is the whole answer,
         // `{"replies": [...]}` with no `result` around it (Centrifugo's BatchResponse).
         let replies = match params(body) {
-            Ok(request) => batch::batch(&broker, request).await,
+            Ok(request) => batch::batch(broker, request).await,
             Err(e) => Err(e),
         };
         return match replies {
@@ -243,7 +257,7 @@ pub async fn handler(
             Err(e) => failure(e, transport_errors),
         };
     }
-    match call(&broker, &method, body).await {
+    match call(broker, method, body).await {
         Ok(result) => {
             let result = serde_json::to_vec(&result).expect("a JSON value serializes into memory");
             let mut body = Vec::with_capacity(result.len() + 11);

@@ -390,7 +390,9 @@ impl Writer {
     /// Makes every batch applied so far durable.
     fn flush(&self) -> Result<(), StoreError> {
         metrics::counter!("herald_store_flushes_total").increment(1);
+        let started = std::time::Instant::now();
         self.db.flush()?;
+        metrics::histogram!("herald_store_flush_duration_seconds").record(started.elapsed().as_secs_f64());
         #[cfg(test)]
         if self.faults.fail_next_flush.swap(false, Ordering::Relaxed) {
             return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other(
