@@ -414,6 +414,7 @@ impl Connection {
                 Err(TokenError::Invalid(_)) => return Err(ErrorCode::PERMISSION_DENIED.into()),
             }
         };
+        let tags_filter = super::subscribe::requested_tags_filter(options, &req)?;
         let setup = Setup {
             channel: &req.channel,
             options,
@@ -423,7 +424,7 @@ impl Connection {
             chan_info,
             expires_at,
         };
-        let (result, ready) = self.setup_subscription(setup).await?;
+        let (result, ready) = self.setup_filtered_subscription(setup, tags_filter).await?;
         self.activate(
             &Reply {
                 id,
