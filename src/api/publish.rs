@@ -33,11 +33,9 @@ pub struct Body {
     tags: HashMap<String, String>,
     #[serde(default, deserialize_with = "nullable")]
     idempotency_key: String,
-    /// Publish as a delta for subscribers that negotiated one. Accepted and ignored until
-    /// Herald has fossil deltas: every subscriber gets the full data, which a delta-capable
-    /// client reads as well (Centrifugo also sends full data to the others).
+    /// May go out as a fossil delta to the subscribers that negotiated one (the others get the
+    /// full data, as they would anyway).
     #[serde(default, deserialize_with = "nullable")]
-    #[allow(dead_code)]
     delta: bool,
     /// Centrifugo drops a publication whose `version` (> 0) is not above the channel's last
     /// one within the same `version_epoch` (an empty epoch matches any) and answers the
@@ -83,6 +81,7 @@ impl Body {
             tags: self.tags.clone(),
             skip_history: self.skip_history,
             idempotency_key: Some(self.idempotency_key.clone()).filter(|k| !k.is_empty()),
+            delta: self.delta,
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct PublishRequest {
     pub skip_history: bool,
     /// A repeat within `storage.idempotency_window` returns the first result, delivers nothing.
     pub idempotency_key: Option<String>,
+    /// May go out as a fossil delta to subscribers that negotiated one (API `delta`).
+    pub delta: bool,
 }
 
 /// A publication's position; empty for channels without history.
@@ -279,6 +281,8 @@ impl Broker {
             info: request.info,
             tags: request.tags,
             time: stamp.time_ms,
+            // Read by the fan-out only (the hub's delta encodings); history reads clear it.
+            delta: request.delta || options.delta_publish,
             ..Default::default()
         };
         let history = (options.history_enabled() && !request.skip_history).then(|| retention(options));
@@ -488,6 +492,13 @@ impl Broker {
         if options.join_leave {
             self.deliver(channel, Prepared::join(channel, info));
         }
+    }
+
+    /// Tells the hub the data of a channel's publication at `offset`, which a subscriber with
+    /// delta on just recovered: the next publication can then go to it as a delta (see
+    /// [`Hub::seed_last`]).
+    pub fn recovered_last(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: bytes::Bytes) {
+        self.hub.seed_last(channel, epoch, offset, data);
     }
 
     /// Removes a client from a channel and announces the leave when the namespace wants it.

@@ -61,6 +61,8 @@ const CHANNEL_KEYS: &[&str] = &[
     "allow_history_for_anonymous",
     "allow_user_limited_channels",
     "allow_tags_filter",
+    "allowed_delta_types",
+    "delta_publish",
 ];
 
 /// Merges the `HERALD_…` variables into `table`. Returns which dotted key each variable set, so

@@ -464,6 +464,12 @@ pub struct ChannelOptions {
     /// Subscribers may send a tags filter (`tf`): they then receive only the publications whose
     /// tags match it.
     pub allow_tags_filter: bool,
+    /// Delta compressions a subscriber may negotiate (`delta` on subscribe): `["fossil"]` or
+    /// none. Needs history and positioned subscriptions (`force_recovery`).
+    pub allowed_delta_types: Vec<String>,
+    /// Every publication of the namespace may go out as a delta, as if published with
+    /// `delta: true`.
+    pub delta_publish: bool,
 }
 
 impl Default for ChannelOptions {
@@ -489,6 +495,8 @@ impl Default for ChannelOptions {
             allow_history_for_anonymous: false,
             allow_user_limited_channels: false,
             allow_tags_filter: false,
+            allowed_delta_types: Vec::new(),
+            delta_publish: false,
         }
     }
 }
@@ -725,6 +733,18 @@ fn check_options(key: &str, options: &ChannelOptions, problems: &mut Vec<String>
     if options.force_recovery && !options.history_enabled() {
         problems.push(format!(
             "key `{key}.force_recovery`: needs history (history_size and history_ttl)"
+        ));
+    }
+    for delta in &options.allowed_delta_types {
+        if delta != "fossil" {
+            problems.push(format!(
+                "key `{key}.allowed_delta_types`: unknown delta type {delta:?} (the one there is: \"fossil\")"
+            ));
+        }
+    }
+    if !options.allowed_delta_types.is_empty() && !options.force_recovery {
+        problems.push(format!(
+            "key `{key}.allowed_delta_types`: deltas need positioned subscriptions (force_recovery, with history)"
         ));
     }
 }

@@ -12,6 +12,13 @@
 //! subscriber of the channel shares ([`Prepared::passes`]). Subscriptions without a filter never
 //! look at them.
 //!
+//! Delta compression (fossil): a publication its publisher marked for it (`Publication.delta`)
+//! is encoded as a delta against the channel's previous publication at most once, whoever the
+//! subscribers are ([`Prepared::delta_bytes`]); the hub keeps that previous publication's data
+//! per channel while such publications flow ([`Hub::broadcast`]). Each subscriber that negotiated
+//! deltas gets the delta when it holds the previous publication and the delta is smaller, else
+//! the full data.
+//!
 //! The hub reports a channel's first local subscriber and the loss of its last one
 //! ([`Interest`]), under the shard lock, so per channel the reports come in the order the
 //! changes happened. It knows subscriptions only through [`Deliver`]: it does not import the
@@ -56,6 +63,23 @@ pub struct Prepared {
     /// filtered subscriber asked. Uncontended: the hub delivers a push under its shard lock, and
     /// only a subscription finishing its setup replays one beside it.
     verdicts: Mutex<Vec<(u64, bool)>>,
+    /// JSON for subscribers that negotiated deltas, when the full data goes: `data` as a JSON
+    /// string, as the SDKs expect it while delta is on.
+    json_full_as_string: OnceLock<Bytes>,
+    /// For a publication marked for delta delivery.
+    delta: Option<Box<DeltaParts>>,
+}
+
+/// The delta encodings of one publication, each made on first use.
+#[derive(Default)]
+struct DeltaParts {
+    /// The data of the channel's previous publication (offset - 1), as the hub saw it; `None`
+    /// when the hub did not see it.
+    previous: OnceLock<Option<Bytes>>,
+    /// The fossil delta from the previous data, when smaller than the data.
+    delta: OnceLock<Option<Bytes>>,
+    json: OnceLock<Option<Bytes>>,
+    protobuf: OnceLock<Option<Bytes>>,
 }
 
 impl Prepared {
@@ -69,12 +93,24 @@ impl Prepared {
             json: OnceLock::new(),
             protobuf: OnceLock::new(),
             verdicts: Mutex::new(Vec::new()),
+            json_full_as_string: OnceLock::new(),
+            delta: None,
         })
+    }
+
+    /// A publication prepared with its delta parts when its publisher marked it.
+    fn new_publication(kind: PushKind, push: Push) -> Arc<Self> {
+        let marked = push.r#pub.as_ref().is_some_and(|p| p.delta);
+        let mut prepared = Self::new(kind, push);
+        if marked {
+            Arc::get_mut(&mut prepared).expect("just made").delta = Some(Box::default());
+        }
+        prepared
     }
 
     pub fn publication(channel: &str, epoch: Arc<str>, publication: Publication) -> Arc<Self> {
         let offset = publication.offset;
-        Self::new(
+        Self::new_publication(
             PushKind::Publication { epoch, offset },
             Push {
                 channel: channel.to_owned(),
@@ -115,7 +151,7 @@ impl Prepared {
             },
             None => PushKind::JoinLeave,
         };
-        Self::new(kind, push)
+        Self::new_publication(kind, push)
     }
 
     /// The push itself (what a peer node is sent).
@@ -137,7 +173,12 @@ impl Prepared {
             Format::Json => &self.json,
             Format::Protobuf => &self.protobuf,
         };
-        cell.get_or_init(|| encode_reply(format, &self.reply))
+        cell.get_or_init(|| match &self.delta {
+            // The mark travels with the push (to peers too) but is not the wire's `delta`,
+            // which says "this data is a delta".
+            Some(_) => self.encode_publication(format, None, false),
+            None => encode_reply(format, &self.reply),
+        })
     }
 
     /// The publication carried, if this is one (used to replay buffered pushes in order).
@@ -191,6 +232,32 @@ struct Member {
 struct Shard {
     /// Channel → client id → member.
     channels: HashMap<Arc<str>, HashMap<Arc<str>, Member>>,
+    /// Channel → the position and data of its last publication, kept for channels with local
+    /// subscribers once a publication marked for delta delivery went through (the next one's
+    /// delta is made against it).
+    last: HashMap<Arc<str>, (Arc<str>, u64, Bytes)>,
+}
+
+/// Records `push` as the channel's last publication, and tells it the data of the one before
+/// when that is its predecessor in the same stream.
+fn remember_last(
+    last: &mut HashMap<Arc<str>, (Arc<str>, u64, Bytes)>,
+    channel: &str,
+    epoch: &Arc<str>,
+    offset: u64,
+    push: &Prepared,
+) {
+    let data = push.publication_ref().map(|p| p.data.clone()).unwrap_or_default();
+    let current = (epoch.clone(), offset, data);
+    let previous = match last.get_mut(channel) {
+        Some(slot) => Some(std::mem::replace(slot, current)),
+        None => {
+            last.insert(Arc::from(channel), current);
+            None
+        }
+    };
+    let previous = previous.filter(|(e, o, _)| e == epoch && o + 1 == offset);
+    push.set_previous(previous.map(|(_, _, data)| data));
 }
 
 /// The node's index of local subscriptions.
@@ -247,6 +314,7 @@ impl Hub {
         let removed = subscribers.remove(client).map(|s| s.info);
         if subscribers.is_empty() {
             shard.channels.remove(channel);
+            shard.last.remove(channel);
             on_interest(Interest::Lost);
         }
         removed
@@ -254,10 +322,16 @@ impl Hub {
 
     /// Hands a push to every local subscriber of the channel. Returns how many got it.
     pub fn broadcast(&self, channel: &str, push: &Arc<Prepared>) -> usize {
-        let shard = self.shard(channel).lock();
+        let mut guard = self.shard(channel).lock();
+        let shard = &mut *guard;
         let Some(members) = shard.channels.get(channel) else {
             return 0;
         };
+        if let PushKind::Publication { epoch, offset } = &push.kind {
+            if *offset > 0 && (push.delta_marked() || shard.last.contains_key(channel)) {
+                remember_last(&mut shard.last, channel, epoch, *offset, push);
+            }
+        }
         for member in members.values() {
             member.subscriber.deliver(push);
         }
@@ -265,6 +339,25 @@ impl Hub {
             metrics::counter!("herald_publications_out_total").increment(members.len() as u64);
         }
         members.len()
+    }
+
+    /// Records the data of a channel's publication at `offset` (read from its history) as its
+    /// last one, unless the hub already holds that or a later one of the same stream: a
+    /// subscriber that recovered up to `offset` can then receive the next as a delta. Only for
+    /// channels with local subscribers.
+    pub fn seed_last(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: Bytes) {
+        let mut guard = self.shard(channel).lock();
+        let shard = &mut *guard;
+        if !shard.channels.contains_key(channel) {
+            return;
+        }
+        match shard.last.get(channel) {
+            Some((e, o, _)) if e == epoch && *o >= offset => {}
+            Some((e, _, _)) if e != epoch => {}
+            _ => {
+                shard.last.insert(Arc::from(channel), (epoch.clone(), offset, data));
+            }
+        }
     }
 
     /// Presence: every local subscriber's info, by client id.
@@ -303,6 +396,79 @@ impl Hub {
             .iter()
             .map(|s| s.lock().channels.values().map(HashMap::len).sum::<usize>())
             .sum()
+    }
+}
+
+impl Prepared {
+    /// Whether the publisher marked this publication for delta delivery.
+    pub fn delta_marked(&self) -> bool {
+        self.delta.is_some()
+    }
+
+    /// The hub tells a marked publication the data of the channel's previous publication.
+    fn set_previous(&self, previous: Option<Bytes>) {
+        if let Some(parts) = &self.delta {
+            let _ = parts.previous.set(previous);
+        }
+    }
+
+    /// The encoded push for a subscriber that negotiated deltas: the delta when the publication
+    /// is marked, the subscriber holds the previous publication (`holds_previous`) and the delta
+    /// is smaller than the data; otherwise the full data (in JSON as a string).
+    pub fn delta_bytes(&self, format: Format, holds_previous: bool) -> Bytes {
+        if holds_previous {
+            if let Some(delta) = self.delta_encoding(format) {
+                return delta.clone();
+            }
+        }
+        match format {
+            Format::Protobuf => self.bytes(Format::Protobuf).clone(),
+            Format::Json => self
+                .json_full_as_string
+                .get_or_init(|| {
+                    let data = self.publication_ref().map(|p| p.data.clone()).unwrap_or_default();
+                    self.encode_publication(Format::Json, Some(crate::delta::json_string(&data)), false)
+                })
+                .clone(),
+        }
+    }
+
+    fn delta_encoding(&self, format: Format) -> Option<&Bytes> {
+        let parts = self.delta.as_ref()?;
+        let previous = parts.previous.get()?.as_ref()?;
+        let delta = parts
+            .delta
+            .get_or_init(|| {
+                let data = &self.publication_ref()?.data;
+                crate::delta::smaller_delta(previous, data)
+            })
+            .as_ref()?;
+        let cell = match format {
+            Format::Json => &parts.json,
+            Format::Protobuf => &parts.protobuf,
+        };
+        cell.get_or_init(|| {
+            let data = match format {
+                // The delta of two UTF-8 texts is UTF-8 (`encode_utf8`); one of binary data
+                // cannot go in a JSON string: such subscribers get the full data.
+                Format::Json => crate::delta::json_string_exact(delta)?,
+                Format::Protobuf => delta.clone(),
+            };
+            Some(self.encode_publication(format, Some(data), true))
+        })
+        .as_ref()
+    }
+
+    /// This publication encoded with other `data` (or its own) and the wire's `delta` flag.
+    fn encode_publication(&self, format: Format, data: Option<Bytes>, delta: bool) -> Bytes {
+        let mut reply = self.reply.clone();
+        if let Some(publication) = reply.push.as_mut().and_then(|p| p.r#pub.as_mut()) {
+            if let Some(data) = data {
+                publication.data = data;
+            }
+            publication.delta = delta;
+        }
+        encode_reply(format, &reply)
     }
 }
 

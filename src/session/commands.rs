@@ -423,6 +423,7 @@ impl Connection {
             join_leave_requested: req.join_leave,
             chan_info,
             expires_at,
+            delta: req.delta == "fossil",
         };
         let (result, ready) = self.setup_filtered_subscription(setup, tags_filter).await?;
         self.activate(

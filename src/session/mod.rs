@@ -103,6 +103,19 @@ pub(crate) struct Subscription {
     /// Only publications whose tags pass are sent. Those that do not still move `offset` on:
     /// they are part of the stream the client holds a position in, not a gap.
     pub tags_filter: Option<Arc<TagsFilter>>,
+    /// Fossil delta negotiated (positioned subscriptions only).
+    pub delta: DeltaState,
+}
+
+/// A subscription's delta compression.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DeltaState {
+    /// Negotiated: publications go out as deltas when they can, and in JSON with `data` as a
+    /// string.
+    pub on: bool,
+    /// The client holds the data of the publication at `offset` (it was sent in this
+    /// subscription), so the next one may be a delta against it.
+    pub holds_offset: bool,
 }
 
 pub(crate) enum Phase {
@@ -199,6 +212,7 @@ impl SessionShared {
             server_side: false,
             expires_at: None,
             tags_filter: None,
+            delta: Default::default(),
         };
         self.register(&mut self.subs.lock(), Arc::from(channel), subscription)
     }
@@ -389,6 +403,7 @@ mod tests {
                 server_side: false,
                 expires_at: None,
                 tags_filter: team_filter("eng"),
+                delta: Default::default(),
             },
         );
         for (offset, team) in [(2, "ops"), (3, "eng"), (4, "ops"), (5, "ops"), (6, "eng")] {
@@ -415,6 +430,7 @@ mod tests {
             server_side: false,
             expires_at: None,
             tags_filter: team_filter("eng"),
+            delta: Default::default(),
         };
         let positioned = session.register(&mut session.subs.lock(), Arc::from("a"), subscribing(true));
         let unpositioned = session.register(&mut session.subs.lock(), Arc::from("b"), subscribing(false));
@@ -444,6 +460,7 @@ mod tests {
             server_side: false,
             expires_at: None,
             tags_filter: None,
+            delta: Default::default(),
         };
         let old = session.register(&mut session.subs.lock(), Arc::from("ch"), positioned());
         old.deliver(&publication(3, 1));
@@ -480,6 +497,7 @@ mod tests {
                 server_side: false,
                 expires_at: None,
                 tags_filter: None,
+                delta: Default::default(),
             },
         );
         for offset in 1..=8 {

@@ -28,6 +28,8 @@ pub(crate) struct Setup<'a> {
     pub join_leave_requested: bool,
     pub chan_info: Bytes,
     pub expires_at: Option<i64>,
+    /// The client asked for fossil deltas (`delta: "fossil"`).
+    pub delta: bool,
 }
 
 /// A subscription set up and waiting for [`Connection::activate`].
@@ -35,6 +37,8 @@ pub(crate) struct Ready {
     channel: Arc<str>,
     epoch: Arc<str>,
     offset: u64,
+    /// The reply carries the publication at `offset` (recovered), which a delta may follow.
+    holds_offset: bool,
 }
 
 impl Connection {
@@ -67,6 +71,12 @@ impl Connection {
         let channel: Arc<str> = Arc::from(setup.channel);
         let options = setup.options;
         let positioned = options.force_recovery && options.history_enabled();
+        // Deltas need the position (each is against the publication before it): the reference
+        // server's conditions (history, positioning or recovery, no tags filter).
+        let delta = setup.delta
+            && positioned
+            && tags_filter.is_none()
+            && options.allowed_delta_types.iter().any(|t| t == "fossil");
         let subscriber = {
             let mut subs = self.shared.subs.lock();
             if subs.contains_key(&channel) {
@@ -89,6 +99,10 @@ impl Connection {
                 server_side: setup.server_side,
                 expires_at: setup.expires_at,
                 tags_filter: tags_filter.clone(),
+                delta: super::DeltaState {
+                    on: delta,
+                    holds_offset: false,
+                },
             };
             self.shared.register(&mut subs, channel.clone(), subscription)
         };
@@ -96,11 +110,15 @@ impl Connection {
         let info = self.client_info(setup.chan_info);
         self.ctx.broker.join(&channel, options, subscriber, info);
 
-        let mut result = SubscribeResult::default();
+        let mut result = SubscribeResult {
+            delta,
+            ..Default::default()
+        };
         let mut ready = Ready {
             channel: channel.clone(),
             epoch: Arc::from(""),
             offset: 0,
+            holds_offset: false,
         };
         if let Some(exp) = setup.expires_at {
             result.expires = true;
@@ -142,6 +160,13 @@ impl Connection {
                         result.recovered = false;
                     } else {
                         result.recovered = recovery.recovered;
+                        ready.holds_offset = publications.last().is_some_and(|p| p.offset == position.offset);
+                        if delta {
+                            if let Some(last) = publications.last().filter(|_| ready.holds_offset) {
+                                broker.recovered_last(&channel, &position.epoch, last.offset, last.data.clone());
+                            }
+                            chain_deltas(&mut publications, self.shared.format);
+                        }
                         result.publications = publications;
                     }
                 }
@@ -171,6 +196,7 @@ impl Connection {
             };
             sub.epoch = r.epoch;
             sub.offset = r.offset;
+            sub.delta.holds_offset = r.holds_offset;
             self.shared.queue().release(buffer.bytes);
             for push in buffer.pushes {
                 self.shared.deliver_to(&r.channel, &mut sub, &subscription, &push);
@@ -248,6 +274,7 @@ impl Connection {
                 join_leave_requested: false,
                 chan_info: Bytes::new(),
                 expires_at: None,
+                delta: false,
             };
             match self.setup_subscription(setup).await {
                 Ok((result, ready)) => {
@@ -285,6 +312,7 @@ impl Connection {
             join_leave_requested: false,
             chan_info: Bytes::new(),
             expires_at: None,
+            delta: false,
         };
         match self.setup_subscription(setup).await {
             Ok((result, ready)) => {
@@ -350,7 +378,15 @@ impl super::SessionShared {
         handle: &Arc<parking_lot::Mutex<Subscription>>,
         push: &Arc<crate::hub::Prepared>,
     ) {
+        let before = sub.offset;
         match sub.admit(push) {
+            super::Admit::Send if sub.delta.on && push.publication_ref().is_some() => {
+                // A delta only against what this client holds: the publication right before.
+                let holds_previous = sub.delta.holds_offset
+                    && matches!(push.kind, crate::hub::PushKind::Publication { offset, .. } if offset == before + 1);
+                sub.delta.holds_offset = true;
+                self.queue.push(push.delta_bytes(self.format, holds_previous));
+            }
             super::Admit::Send => {
                 self.queue.push(push.bytes(self.format).clone());
             }
@@ -417,5 +453,31 @@ impl Skipped {
         if self.first.len() < Self::SHOWN {
             self.first.push((channel, code));
         }
+    }
+}
+
+/// Recovered publications for a subscriber with delta on: the first in full, each next one as
+/// a delta against the one before when that is smaller, and in JSON every `data` as a string.
+fn chain_deltas(publications: &mut [proto::Publication], format: crate::protocol::codec::Format) {
+    use crate::protocol::codec::Format;
+    let mut previous: Option<Bytes> = None;
+    for publication in publications.iter_mut() {
+        let data = publication.data.clone();
+        let delta = previous
+            .as_ref()
+            .and_then(|previous| crate::delta::smaller_delta(previous, &data))
+            .and_then(|delta| match format {
+                Format::Json => crate::delta::json_string_exact(&delta),
+                Format::Protobuf => Some(delta),
+            });
+        match delta {
+            Some(delta) => {
+                publication.data = delta;
+                publication.delta = true;
+            }
+            None if format == Format::Json => publication.data = crate::delta::json_string(&data),
+            None => {}
+        }
+        previous = Some(data);
     }
 }

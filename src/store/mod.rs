@@ -653,6 +653,8 @@ fn read_range(
         let (key, value) = item?;
         let mut publication = Publication::decode(value.as_ref()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         publication.offset = keys::offset_of(&key).ok_or_else(|| StoreError::Corrupt("short key".into()))?;
+        // The publisher's delta mark is for live delivery only.
+        publication.delta = false;
         Ok((publication.time >= oldest_time).then_some(publication))
     };
     let mut out = Vec::new();
