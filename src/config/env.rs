@@ -63,6 +63,8 @@ const CHANNEL_KEYS: &[&str] = &[
     "allow_tags_filter",
     "allowed_delta_types",
     "delta_publish",
+    "force_recovery_mode",
+    "auto_cache_recover",
 ];
 
 /// Merges the `HERALD_…` variables into `table`. Returns which dotted key each variable set, so

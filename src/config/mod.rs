@@ -470,6 +470,23 @@ pub struct ChannelOptions {
     /// Every publication of the namespace may go out as a delta, as if published with
     /// `delta: true`.
     pub delta_publish: bool,
+    /// What a recovering subscribe gets: `stream` (every missed publication) or `cache` (only
+    /// the latest one: the channel as a key-value store). Also accepted as `recovery_mode`.
+    #[serde(alias = "recovery_mode")]
+    pub force_recovery_mode: RecoveryMode,
+    /// In `cache` mode, every subscribe gets the latest publication, not only recovering ones.
+    pub auto_cache_recover: bool,
+}
+
+/// How a namespace recovers (`force_recovery_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryMode {
+    /// Every publication after the client's position.
+    #[default]
+    Stream,
+    /// The latest publication only.
+    Cache,
 }
 
 impl Default for ChannelOptions {
@@ -497,6 +514,8 @@ impl Default for ChannelOptions {
             allow_tags_filter: false,
             allowed_delta_types: Vec::new(),
             delta_publish: false,
+            force_recovery_mode: RecoveryMode::Stream,
+            auto_cache_recover: false,
         }
     }
 }
@@ -741,6 +760,16 @@ fn check_options(key: &str, options: &ChannelOptions, problems: &mut Vec<String>
                 "key `{key}.allowed_delta_types`: unknown delta type {delta:?} (the one there is: \"fossil\")"
             ));
         }
+    }
+    if (options.force_recovery_mode == RecoveryMode::Cache || options.auto_cache_recover) && !options.force_recovery {
+        problems.push(format!(
+            "key `{key}.force_recovery_mode`: cache recovery needs force_recovery (with history)"
+        ));
+    }
+    if options.auto_cache_recover && options.force_recovery_mode != RecoveryMode::Cache {
+        problems.push(format!(
+            "key `{key}.auto_cache_recover`: only with force_recovery_mode = \"cache\""
+        ));
     }
     if !options.allowed_delta_types.is_empty() && !options.force_recovery {
         problems.push(format!(

@@ -141,7 +141,39 @@ impl Connection {
         result.offset = position.offset;
         ready.epoch = position.epoch.clone();
         ready.offset = position.offset;
-        if let Some((epoch, offset)) = setup.recover {
+        let cache = options.force_recovery_mode == crate::config::RecoveryMode::Cache;
+        if cache && (setup.recover.is_some() || options.auto_cache_recover) {
+            // The channel's current value: its latest publication, unless the client holds it.
+            result.was_recovering = true;
+            // A client holds a value only in an existing stream: an empty channel has none to
+            // give, which is "not recovered" (the application loads its state another way).
+            let held = setup
+                .recover
+                .filter(|(epoch, offset)| !epoch.is_empty() && *epoch == *position.epoch && *offset > 0)
+                .map(|(_, offset)| offset);
+            match broker.history(&channel, 1, None, true).await {
+                Ok(history) => {
+                    let latest = history
+                        .publications
+                        .into_iter()
+                        .next()
+                        .filter(|p| tags_filter.as_ref().is_none_or(|f| f.matches(&p.tags)));
+                    result.recovered = latest.is_some() || held == Some(position.offset);
+                    if let Some(latest) = latest.filter(|p| held.is_none_or(|o| p.offset > o)) {
+                        ready.holds_offset = latest.offset == position.offset;
+                        let mut publications = vec![latest];
+                        if delta {
+                            chain_deltas(&mut publications, self.shared.format);
+                        }
+                        result.publications = publications;
+                    }
+                }
+                Err(e) => {
+                    self.drop_subscription(&channel);
+                    return Err(e.into());
+                }
+            }
+        } else if let Some((epoch, offset)) = setup.recover {
             result.was_recovering = true;
             match broker.recover(&channel, options, &epoch, offset, &position).await {
                 Ok(recovery) => {

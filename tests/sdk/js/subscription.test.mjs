@@ -300,6 +300,22 @@ for (const fmt of FORMATS) {
       assert.equal(own.info.user, '42');
     });
 
+    // Cache recovery mode: `since: {}` asks for the channel's current value, which arrives as
+    // the first publication; later ones follow live.
+    test('cache recovery: since {} delivers the latest publication first', { timeout: TEST_TIMEOUT }, async (t) => {
+      const ch = `cache:value-${uid()}`;
+      for (let v = 1; v <= 3; v++) await apiPublish(ch, { value: v });
+      const client = await connectedClient(t, fmt, `u-${uid()}`);
+      const sub = await subscribed(client, ch, { since: {} });
+      await waitUntil(() => sub.log.publication.length === 1, 3000, 'the cached value');
+      assert.equal(sub.log.subscribed[0].wasRecovering, true);
+      assert.equal(sub.log.subscribed[0].recovered, true);
+      assert.deepEqual(fmt.decode(sub.log.publication[0].data), { value: 3 });
+      await apiPublish(ch, { value: 4 });
+      await waitUntil(() => sub.log.publication.length === 2, 3000, 'a live publication');
+      assert.deepEqual(sub.log.publication.map((p) => p.offset), [3, 4]);
+    });
+
     // The SDK negotiates fossil deltas (namespace `delta` of herald-sdk.toml: delta_publish)
     // and rebuilds every document from them, live and after a drop, whose recovery comes
     // delta-chained.
