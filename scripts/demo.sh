@@ -7,6 +7,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release --bin herald
+# The demo page (/demo) runs the npm `centrifuge` browser bundle: installed into demo/.
+if command -v npm >/dev/null 2>&1; then
+  (cd demo && npm ci --no-audit --no-fund --ignore-scripts --silent) || echo "(npm failed: /demo will say the bundle is missing)" >&2
+else
+  echo "(npm not found: /demo will say the browser bundle is missing)" >&2
+fi
 bin=target/release/herald
 tmp=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -37,4 +43,5 @@ if [ "${DEMO_EXIT:-0}" = 1 ]; then
   exit 0
 fi
 echo "--- Herald is running at http://127.0.0.1:8000 (Ctrl-C to stop)"
+echo "--- open http://127.0.0.1:8000/demo in two browser windows: live publications, presence, recovery"
 wait $server

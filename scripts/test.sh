@@ -5,7 +5,9 @@
 #      cluster tests run several nodes, each on its own 127.x.y.z; installs `nftables` with
 #      apt-get when `nft` is missing, for the partition test);
 #   3. the SDK conformance suites (tests/sdk/run.sh: npm `centrifuge`, PyPI `centrifuge-python`
-#      and `cent`, installed into tests/sdk/js/node_modules and tests/sdk/python/.venv);
+#      and `cent`, installed into tests/sdk/js/node_modules and tests/sdk/python/.venv), with
+#      the demo page's browser test (headless Debian `chromium`, installed with apt-get when
+#      missing, driven by npm `playwright-core`; screenshots in target/test-artifacts/);
 #   4. every fuzz target for 20 seconds (scripts/fuzz.sh; installs cargo-fuzz if missing).
 # Needs: the Rust toolchain, node >= 20 with npm, python3 >= 3.9. Network: crates.io, npm, PyPI.
 set -euo pipefail
@@ -20,13 +22,17 @@ step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
-# The cluster partition test (tests/partition.rs) cuts links between loopback addresses with
-# nftables rules of its own.
-if ! command -v nft >/dev/null 2>&1; then
+# Debian packages the tests need: nftables for the cluster partition test (tests/partition.rs
+# cuts links between loopback addresses with rules of its own), chromium for the demo page's
+# browser test.
+missing=()
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+[[ -x ${CHROMIUM_PATH:-/usr/bin/chromium} ]] || missing+=(chromium)
+if ((${#missing[@]} > 0)); then
     sudo_if_needed=()
     if [[ $(id -u) != 0 ]]; then sudo_if_needed=(sudo); fi
     "${sudo_if_needed[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_if_needed[@]}" apt-get install -y -qq nftables >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${sudo_if_needed[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 # The cluster's rolling-restart test (tests/rolling.rs) follows channels with the npm SDK.
 tests/sdk/run.sh install js

@@ -127,6 +127,18 @@ pub async fn run(
             any(crate::transport::websocket::uni_handler).with_state(session_ctx.clone()),
         )
         .route(
+            "/demo",
+            get(crate::transport::demo::page).with_state(session_ctx.clone()),
+        )
+        .route(
+            "/demo/centrifuge.js",
+            get(crate::transport::demo::bundle).with_state(session_ctx.clone()),
+        )
+        .route(
+            "/demo/token",
+            get(crate::transport::demo::token).with_state(session_ctx.clone()),
+        )
+        .route(
             "/emulation",
             any(crate::transport::emulation::emulation).with_state(session_ctx),
         )

@@ -418,3 +418,34 @@ async fn streaming_sessions_outlive_the_http_limits() {
     .await;
     assert!(gone, "sessions of closed responses must end");
 }
+
+/// The demo page is off unless `[demo]` enables it; on, it serves the page, the bundle from
+/// `demo.centrifuge_js` (a clear 404 when npm has not installed it) and tokens that connect.
+#[tokio::test]
+async fn the_demo_page_is_off_by_default() {
+    let http = reqwest::Client::new();
+    let off = Node::start(CONFIG);
+    for path in ["/demo", "/demo/centrifuge.js", "/demo/token?user=a"] {
+        assert_eq!(http.get(off.http(path)).send().await.unwrap().status(), 404, "{path}");
+    }
+    let on = Node::start(&config(
+        "[demo]\nenabled = true\ncentrifuge_js = \"/nonexistent/centrifuge.js\"\n",
+    ));
+    let page = http.get(on.http("/demo")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/demo/centrifuge.js"));
+    let bundle = http.get(on.http("/demo/centrifuge.js")).send().await.unwrap();
+    assert_eq!(bundle.status(), 404);
+    assert!(bundle.text().await.unwrap().contains("demo.centrifuge_js"));
+    let token: Value = http
+        .get(on.http("/demo/token?user=zoe"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut client = common::Client::open(&on, herald::protocol::Format::Json).await;
+    let reply = client.connect(token["token"].as_str().unwrap()).await;
+    assert!(reply.connect.is_some(), "{reply:?}");
+}

@@ -19,6 +19,7 @@ const SECTIONS: &[&str] = &[
     "uni_websocket",
     "uni_http_stream",
     "uni_sse",
+    "demo",
     "http",
     "client",
     "api",
@@ -38,6 +39,7 @@ const STRING_KEYS: &[&str] = &[
     "secret",
     "bind",
     "advertise",
+    "centrifuge_js",
 ];
 /// Every namespace option: the env name's suffix is matched against these.
 const CHANNEL_KEYS: &[&str] = &[

@@ -39,6 +39,8 @@ pub struct Config {
     pub uni_http_stream: StreamTransportConfig,
     /// `[uni_sse]`: unidirectional SSE (`GET|POST /connection/uni_sse`).
     pub uni_sse: StreamTransportConfig,
+    /// `[demo]`: the demo page at `/demo` (development only).
+    pub demo: DemoConfig,
     pub api: ApiConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
@@ -232,6 +234,25 @@ impl Default for StreamTransportConfig {
         Self {
             enabled: false,
             max_request_body_size: 65536,
+        }
+    }
+}
+
+/// `[demo]`: the demo page, `GET /demo`. Development only: it hands out connection tokens for
+/// any user (signed with `client.token_hmac_secret`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub enabled: bool,
+    /// The npm `centrifuge` browser bundle the page runs (`dist/centrifuge.js` of the package).
+    pub centrifuge_js: PathBuf,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            centrifuge_js: PathBuf::from("demo/node_modules/centrifuge/dist/centrifuge.js"),
         }
     }
 }

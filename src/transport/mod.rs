@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod coalesce;
+pub mod demo;
 pub mod emulation;
 pub mod tls;
 pub mod uni;
