@@ -1,6 +1,7 @@
 //! Herald's client side: the Centrifugo protocol v2 over WebSocket, JSON or Protobuf, for
 //! subscribers and for the socket publisher. Server pings (`{}` / a zero-length Protobuf reply)
-//! are answered with a pong at once.
+//! are answered with a pong at once. The decoding and counting here serve the HTTP-streaming
+//! subscribers ([`crate::http_stream`]) too.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use herald::protocol::proto::{Command, PublishRequest, Reply};
+use herald::protocol::proto::{Command, PublishRequest, Push, Reply};
 use herald::protocol::Format;
 use prost::Message as _;
 use tokio::sync::{watch, Semaphore};
@@ -31,7 +32,7 @@ pub struct Client {
 }
 
 /// One decoded element of a server message.
-enum Event {
+pub enum Event {
     Ping,
     Publication(Stamp),
     Reply(Box<Reply>),
@@ -51,11 +52,7 @@ impl Client {
     /// replies to both.
     async fn open(&self, source: Option<IpAddr>, extra: Option<Command>) -> anyhow::Result<Ws> {
         let mut ws = self.endpoint.connect(source).await?;
-        let mut connect = Command::connect(1, &self.token);
-        if let Some(request) = &mut connect.connect {
-            request.name = "herald-loadgen".into();
-        }
-        let mut commands = vec![connect];
+        let mut commands = vec![connect_command(&self.token)];
         commands.extend(extra);
         let last_id = commands.len() as u32;
         ws.send(encode_commands(self.format, &commands)).await?;
@@ -136,28 +133,11 @@ impl Subscriber {
                 Some(Err(e)) => break Ending::Failed(e.to_string()),
                 None => break Ending::dropped(),
             };
-            let mut pings = 0;
-            let mut unsubscribed = None;
-            let decoded = decode(&data, |event| match event {
-                Event::Ping => pings += 1,
-                Event::Publication(stamp) => receiver.push(stamp),
-                Event::Reply(reply) => {
-                    if let Some(unsubscribe) = reply.push.and_then(|p| p.unsubscribe) {
-                        unsubscribed = Some(unsubscribe);
-                    }
-                }
-            });
-            receiver.flush();
-            if let Err(e) = decoded {
-                break Ending::Failed(e.to_string());
+            let received = receive(&data, &mut receiver);
+            if let Some(ending) = received.ending {
+                break ending;
             }
-            if let Some(u) = unsubscribed {
-                break Ending::Closed {
-                    code: u.code as u16,
-                    reason: format!("unsubscribed: {}", u.reason),
-                };
-            }
-            if pings > 0 {
+            if received.pings > 0 {
                 if let Err(e) = self.ws.send(pong(self.format)).await {
                     break Ending::Failed(format!("sending a pong: {e}"));
                 }
@@ -168,6 +148,59 @@ impl Subscriber {
             ending,
         }
     }
+}
+
+/// What one server message brought a subscriber, its publications already counted.
+pub struct Received {
+    pub pings: u32,
+    /// Set when the message ends the subscription: an unsubscribe or disconnect push, or a
+    /// message that does not decode.
+    pub ending: Option<Ending>,
+}
+
+/// Counts the publications of one server message into `receiver` (they all arrived now), the
+/// same for every transport.
+pub fn receive(data: &Frame, receiver: &mut Receiver) -> Received {
+    let mut pings = 0;
+    let mut ending = None;
+    let decoded = decode(data, |event| match event {
+        Event::Ping => pings += 1,
+        Event::Publication(stamp) => receiver.push(stamp),
+        Event::Reply(reply) => match reply.push {
+            Some(Push {
+                unsubscribe: Some(u), ..
+            }) => {
+                ending = Some(Ending::Closed {
+                    code: u.code as u16,
+                    reason: format!("unsubscribed: {}", u.reason),
+                })
+            }
+            // Streams carry no close code: a disconnect push comes before their end.
+            Some(Push {
+                disconnect: Some(d), ..
+            }) => {
+                ending = Some(Ending::Closed {
+                    code: d.code as u16,
+                    reason: d.reason,
+                })
+            }
+            _ => {}
+        },
+    });
+    receiver.flush();
+    if let Err(e) = decoded {
+        ending = Some(Ending::Failed(e.to_string()));
+    }
+    Received { pings, ending }
+}
+
+/// The `connect` command (id 1) every connection opens with.
+pub fn connect_command(token: &str) -> Command {
+    let mut connect = Command::connect(1, token);
+    if let Some(request) = &mut connect.connect {
+        request.name = "herald-loadgen".into();
+    }
+    connect
 }
 
 type Sink = Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>;
@@ -293,7 +326,7 @@ fn pong(format: Format) -> Message {
     }
 }
 
-fn encode_commands(format: Format, commands: &[Command]) -> Message {
+pub fn encode_commands(format: Format, commands: &[Command]) -> Message {
     match format {
         Format::Json => {
             let lines: Vec<String> = commands
@@ -313,8 +346,8 @@ fn encode_commands(format: Format, commands: &[Command]) -> Message {
     }
 }
 
-/// A server message: JSON in text frames, Protobuf in binary frames.
-enum Frame {
+/// A server message: JSON in text frames (or stream chunks), Protobuf in binary frames.
+pub enum Frame {
     Json(Utf8Bytes),
     Protobuf(Bytes),
 }
@@ -322,7 +355,7 @@ enum Frame {
 /// Splits one server message into events. Publications are recognised by their payload without
 /// decoding the whole reply, which keeps the load generator's cost per delivery low (it shares one
 /// core with thousands of connections); anything else is decoded in full.
-fn decode(frame: &Frame, mut on: impl FnMut(Event)) -> anyhow::Result<()> {
+pub fn decode(frame: &Frame, mut on: impl FnMut(Event)) -> anyhow::Result<()> {
     match frame {
         Frame::Json(text) => {
             // Lines are split with memchr (`str::split(char)` adds a memcmp call per match).
@@ -377,7 +410,7 @@ fn decode(frame: &Frame, mut on: impl FnMut(Event)) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use herald::protocol::codec::{encode_reply, join_replies};
-    use herald::protocol::proto::{Publication, Push};
+    use herald::protocol::proto::Publication;
 
     fn publication(seq: u64) -> Reply {
         Reply {

@@ -1,11 +1,13 @@
-//! `herald-loadgen`: load scenarios against Herald (Centrifugo protocol v2 over WebSocket) and,
-//! for comparison, NATS over WebSocket. Prints one JSON object per run on stdout and a summary on
-//! stderr. `benches/compare` runs it against both servers; `docs/benchmarks.md` shows results.
+//! `herald-loadgen`: load scenarios against Herald (Centrifugo protocol v2 over WebSocket, or
+//! subscribers over HTTP-streaming) and, for comparison, NATS over WebSocket. Prints one JSON
+//! object per run on stdout and a summary on stderr. `benches/compare` runs it against both
+//! servers; `docs/benchmarks.md` shows results.
 //!
 //! Modules, from the scenario down to the wire:
 //! - [`run`]: every scenario as a [`run::Workload`], driven through connect → publish → drain.
 //! - [`target`]: the server under test behind one interface; [`herald`], [`nats`] and [`api`]
-//!   (Herald's HTTP publish API, pipelined) speak the protocols; [`ws`] opens connections.
+//!   (Herald's HTTP publish API, pipelined) speak the protocols; [`http_stream`] subscribes
+//!   over Herald's HTTP-streaming fallback; [`ws`] opens connections.
 //! - [`publisher`]: batches out, acknowledgements back.
 //! - [`progress`], [`tally`]: what subscribers count (losses, duplicates, reordering, latency).
 //! - [`payload`]: the sequence number and timestamp each message carries.
@@ -14,6 +16,7 @@
 
 mod api;
 mod herald;
+mod http_stream;
 mod nats;
 mod payload;
 mod procfs;
@@ -67,6 +70,11 @@ struct Cli {
     /// Herald's wire format.
     #[arg(long, value_enum, default_value = "json")]
     format: WireFormat,
+    /// How Herald subscribers connect: WebSocket, or HTTP-streaming (`POST
+    /// /connection/http_stream` to --url's host and port, pongs through `POST /emulation`; the
+    /// node needs `[http_stream] enabled = true`). Publishers are not affected.
+    #[arg(long, value_enum, default_value = "websocket")]
+    subscriber_transport: SubscriberTransport,
     #[arg(long, value_enum, default_value = "api")]
     publish_via: PublishVia,
     /// Herald namespace (channels `NS:name`) or NATS subject prefix (`NS.name`).
@@ -113,6 +121,13 @@ enum TargetKind {
 enum WireFormat {
     Json,
     Protobuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SubscriberTransport {
+    Websocket,
+    #[value(name = "http_stream", alias = "http-stream")]
+    HttpStream,
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,8 +294,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("--target herald needs --token-secret to mint a connection token")?;
             let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 24 * 3600;
             let token = ::herald::auth::token::mint_hs256(secret, &serde_json::json!({"sub": "loadgen", "exp": exp}));
+            let streams = match cli.subscriber_transport {
+                SubscriberTransport::Websocket => None,
+                SubscriberTransport::HttpStream => {
+                    Some(http_stream::Client::new(&cli.url, token.clone(), format).await?)
+                }
+            };
             Target::Herald {
                 client: herald::Client::new(&cli.url, token, format).await?,
+                streams,
                 namespace: cli.namespace.clone(),
                 via: cli.publish_via,
                 api: cli.api.clone().map(|url| ApiAccess {
@@ -290,6 +312,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     per_request: cli.api_batch.max(1),
                 }),
             }
+        }
+        TargetKind::Nats if cli.subscriber_transport != SubscriberTransport::Websocket => {
+            anyhow::bail!("--subscriber-transport http_stream is for --target herald")
         }
         TargetKind::Nats => Target::Nats {
             client: nats::Client::new(&cli.url).await?,
@@ -317,11 +342,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report.target = "herald".into();
             report.format = format!("{:?}", cli.format).to_lowercase();
             report.publish_via = format!("{:?}", cli.publish_via).to_lowercase();
+            report.subscriber_transport = match cli.subscriber_transport {
+                SubscriberTransport::Websocket => "websocket",
+                SubscriberTransport::HttpStream => "http_stream",
+            }
+            .into();
         }
         TargetKind::Nats => {
             report.target = "nats".into();
             report.format = "nats".into();
             report.publish_via = "socket".into();
+            report.subscriber_transport = "websocket".into();
         }
     }
     println!("{}", serde_json::to_string(&report)?);

@@ -18,7 +18,7 @@ pub struct Progress {
     /// The clock origin of payload timestamps.
     pub start: Instant,
     delivered: AtomicU64,
-    /// WebSocket messages that carried at least one publication.
+    /// WebSocket messages (or stream chunks) that carried at least one publication.
     frames: AtomicU64,
     complete: AtomicUsize,
     connected: AtomicUsize,
@@ -117,12 +117,12 @@ impl Receiver {
         }
     }
 
-    /// Collects the stamp of one publication found in the current WebSocket message.
+    /// Collects the stamp of one publication found in the current server message.
     pub fn push(&mut self, stamp: Stamp) {
         self.stamps.push(stamp);
     }
 
-    /// Accounts for the publications of one WebSocket message: they all arrived now.
+    /// Accounts for the publications of one server message: they all arrived now.
     pub fn flush(&mut self) {
         if self.stamps.is_empty() {
             return;

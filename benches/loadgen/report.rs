@@ -20,6 +20,8 @@ pub struct Report {
     /// Herald's wire format (`json`/`protobuf`); `nats` for NATS.
     pub format: String,
     pub publish_via: String,
+    /// How subscribers connected: `websocket` or `http_stream` (Herald's HTTP-streaming).
+    pub subscriber_transport: String,
     pub namespace: String,
     pub subscribers: usize,
     pub channels: usize,
@@ -44,8 +46,8 @@ pub struct Report {
     pub delivery_secs: f64,
     pub deliveries_per_sec: f64,
     pub messages_per_sec: f64,
-    /// WebSocket messages that carried publications, and publications per such message: how much
-    /// the server batches its writes.
+    /// WebSocket messages (HTTP-streaming: response chunks) that carried publications, and
+    /// publications per such message: how much the server batches its writes.
     pub frames: u64,
     pub deliveries_per_frame: f64,
     #[serde(flatten)]
@@ -93,10 +95,11 @@ impl Report {
         let t = &self.totals;
         let _ = writeln!(
             s,
-            "{} {} ({}, publish via {}){}",
+            "{} {} ({} over {}, publish via {}){}",
             self.target,
             self.scenario,
             self.format,
+            self.subscriber_transport,
             self.publish_via,
             self.label.as_deref().map(|l| format!(" [{l}]")).unwrap_or_default()
         );
@@ -122,13 +125,18 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  delivered {} of {} in {:.2}s: {:.0} deliveries/s, {:.0} messages/s, {:.1} per WebSocket message",
+            "  delivered {} of {} in {:.2}s: {:.0} deliveries/s, {:.0} messages/s, {:.1} per {}",
             self.deliveries,
             t.expected,
             self.delivery_secs,
             self.deliveries_per_sec,
             self.messages_per_sec,
-            self.deliveries_per_frame
+            self.deliveries_per_frame,
+            if self.subscriber_transport == "http_stream" {
+                "stream chunk"
+            } else {
+                "WebSocket message"
+            }
         );
         let _ = writeln!(
             s,

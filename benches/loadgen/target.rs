@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::progress::{Outcome, Receiver};
 use crate::publisher::Publisher;
-use crate::{api, herald, nats};
+use crate::{api, herald, http_stream, nats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +31,8 @@ pub struct ApiAccess {
 pub enum Target {
     Herald {
         client: herald::Client,
+        /// Set: subscribers connect over HTTP-streaming instead of WebSocket.
+        streams: Option<http_stream::Client>,
         namespace: String,
         via: PublishVia,
         api: Option<ApiAccess>,
@@ -43,6 +45,7 @@ pub enum Target {
 
 pub enum Subscriber {
     Herald(herald::Subscriber),
+    HeraldStream(http_stream::Subscriber),
     Nats(nats::Subscriber),
 }
 
@@ -58,6 +61,9 @@ impl Target {
 
     pub async fn subscribe(&self, channel: &str, source: Option<IpAddr>) -> anyhow::Result<Subscriber> {
         Ok(match self {
+            Self::Herald {
+                streams: Some(streams), ..
+            } => Subscriber::HeraldStream(streams.subscribe(channel, source).await?),
             Self::Herald { client, .. } => Subscriber::Herald(client.subscribe(channel, source).await?),
             Self::Nats { client, .. } => Subscriber::Nats(client.subscribe(channel, source).await?),
         })
@@ -91,6 +97,7 @@ impl Subscriber {
     pub async fn run(self, receiver: Receiver, stop: CancellationToken) -> Outcome {
         match self {
             Self::Herald(s) => s.run(receiver, stop).await,
+            Self::HeraldStream(s) => s.run(receiver, stop).await,
             Self::Nats(s) => s.run(receiver, stop).await,
         }
     }

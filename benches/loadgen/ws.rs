@@ -1,4 +1,4 @@
-//! Opening WebSocket client connections, optionally from a chosen loopback source address.
+//! Opening WebSocket (and plain TCP) client connections, optionally from a chosen loopback source address.
 //!
 //! One source address has about 28k ephemeral ports (`net.ipv4.ip_local_port_range`), so runs
 //! with more connections bind each client socket to `127.0.0.2`, `127.0.0.3`, … before
@@ -36,17 +36,7 @@ impl Endpoint {
 
     /// Opens one connection; `source` binds the client socket first.
     pub async fn connect(&self, source: Option<IpAddr>) -> anyhow::Result<Ws> {
-        let socket = TcpSocket::new_v4()?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .with_context(|| format!("binding the client socket to {ip}"))?;
-        }
-        let stream = socket
-            .connect(self.addr)
-            .await
-            .with_context(|| format!("connecting to {}", self.addr))?;
-        stream.set_nodelay(true)?;
+        let stream = connect_tcp(self.addr, source).await?;
         let mut request = self.url.as_str().into_client_request()?;
         if let Some(protocol) = self.subprotocol {
             request
@@ -62,6 +52,22 @@ impl Endpoint {
             .with_context(|| format!("WebSocket handshake with {}", self.url))?;
         Ok(ws)
     }
+}
+
+/// A TCP connection to `addr` (no Nagle delay); `source` binds the client socket first.
+pub async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding the client socket to {ip}"))?;
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// The host and port of an `http://`/`ws://` URL, resolved.
