@@ -346,6 +346,9 @@ async fn endpoints_answer_bad_requests_clearly() {
         .await
         .unwrap();
     assert_eq!(too_big.status(), 413);
+    // The body was left unread: the connection closes, and the client's next request goes on a
+    // new one instead of failing on this one.
+    assert_eq!(too_big.headers()["connection"], "close");
     assert_eq!(
         http.get(node.http("/connection/sse")).send().await.unwrap().status(),
         400

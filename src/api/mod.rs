@@ -209,7 +209,9 @@ pub async fn handler(
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     if !authorized(&headers, broker.config().api.key.as_deref()) {
-        return (StatusCode::UNAUTHORIZED, "unauthorized: missing or wrong API key").into_response();
+        return crate::transport::closing(
+            (StatusCode::UNAUTHORIZED, "unauthorized: missing or wrong API key").into_response(),
+        );
     }
     if !Request::METHODS.contains(&method.as_str()) {
         // Centrifugo has no route for it either: a 404, whatever the error mode.
@@ -333,11 +335,13 @@ async fn read_body(
     let limit = config.api.max_body_size;
     let too_large = || {
         metrics::counter!("herald_limit_rejections_total", "limit" => "api_body").increment(1);
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {limit} bytes (api.max_body_size)"),
+        crate::transport::closing(
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {limit} bytes (api.max_body_size)"),
+            )
+                .into_response(),
         )
-            .into_response()
     };
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
@@ -350,17 +354,21 @@ async fn read_body(
     match tokio::time::timeout(config.http.body_read_timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")).into_response()),
+        Ok(Err(e)) => Err(crate::transport::closing(
+            (StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")).into_response(),
+        )),
         Err(_) => {
             metrics::counter!("herald_http_timeouts_total", "timeout" => "body_read").increment(1);
-            Err((
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "request body not received within {:?} (http.body_read_timeout)",
-                    config.http.body_read_timeout
-                ),
-            )
-                .into_response())
+            Err(crate::transport::closing(
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "request body not received within {:?} (http.body_read_timeout)",
+                        config.http.body_read_timeout
+                    ),
+                )
+                    .into_response(),
+            ))
         }
     }
 }

@@ -555,18 +555,24 @@ async fn read_body(ctx: &SessionContext, request: Request, limit: usize) -> Resu
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response());
+        return Err(super::closing(
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+        ));
     }
     let body = http_body_util::Limited::new(request.into_body(), limit);
     match tokio::time::timeout(ctx.config.http.body_read_timeout, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err((StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response())
-        }
-        Ok(Err(_)) => Err((StatusCode::BAD_REQUEST, "request body could not be read").into_response()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(super::closing(
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+        )),
+        Ok(Err(_)) => Err(super::closing(
+            (StatusCode::BAD_REQUEST, "request body could not be read").into_response(),
+        )),
         Err(_) => {
             metrics::counter!("herald_http_timeouts_total", "timeout" => "body_read").increment(1);
-            Err((StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response())
+            Err(super::closing(
+                (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response(),
+            ))
         }
     }
 }

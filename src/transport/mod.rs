@@ -128,6 +128,18 @@ pub async fn accept_loop(
     }
 }
 
+/// Marks a response given before its request's body was read (refused for its size, its pace
+/// or its credentials): the connection closes after it, so the client does not send its next
+/// request on a connection that still carries the unread body (it would fail as an incomplete
+/// message).
+pub fn closing(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// In every request's extensions: lets a handler whose response outlives the request (an
 /// HTTP-streaming or SSE session) make its connection a client connection.
 #[derive(Clone)]
