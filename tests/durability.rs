@@ -885,12 +885,16 @@ async fn one_flush_serves_many_publishes() {
          ({:.1} publishes per flush)",
         publishes as f64 / flushes as f64
     );
+    // Without group commit every publish has its own flush (1 per flush). How many share one
+    // depends on how long a flush takes against how fast requests arrive: 2.1 to 2.6 were seen
+    // on a busy 2-core machine with fast flushes, far more on slow disks. At least 1.5 per flush
+    // shows the sharing without depending on the disk.
     assert!(
-        flushes * 3 <= publishes,
+        flushes * 3 <= publishes * 2,
         "{flushes} flushes for {publishes} publishes: flushes are not shared"
     );
     assert!(
-        batches * 3 <= publishes,
+        batches * 3 <= publishes * 2,
         "{batches} batches for {publishes} publishes: appends are not grouped"
     );
 }
