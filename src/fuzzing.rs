@@ -18,6 +18,7 @@ pub fn parse_api_request(method: &str, body: &[u8]) -> Result<usize, String> {
     let described = |e: ApiError| match e {
         ApiError::Malformed(message) => message,
         ApiError::Code(code) => code.code.to_string(),
+        ApiError::Backend { code, .. } => code.to_string(),
     };
     match Request::parse(method, body).map_err(described)? {
         Request::Batch(batch) => batch.parse_commands().map_err(described),

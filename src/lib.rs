@@ -32,6 +32,7 @@ pub mod hub;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod store;

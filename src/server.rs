@@ -47,8 +47,11 @@ pub async fn run(
     let metrics = crate::metrics::install();
     let config = Arc::new(config);
     let verifier = Verifier::from_config(&config.client)?;
-    if !verifier.has_keys() && !config.client.insecure && !config.client.allow_anonymous {
-        tracing::warn!("no token key configured (client.token_hmac_secret, …): every connection will be refused");
+    let c = &config.client;
+    if !verifier.has_keys() && !c.insecure && !c.allow_anonymous && !c.proxy.connect.enabled {
+        tracing::warn!(
+            "no token key configured (client.token_hmac_secret, …) and no connect proxy: every connection will be refused"
+        );
     }
     if config.uses_dev_secrets() {
         tracing::warn!("running with the DEVELOPMENT secrets of the embedded config: anyone can mint tokens and call the API; set your own for production");

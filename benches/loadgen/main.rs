@@ -12,6 +12,9 @@
 //! - [`progress`], [`tally`]: what subscribers count (losses, duplicates, reordering, latency).
 //! - [`payload`]: the sequence number and timestamp each message carries.
 //! - [`report`], [`procfs`]: results, server RSS and CPU from `/proc`.
+//!
+//! `herald-loadgen proxy-backend` is no scenario but a server: the application backend of
+//! Herald's connect proxy for benchmarks ([`proxy_backend`]; `scripts/bench-proxy.sh`).
 #![forbid(unsafe_code)]
 
 mod api;
@@ -21,6 +24,7 @@ mod nats;
 mod payload;
 mod procfs;
 mod progress;
+mod proxy_backend;
 mod publisher;
 mod report;
 mod run;
@@ -35,6 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::herald::protocol::Format;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use crate::run::{Options, Workload};
 use crate::target::{ApiAccess, PublishVia, Target};
@@ -42,7 +47,9 @@ use crate::target::{ApiAccess, PublishVia, Target};
 #[derive(Parser, Debug)]
 #[command(
     name = "herald-loadgen",
-    about = "Load scenarios against Herald or NATS over WebSocket"
+    about = "Load scenarios against Herald or NATS over WebSocket",
+    after_help = "`herald-loadgen proxy-backend --listen ADDR` serves a connect-proxy backend instead \
+                  (see `herald-loadgen proxy-backend --help`)."
 )]
 struct Cli {
     /// The server under test.
@@ -67,6 +74,10 @@ struct Cli {
     /// HMAC secret to mint the HS256 connection token with (Herald).
     #[arg(long)]
     token_secret: Option<String>,
+    /// Herald: connect without a token, so that the node's connect proxy decides (or
+    /// `client.allow_anonymous` lets the connection in without a user).
+    #[arg(long, conflicts_with = "token_secret")]
+    anonymous: bool,
     /// Herald's wire format.
     #[arg(long, value_enum, default_value = "json")]
     format: WireFormat,
@@ -253,7 +264,14 @@ impl Scenario {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The backend takes none of a run's options, so it is parsed apart rather than as a scenario
+    // under the run's required `--target` and `--url`.
+    let job: LocalBoxFuture<'static, anyhow::Result<()>> = if args.get(1).is_some_and(|a| a == "proxy-backend") {
+        proxy_backend::serve(proxy_backend::Args::parse_from(&args[1..])).boxed_local()
+    } else {
+        run(Cli::parse_from(&args)).boxed_local()
+    };
     // The load generator is pinned to its own core(s) by the compare script: one worker per core
     // it may run on.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -262,7 +280,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(job) {
         Ok(()) => {
             // Tens of thousands of sockets close with the process; no need to wait for each task.
             std::process::exit(0)
@@ -288,12 +306,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let target = match cli.target {
         TargetKind::Herald => {
-            let secret = cli
-                .token_secret
-                .as_deref()
-                .context("--target herald needs --token-secret to mint a connection token")?;
-            let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 24 * 3600;
-            let token = ::herald::auth::token::mint_hs256(secret, &serde_json::json!({"sub": "loadgen", "exp": exp}));
+            let token = if cli.anonymous {
+                String::new()
+            } else {
+                let secret = cli
+                    .token_secret
+                    .as_deref()
+                    .context("--target herald needs --token-secret to mint a connection token (or --anonymous)")?;
+                let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 24 * 3600;
+                ::herald::auth::token::mint_hs256(secret, &serde_json::json!({"sub": "loadgen", "exp": exp}))
+            };
             let streams = match cli.subscriber_transport {
                 SubscriberTransport::Websocket => None,
                 SubscriberTransport::HttpStream => {

@@ -64,7 +64,7 @@ pub struct CpuSample {
 }
 
 /// Shares of one core used over an interval.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct CpuUsage {
     pub client: Option<f64>,
     pub server: Option<f64>,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::procfs::CpuUsage;
 use crate::progress::Ending;
 use crate::publisher::Acks;
 use crate::run::Workload;
@@ -33,6 +34,11 @@ pub struct Report {
     pub connected: usize,
     pub connect_failures: usize,
     pub connect_secs: f64,
+    /// `connected / connect_secs`: WebSocket handshake, `connect` and `subscribe` of every
+    /// subscriber, `--connect-concurrency` of them at a time.
+    pub connects_per_sec: f64,
+    /// CPU over the same interval (shares of one core).
+    pub connect_cpu: CpuUsage,
 
     pub published: u64,
     pub publish_secs: f64,
@@ -103,10 +109,20 @@ impl Report {
             self.publish_via,
             self.label.as_deref().map(|l| format!(" [{l}]")).unwrap_or_default()
         );
+        let cpu = |c: Option<f64>| c.map_or("?".into(), |c| format!("{:.0}%", c * 100.0));
         let _ = writeln!(
             s,
-            "  subscribers {} on {} channels: {} connected in {:.2}s, {} failed",
-            self.subscribers, self.channels, self.connected, self.connect_secs, self.connect_failures
+            "  subscribers {} on {} channels: {} connected in {:.2}s ({:.0}/s; cpu server {}, load generator {}, \
+             other processes {}), {} failed",
+            self.subscribers,
+            self.channels,
+            self.connected,
+            self.connect_secs,
+            self.connects_per_sec,
+            cpu(self.connect_cpu.server),
+            cpu(self.connect_cpu.client),
+            cpu(self.connect_cpu.others),
+            self.connect_failures
         );
         let _ = writeln!(
             s,
@@ -161,7 +177,6 @@ impl Report {
                 m.per_connection_bytes.map_or("?".into(), |b| format!("{b:.0}"))
             );
         }
-        let cpu = |c: Option<f64>| c.map_or("?".into(), |c| format!("{:.0}%", c * 100.0));
         let _ = writeln!(
             s,
             "  cpu (% of one core): server {}, load generator {}, other processes {}",

@@ -87,6 +87,7 @@ pub async fn run(target: Arc<Target>, workload: &Workload, options: &Options) ->
         .collect();
     let mut report = Report::new(workload);
     let rss_before = options.server_pid.and_then(procfs::rss_bytes);
+    let connect_cpu_start = CpuSample::take(options.server_pid);
 
     let subscribers = spawn_subscribers(&target, workload, options, &channels, &progress, &stop, deadline);
     let total = workload.subscribers();
@@ -100,6 +101,8 @@ pub async fn run(target: Arc<Target>, workload: &Workload, options: &Options) ->
         sleep(Duration::from_millis(10)).await;
     }
     report.connect_secs = started.elapsed().as_secs_f64();
+    report.connects_per_sec = report.connected as f64 / report.connect_secs;
+    report.connect_cpu = CpuSample::take(options.server_pid).usage_since(&connect_cpu_start);
 
     if let Some(hold) = workload.hold {
         let settle = options.settle.min(hold);

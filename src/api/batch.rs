@@ -84,6 +84,7 @@ fn parse_step(command: Option<BTreeMap<String, Box<RawValue>>>) -> Result<Step, 
         Ok(request) => Ok(Step::Call(request)),
         Err(ApiError::Code(code)) => Ok(Step::Refused(super::method_label(&method), code)),
         Err(ApiError::Malformed(message)) => Err(ApiError::Malformed(format!("{method}: {message}"))),
+        Err(backend @ ApiError::Backend { .. }) => Err(backend),
     }
 }
 
@@ -178,6 +179,7 @@ async fn call_reply(broker: &Arc<Broker>, request: Request) -> Value {
     match request.run(broker).await {
         Ok(result) => json!({ method: result }),
         Err(ApiError::Code(code)) => error_reply(code),
+        Err(ApiError::Backend { code, message }) => json!({ "error": { "code": code, "message": message } }),
         // Parameters were all checked before the batch ran.
         Err(ApiError::Malformed(message)) => {
             tracing::error!(method, %message, "batch command failed after its parameters were checked");

@@ -39,6 +39,8 @@ pub enum ApiError {
     Malformed(String),
     /// A protocol error in the reply body (or as a status in transport error mode).
     Code(ErrorCode),
+    /// An error the application backend answered (RPC proxy), passed on as it is.
+    Backend { code: u32, message: String },
 }
 
 impl From<BrokerError> for ApiError {
@@ -175,7 +177,7 @@ impl Request {
             Self::HistoryRemove(c) => history::history_remove(broker, c).await,
             Self::Channels(c) => server::channels(broker, c).await,
             Self::Info => server::info(broker).await,
-            Self::Rpc(r) => rpc::rpc(r),
+            Self::Rpc(r) => rpc::rpc(broker, r).await,
             // [`handler`] runs a batch itself (its replies are written as text); one never nests.
             Self::Batch(_) => Err(ApiError::Malformed("batch inside batch".into())),
         }
@@ -292,6 +294,13 @@ fn failure(error: ApiError, transport_errors: bool) -> Response {
         )
             .into_response(),
         ApiError::Code(code) => json_response(StatusCode::OK, &serde_json::json!({ "error": error_json(code) })),
+        ApiError::Backend { code, message } => {
+            let error = serde_json::json!({"error": {"code": code, "message": message}});
+            match transport_errors {
+                true => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+                false => json_response(StatusCode::OK, &error),
+            }
+        }
     }
 }
 
@@ -498,6 +507,7 @@ mod request_tests {
             Ok(Request::Batch(batch)) => batch.parse_commands().map_err(|e| match e {
                 ApiError::Malformed(message) => message,
                 ApiError::Code(code) => code.code.to_string(),
+                ApiError::Backend { code, .. } => code.to_string(),
             }),
             _ => panic!("not a batch: {text}"),
         };

@@ -158,6 +158,8 @@ pub struct Broker {
     started: Instant,
     /// Set once at startup when the config has `[cluster]`.
     cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The application backend's proxies, when some are configured (docs/proxies.md).
+    proxies: Option<Arc<crate::proxy::Proxies>>,
     /// In a cluster: the last position of each channel with history handed to local
     /// subscribers (see [`Broker::deliver_once`]).
     delivered: parking_lot::Mutex<HashMap<Arc<str>, StreamPosition>>,
@@ -167,6 +169,7 @@ impl Broker {
     /// A broker over `store`, whose commit hook must feed the queue given to
     /// [`Broker::run_fan_out`] (see [`commit_queue`]).
     pub fn new(config: Arc<Config>, node: NodeId, hub: Arc<Hub>, store: Store) -> Self {
+        let proxies = crate::proxy::Proxies::from_config(&config);
         Self {
             config,
             node,
@@ -175,8 +178,14 @@ impl Broker {
             sessions: Registry::default(),
             started: Instant::now(),
             cluster: OnceLock::new(),
+            proxies,
             delivered: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The proxies to the application backend; `None` when none is enabled.
+    pub fn proxies(&self) -> Option<&Arc<crate::proxy::Proxies>> {
+        self.proxies.as_ref()
     }
 
     pub fn config(&self) -> &Config {
@@ -486,9 +495,14 @@ impl Broker {
 
     /// Adds a subscription to a channel and announces the join when the namespace wants it.
     pub fn join(&self, channel: &str, options: &ChannelOptions, subscriber: impl Deliver, info: ClientInfo) {
-        self.hub.subscribe(channel, subscriber, info.clone(), |change| {
-            self.interest_changed(channel, change)
-        });
+        let visibility = crate::hub::Visibility {
+            presence: options.presence,
+            join_leave: options.join_leave,
+        };
+        self.hub
+            .subscribe_with(channel, subscriber, info.clone(), visibility, |change| {
+                self.interest_changed(channel, change)
+            });
         if options.join_leave {
             self.deliver(channel, Prepared::join(channel, info));
         }
@@ -501,13 +515,14 @@ impl Broker {
         self.hub.seed_last(channel, epoch, offset, data);
     }
 
-    /// Removes a client from a channel and announces the leave when the namespace wants it.
+    /// Removes a client from a channel and announces the leave when its join was announced.
     pub fn leave(&self, channel: &str, client: &str) {
         let left = self
             .hub
             .unsubscribe(channel, client, |change| self.interest_changed(channel, change));
-        if let Some(info) = left {
-            if self.options(channel).is_ok_and(|o| o.join_leave) {
+        // Announced when its join was (the namespace's option, or the subscription's override).
+        if let Some((info, visibility)) = left {
+            if visibility.join_leave {
                 self.deliver(channel, Prepared::leave(channel, info));
             }
         }

@@ -26,6 +26,7 @@ const SECTIONS: &[&str] = &[
     "storage",
     "log",
     "cluster",
+    "rpc",
 ];
 /// Keys whose values are always strings, even when they look like numbers.
 const STRING_KEYS: &[&str] = &[
@@ -40,6 +41,7 @@ const STRING_KEYS: &[&str] = &[
     "bind",
     "advertise",
     "centrifuge_js",
+    "endpoint",
 ];
 /// Every namespace option: the env name's suffix is matched against these.
 const CHANNEL_KEYS: &[&str] = &[
@@ -67,6 +69,16 @@ const CHANNEL_KEYS: &[&str] = &[
     "delta_publish",
     "force_recovery_mode",
     "auto_cache_recover",
+    "subscribe_proxy_enabled",
+    "publish_proxy_enabled",
+    "sub_refresh_proxy_enabled",
+];
+
+/// The proxies' sections (`HERALD_CLIENT_PROXY_CONNECT_TIMEOUT` sets
+/// `client.proxy.connect.timeout`); longer names first.
+const PROXY_SECTIONS: &[(&str, &[&str])] = &[
+    ("client_proxy_", &["connect", "refresh"]),
+    ("channels_proxy_", &["sub_refresh", "subscribe", "publish"]),
 ];
 
 /// Merges the `HERALD_…` variables into `table`. Returns which dotted key each variable set, so
@@ -98,6 +110,30 @@ pub(super) fn apply(table: &mut toml::Table, env: &[(String, String)]) -> Result
 /// `None`: a variable under a config section that names no key (an error).
 /// `Some(None)`: not a configuration variable. `Some(Some(path))`: the key it sets.
 fn key_path(rest: &str) -> Option<Option<Vec<String>>> {
+    for (prefix, proxies) in PROXY_SECTIONS {
+        if let Some(tail) = rest.strip_prefix(prefix) {
+            let (proxy, key) = proxies
+                .iter()
+                .find_map(|p| tail.strip_prefix(&format!("{p}_")).map(|key| (*p, key)))?;
+            let section = prefix.split('_').next().expect("non-empty prefix");
+            return Some(Some(vec![section.into(), "proxy".into(), proxy.into(), key.into()]));
+        }
+    }
+    if let Some(rpc) = rest.strip_prefix("rpc_") {
+        for section in ["proxy", "without_namespace"] {
+            if let Some(key) = rpc.strip_prefix(&format!("{section}_")) {
+                return Some(Some(vec!["rpc".into(), section.into(), key.into()]));
+            }
+        }
+        let namespace = rpc.strip_prefix("namespaces_")?.strip_suffix("_proxy_enabled")?;
+        let path = vec![
+            "rpc".into(),
+            "namespaces".into(),
+            namespace.into(),
+            "proxy_enabled".into(),
+        ];
+        return Some(Some(path));
+    }
     if let Some(channels) = rest.strip_prefix("channels_") {
         if let Some(key) = channels.strip_prefix("default_") {
             return CHANNEL_KEYS

@@ -45,6 +45,9 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub channels: ChannelsConfig,
+    /// `[rpc]`: client and API `rpc` calls, answered by the application backend through the RPC
+    /// proxy (see docs/proxies.md).
+    pub rpc: RpcConfig,
     /// Clustering; `None` (no `[cluster]` section): a single node, and nothing of the cluster runs.
     pub cluster: Option<ClusterConfig>,
 }
@@ -326,6 +329,118 @@ pub struct ClientConfig {
     /// `connection_burst`; excess connections are closed at once. Protects against reconnect storms.
     pub connection_rate_limit: u32,
     pub connection_burst: u32,
+    /// `[client.proxy.connect]` and `[client.proxy.refresh]`: the application backend
+    /// authenticates connections (docs/proxies.md).
+    pub proxy: ClientProxies,
+}
+
+/// `[client.proxy]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientProxies {
+    /// A connect without a token is decided by the backend.
+    pub connect: ProxyConfig,
+    /// A connection the connect proxy authenticated is refreshed by the backend when it expires.
+    pub refresh: ProxyConfig,
+}
+
+/// `[channels.proxy]`: the endpoints the namespaces' `*_proxy_enabled` options use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelProxies {
+    pub subscribe: ProxyConfig,
+    pub publish: ProxyConfig,
+    pub sub_refresh: ProxyConfig,
+}
+
+/// One proxy: where the backend is and how long it may take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+    /// `http://` or `https://` URL the calls are POSTed to.
+    pub endpoint: String,
+    /// The whole call, waiting for a slot (`max_concurrency`) included; past it the client's
+    /// command gets error 100.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Headers of the client's handshake request forwarded on every call (case-insensitive).
+    pub http_headers: Vec<String>,
+    /// Static headers added to every call.
+    pub headers: BTreeMap<String, String>,
+    /// Calls in flight at once; more wait for a slot, within `timeout`.
+    pub max_concurrency: usize,
+    /// Send payloads base64-encoded (`b64data`) always, for backends of binary (Protobuf)
+    /// clients; by default they go as JSON (`data`) when they are JSON.
+    pub binary_encoding: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: String::new(),
+            timeout: Duration::from_secs(1),
+            http_headers: Vec::new(),
+            headers: BTreeMap::new(),
+            max_concurrency: 256,
+            binary_encoding: false,
+        }
+    }
+}
+
+impl ProxyConfig {
+    fn validate(&self, key: &str, problems: &mut Vec<String>) {
+        if !self.enabled {
+            return;
+        }
+        let uri = self.endpoint.parse::<hyper::Uri>();
+        let valid = uri
+            .as_ref()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !valid {
+            problems.push(format!(
+                "key `{key}.endpoint`: an enabled proxy needs an http:// or https:// URL (got {:?})",
+                self.endpoint
+            ));
+        }
+        if self.timeout.is_zero() {
+            problems.push(format!("key `{key}.timeout`: must be greater than zero"));
+        }
+        if self.max_concurrency == 0 {
+            problems.push(format!("key `{key}.max_concurrency`: must be greater than zero"));
+        }
+        for name in &self.http_headers {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push(format!("key `{key}.http_headers`: {name:?} is not a header name"));
+            }
+        }
+        for (name, value) in &self.headers {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || hyper::header::HeaderValue::from_str(value).is_err()
+            {
+                problems.push(format!("key `{key}.headers`: {name:?} is not a valid header"));
+            }
+        }
+    }
+}
+
+/// `[rpc]`: which RPC methods the backend answers. A method `ns:name` belongs to the RPC
+/// namespace `ns`; one without `:` to `without_namespace`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcConfig {
+    /// The backend endpoint of the namespaces that set `proxy_enabled`.
+    pub proxy: ProxyConfig,
+    pub without_namespace: RpcNamespace,
+    pub namespaces: BTreeMap<String, RpcNamespace>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RpcNamespace {
+    /// Methods of this namespace go to `[rpc.proxy]`; without it they answer 108.
+    pub proxy_enabled: bool,
 }
 
 impl Default for ClientConfig {
@@ -355,6 +470,7 @@ impl Default for ClientConfig {
             command_burst: 100,
             connection_rate_limit: 0,
             connection_burst: 1000,
+            proxy: ClientProxies::default(),
         }
     }
 }
@@ -443,6 +559,9 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
+    /// `[channels.proxy.subscribe|publish|sub_refresh]`: the backend endpoints of the
+    /// namespaces that enable them.
+    pub proxy: ChannelProxies,
     /// Options of channels without a namespace (no `:` in the name).
     pub default: ChannelOptions,
     /// Options per namespace: channel `chat:room` belongs to namespace `chat`.
@@ -497,6 +616,13 @@ pub struct ChannelOptions {
     pub force_recovery_mode: RecoveryMode,
     /// In `cache` mode, every subscribe gets the latest publication, not only recovering ones.
     pub auto_cache_recover: bool,
+    /// Client subscriptions without a token are decided by `[channels.proxy.subscribe]`.
+    pub subscribe_proxy_enabled: bool,
+    /// Client publications are decided (and may be rewritten) by `[channels.proxy.publish]`.
+    pub publish_proxy_enabled: bool,
+    /// Subscriptions the subscribe proxy gave an `expire_at` are refreshed by
+    /// `[channels.proxy.sub_refresh]` instead of the client.
+    pub sub_refresh_proxy_enabled: bool,
 }
 
 /// How a namespace recovers (`force_recovery_mode`).
@@ -537,6 +663,9 @@ impl Default for ChannelOptions {
             delta_publish: false,
             force_recovery_mode: RecoveryMode::Stream,
             auto_cache_recover: false,
+            subscribe_proxy_enabled: false,
+            publish_proxy_enabled: false,
+            sub_refresh_proxy_enabled: false,
         }
     }
 }
@@ -724,6 +853,7 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate(&mut problems);
         }
+        self.validate_proxies(&mut problems);
         check_options("channels.default", &self.channels.default, &mut problems);
         for (name, options) in &self.channels.namespaces {
             let valid = name.len() >= 2
@@ -741,6 +871,80 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError { problems })
+        }
+    }
+
+    fn validate_proxies(&self, problems: &mut Vec<String>) {
+        let (client, channels) = (&self.client.proxy, &self.channels.proxy);
+        for (key, proxy) in [
+            ("client.proxy.connect", &client.connect),
+            ("client.proxy.refresh", &client.refresh),
+            ("channels.proxy.subscribe", &channels.subscribe),
+            ("channels.proxy.publish", &channels.publish),
+            ("channels.proxy.sub_refresh", &channels.sub_refresh),
+            ("rpc.proxy", &self.rpc.proxy),
+        ] {
+            proxy.validate(key, problems);
+        }
+        if client.refresh.enabled && !client.connect.enabled {
+            problems.push(
+                "key `client.proxy.refresh.enabled`: refreshes connections of the connect proxy, which is not enabled"
+                    .to_owned(),
+            );
+        }
+        let namespaces = std::iter::once(("channels.default".to_owned(), &self.channels.default)).chain(
+            self.channels
+                .namespaces
+                .iter()
+                .map(|(name, options)| (format!("channels.namespaces.{name}"), options)),
+        );
+        for (key, options) in namespaces {
+            for (option, on, proxy, section) in [
+                (
+                    "subscribe_proxy_enabled",
+                    options.subscribe_proxy_enabled,
+                    &channels.subscribe,
+                    "subscribe",
+                ),
+                (
+                    "publish_proxy_enabled",
+                    options.publish_proxy_enabled,
+                    &channels.publish,
+                    "publish",
+                ),
+                (
+                    "sub_refresh_proxy_enabled",
+                    options.sub_refresh_proxy_enabled,
+                    &channels.sub_refresh,
+                    "sub_refresh",
+                ),
+            ] {
+                if on && !proxy.enabled {
+                    problems.push(format!(
+                        "key `{key}.{option}`: needs [channels.proxy.{section}] with enabled = true and an endpoint"
+                    ));
+                }
+            }
+        }
+        let rpc = std::iter::once(("rpc.without_namespace".to_owned(), &self.rpc.without_namespace)).chain(
+            self.rpc
+                .namespaces
+                .iter()
+                .map(|(name, ns)| (format!("rpc.namespaces.{name}"), ns)),
+        );
+        for (key, namespace) in rpc {
+            if namespace.proxy_enabled && !self.rpc.proxy.enabled {
+                problems.push(format!(
+                    "key `{key}.proxy_enabled`: needs [rpc.proxy] with enabled = true and an endpoint"
+                ));
+            }
+        }
+        for name in self.rpc.namespaces.keys() {
+            if name.is_empty() || name.contains(':') {
+                problems.push(format!(
+                    "key `rpc.namespaces.{name}`: an RPC namespace name is not empty and has no `:`"
+                ));
+            }
         }
     }
 
@@ -927,6 +1131,74 @@ mod tests {
         assert_eq!(config.channels.namespaces["chat_rooms"].history_size, 5);
         assert_eq!(config.client.token_hmac_secret.as_deref(), Some("123456"));
         assert_eq!(config.http.listen.port(), 9999);
+    }
+
+    #[test]
+    fn proxies_are_checked_and_named() {
+        let valid = "[client.proxy.connect]\nenabled = true\nendpoint = \"http://127.0.0.1:3000/connect\"\n\
+            http_headers = [\"Cookie\"]\nheaders = { \"X-Secret\" = \"s\" }\n\
+            [channels.proxy.subscribe]\nenabled = true\nendpoint = \"https://backend.example/sub\"\n\
+            [channels.namespaces.room]\nsubscribe_proxy_enabled = true\n\
+            [rpc.proxy]\nenabled = true\nendpoint = \"http://127.0.0.1:3000/rpc\"\n\
+            [rpc.namespaces.app]\nproxy_enabled = true\n";
+        let config = Config::from_toml(valid).unwrap();
+        assert_eq!(config.client.proxy.connect.timeout, Duration::from_secs(1));
+        assert!(config.channels.namespaces["room"].subscribe_proxy_enabled);
+        assert!(config.rpc.namespaces["app"].proxy_enabled);
+        let err = Config::from_toml(
+            "[client.proxy.connect]\nenabled = true\nendpoint = \"ftp://x\"\ntimeout = \"0s\"\nhttp_headers = [\"bad header\"]\n\
+             [client.proxy.refresh]\nenabled = true\nendpoint = \"\"\n\
+             [channels.namespaces.room]\npublish_proxy_enabled = true\n\
+             [channels.default]\nsub_refresh_proxy_enabled = true\n\
+             [rpc.without_namespace]\nproxy_enabled = true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "client.proxy.connect.endpoint",
+            "client.proxy.connect.timeout",
+            "client.proxy.connect.http_headers",
+            "client.proxy.refresh.endpoint",
+            "channels.namespaces.room.publish_proxy_enabled",
+            "channels.default.sub_refresh_proxy_enabled",
+            "rpc.without_namespace.proxy_enabled",
+        ] {
+            assert!(err.contains(key), "{key} not named: {err}");
+        }
+        let err = Config::from_toml("[client.proxy.connect]\nendpont = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpont"), "unknown keys stay errors: {err}");
+        // From the environment too.
+        let config = Config::load(Sources {
+            file: None,
+            env: vec![
+                ("HERALD_CLIENT_PROXY_CONNECT_ENABLED".into(), "true".into()),
+                (
+                    "HERALD_CLIENT_PROXY_CONNECT_ENDPOINT".into(),
+                    "http://127.0.0.1:1/c".into(),
+                ),
+                ("HERALD_CLIENT_PROXY_CONNECT_HTTP_HEADERS".into(), "[\"Cookie\"]".into()),
+                ("HERALD_CHANNELS_PROXY_SUB_REFRESH_ENABLED".into(), "true".into()),
+                (
+                    "HERALD_CHANNELS_PROXY_SUB_REFRESH_ENDPOINT".into(),
+                    "http://127.0.0.1:1/s".into(),
+                ),
+                (
+                    "HERALD_CHANNELS_NAMESPACES_CHAT_SUB_REFRESH_PROXY_ENABLED".into(),
+                    "true".into(),
+                ),
+                ("HERALD_RPC_PROXY_ENABLED".into(), "true".into()),
+                ("HERALD_RPC_PROXY_ENDPOINT".into(), "http://127.0.0.1:1/r".into()),
+                ("HERALD_RPC_NAMESPACES_APP_PROXY_ENABLED".into(), "true".into()),
+            ],
+            listen: None,
+        })
+        .unwrap();
+        assert_eq!(config.client.proxy.connect.http_headers, ["Cookie"]);
+        assert!(config.channels.proxy.sub_refresh.enabled);
+        assert!(config.channels.namespaces["chat"].sub_refresh_proxy_enabled);
+        assert!(config.rpc.namespaces["app"].proxy_enabled);
     }
 
     #[test]

@@ -226,6 +226,25 @@ pub enum Interest {
 struct Member {
     subscriber: Box<dyn Deliver>,
     info: ClientInfo,
+    visibility: Visibility,
+}
+
+/// How a subscription shows to the channel's other subscribers: in presence, and by join and
+/// leave messages. The namespace's options, or a subscription's overrides (subscribe proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visibility {
+    pub presence: bool,
+    /// Its join was announced, so its leave is too.
+    pub join_leave: bool,
+}
+
+impl Default for Visibility {
+    fn default() -> Self {
+        Self {
+            presence: true,
+            join_leave: true,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -289,6 +308,18 @@ impl Hub {
         info: ClientInfo,
         on_interest: impl FnOnce(Interest),
     ) {
+        self.subscribe_with(channel, subscriber, info, Visibility::default(), on_interest)
+    }
+
+    /// [`Hub::subscribe`] with how the subscription shows to others.
+    pub fn subscribe_with(
+        &self,
+        channel: &str,
+        subscriber: impl Deliver,
+        info: ClientInfo,
+        visibility: Visibility,
+        on_interest: impl FnOnce(Interest),
+    ) {
         let mut shard = self.shard(channel).lock();
         let first = !shard.channels.contains_key(channel);
         let members = shard.channels.entry(Arc::from(channel)).or_default();
@@ -298,6 +329,7 @@ impl Hub {
             Member {
                 subscriber: Box::new(subscriber),
                 info,
+                visibility,
             },
         );
         if first {
@@ -305,13 +337,18 @@ impl Hub {
         }
     }
 
-    /// Removes a client's subscription to a channel. Returns its presence info if it was
-    /// subscribed. When it was the channel's last local one, `on_interest(Lost)` runs under the
-    /// shard lock (it must not block or call the hub).
-    pub fn unsubscribe(&self, channel: &str, client: &str, on_interest: impl FnOnce(Interest)) -> Option<ClientInfo> {
+    /// Removes a client's subscription to a channel. Returns its presence info and visibility if
+    /// it was subscribed. When it was the channel's last local one, `on_interest(Lost)` runs
+    /// under the shard lock (it must not block or call the hub).
+    pub fn unsubscribe(
+        &self,
+        channel: &str,
+        client: &str,
+        on_interest: impl FnOnce(Interest),
+    ) -> Option<(ClientInfo, Visibility)> {
         let mut shard = self.shard(channel).lock();
         let subscribers = shard.channels.get_mut(channel)?;
-        let removed = subscribers.remove(client).map(|s| s.info);
+        let removed = subscribers.remove(client).map(|s| (s.info, s.visibility));
         if subscribers.is_empty() {
             shard.channels.remove(channel);
             shard.last.remove(channel);
@@ -366,7 +403,12 @@ impl Hub {
         shard
             .channels
             .get(channel)
-            .map(|subs| subs.iter().map(|(id, s)| (id.to_string(), s.info.clone())).collect())
+            .map(|subs| {
+                subs.iter()
+                    .filter(|(_, s)| s.visibility.presence)
+                    .map(|(id, s)| (id.to_string(), s.info.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -376,8 +418,9 @@ impl Hub {
         let Some(subs) = shard.channels.get(channel) else {
             return (0, 0);
         };
-        let users: std::collections::HashSet<&str> = subs.values().map(|s| s.info.user.as_str()).collect();
-        (subs.len(), users.len())
+        let shown = || subs.values().filter(|s| s.visibility.presence);
+        let users: std::collections::HashSet<&str> = shown().map(|s| s.info.user.as_str()).collect();
+        (shown().count(), users.len())
     }
 
     /// Every channel with local subscribers and its number of subscribers.

@@ -20,6 +20,8 @@ use crate::protocol::{DisconnectCode, ErrorCode};
 pub(crate) enum Failure {
     /// Answer with an error reply; the connection stays.
     Error(ErrorCode),
+    /// Answer with this error, as the application backend gave it (a proxy's `error`).
+    Reply(proto::Error),
     /// Close the connection.
     Disconnect(DisconnectCode),
 }
@@ -99,7 +101,7 @@ impl Connection {
                 }
             }
             let request = command.publish.expect("is_publish");
-            match self.publish_request(request) {
+            match self.publish_request(request).await {
                 Ok(request) => {
                     requests.push(request);
                     outcomes.push((id, None));
@@ -186,6 +188,15 @@ impl Connection {
                 self.shared.send_reply(&Reply {
                     id,
                     error: Some(code.to_proto()),
+                    ..Default::default()
+                });
+                Ok(())
+            }
+            Err(Failure::Reply(error)) => {
+                metrics::counter!("herald_command_errors_total", "code" => error.code.to_string()).increment(1);
+                self.shared.send_reply(&Reply {
+                    id,
+                    error: Some(error),
                     ..Default::default()
                 });
                 Ok(())
@@ -282,9 +293,17 @@ impl Connection {
                 })),
             );
         }
-        if c.rpc.is_some() {
-            // No RPC handler is configured on this node.
-            return ("rpc", Err(ErrorCode::NOT_AVAILABLE.into()));
+        if let Some(req) = c.rpc {
+            let result = self.rpc(req).await;
+            return (
+                "rpc",
+                result.map(|r| {
+                    answer(Reply {
+                        rpc: Some(r),
+                        ..Default::default()
+                    })
+                }),
+            );
         }
         if c.send.is_some() {
             // Asynchronous messages need an application handler, which Herald does not have.
@@ -308,8 +327,17 @@ impl Connection {
         if matches!(self.state, State::Connected(_)) {
             return Err(Failure::Disconnect(DisconnectCode::BAD_REQUEST));
         }
-        let client = &self.ctx.config.client;
-        let claims = if req.token.is_empty() {
+        let ctx = self.ctx.clone();
+        let client = &ctx.config.client;
+        let proxies = ctx.broker.proxies();
+        let connect_proxy = proxies.and_then(|p| p.connect.as_ref());
+        let mut granted = None;
+        let claims = if let (true, Some(proxy)) = (req.token.is_empty(), connect_proxy) {
+            let proxied = self.connect_by_proxy(proxy, &req).await?;
+            let claims = proxied.claims.clone();
+            granted = Some(proxied);
+            claims
+        } else if req.token.is_empty() {
             if !(client.insecure || client.allow_anonymous) {
                 return Err(Failure::Disconnect(DisconnectCode::BAD_REQUEST));
             }
@@ -324,7 +352,7 @@ impl Connection {
                 }
             }
         };
-        let _ = self.shared.identity.set(Identity {
+        self.shared.set_identity(Identity {
             user: claims.user.clone(),
             info: claims.info.clone(),
         });
@@ -343,9 +371,12 @@ impl Connection {
             return Err(Failure::Disconnect(DisconnectCode::CONNECTION_LIMIT));
         }
         let now = tokio::time::Instant::now();
+        // With the refresh proxy, every connection is refreshed by the backend, not the client.
+        let refresh_by_proxy = proxies.is_some_and(|p| p.refresh.is_some());
         self.state = State::Connected(Connected {
             user: claims.user.clone(),
             expires_at: claims.expires_at,
+            refresh_by_proxy,
             next_ping_at: now + self.ctx.config.client.ping_interval,
             pong_due: None,
         });
@@ -354,16 +385,22 @@ impl Connection {
         if client.subscribe_to_personal_channel && !claims.user.is_empty() {
             channels.push(crate::auth::channel::personal_channel(&claims.user));
         }
+        let (data, server_subs) = match granted {
+            Some(granted) => (granted.data, granted.subs),
+            None => Default::default(),
+        };
         let (subs, readies) = self
-            .connect_subscriptions(channels, &req.subs)
+            .connect_subscriptions(channels, &req.subs, &server_subs)
             .await
             .map_err(Failure::Disconnect)?;
         let client = &self.ctx.config.client;
+        let client_refreshes = claims.expires_at.filter(|_| !refresh_by_proxy);
         let result = proto::ConnectResult {
             client: self.shared.id.to_string(),
             version: crate::VERSION.to_owned(),
-            expires: claims.expires_at.is_some(),
-            ttl: claims.expires_at.map_or(0, ttl_of),
+            expires: client_refreshes.is_some(),
+            ttl: client_refreshes.map_or(0, ttl_of),
+            data,
             subs,
             ping: client.ping_interval.as_secs().max(1) as u32,
             pong: self.expects_pongs,
@@ -398,7 +435,22 @@ impl Connection {
         let broker = self.ctx.broker.clone();
         let options = broker.options(&req.channel)?;
         let name = ChannelName::parse(&req.channel)?;
-        let (chan_info, expires_at) = if req.token.is_empty() {
+        let proxy = match options.subscribe_proxy_enabled {
+            true => broker.proxies().and_then(|p| p.subscribe.as_ref()),
+            false => None,
+        };
+        let mut overridden = None;
+        let mut data = Bytes::new();
+        let (chan_info, expires_at) = if let (true, Some(proxy)) = (req.token.is_empty(), proxy) {
+            // Private channels still need a token; the backend decides the rest.
+            if name.private && !self.ctx.config.client.insecure {
+                return Err(ErrorCode::PERMISSION_DENIED.into());
+            }
+            let granted = self.subscribe_by_proxy(proxy, &req).await?;
+            overridden = super::proxied::overridden(options, &granted.overrides);
+            data = granted.data;
+            (granted.info, granted.expires_at)
+        } else if req.token.is_empty() {
             rules::subscribe(options, &name, self.asker(&req.channel))?;
             (Bytes::new(), None)
         } else {
@@ -415,6 +467,9 @@ impl Connection {
             }
         };
         let tags_filter = super::subscribe::requested_tags_filter(options, &req)?;
+        let refresh_by_proxy =
+            options.sub_refresh_proxy_enabled && broker.proxies().is_some_and(|p| p.sub_refresh.is_some());
+        let options = overridden.as_ref().unwrap_or(options);
         let setup = Setup {
             channel: &req.channel,
             options,
@@ -423,9 +478,11 @@ impl Connection {
             join_leave_requested: req.join_leave,
             chan_info,
             expires_at,
+            refresh_by_proxy,
             delta: req.delta == "fossil",
         };
-        let (result, ready) = self.setup_filtered_subscription(setup, tags_filter).await?;
+        let (mut result, ready) = self.setup_filtered_subscription(setup, tags_filter).await?;
+        result.data = data;
         self.activate(
             &Reply {
                 id,
@@ -437,29 +494,40 @@ impl Connection {
         Ok(())
     }
 
-    /// A client's publish, checked: the channel exists and the client may publish to it.
-    fn publish_request(&self, req: proto::PublishRequest) -> Result<PublishRequest, Failure> {
+    /// A client's publish, checked: the channel exists and the client may publish to it (the
+    /// namespace's rules, or the publish proxy, which may also rewrite it).
+    async fn publish_request(&self, req: proto::PublishRequest) -> Result<PublishRequest, Failure> {
         let options = self.ctx.broker.options(&req.channel)?;
-        rules::publish(options, self.asker(&req.channel))?;
         // JSON data goes to subscribers as it came: refuse what some of their parsers would.
         if self.shared.format == crate::protocol::Format::Json
             && crate::protocol::json::check_interoperable(&req.data).is_err()
         {
             return Err(ErrorCode::BAD_REQUEST.into());
         }
-        let identity = self.shared.identity().cloned();
+        let proxy = match options.publish_proxy_enabled {
+            true => self.ctx.broker.proxies().and_then(|p| p.publish.as_ref()),
+            false => None,
+        };
+        if proxy.is_none() {
+            rules::publish(options, self.asker(&req.channel))?;
+        }
+        let identity = self.shared.identity();
         let info = identity.map(|i| proto::ClientInfo {
             user: i.user,
             client: self.shared.id.to_string(),
             conn_info: i.info,
             chan_info: Bytes::new(),
         });
-        Ok(PublishRequest {
+        let mut request = PublishRequest {
             channel: req.channel,
             data: req.data,
             info,
             ..Default::default()
-        })
+        };
+        if let Some(proxy) = proxy {
+            self.publish_by_proxy(proxy, &mut request).await?;
+        }
+        Ok(request)
     }
 
     async fn presence(&self, req: proto::PresenceRequest) -> Result<proto::PresenceResult, Failure> {
@@ -523,6 +591,9 @@ impl Connection {
             return Err(Failure::Disconnect(DisconnectCode::INVALID_TOKEN));
         }
         c.expires_at = claims.expires_at;
+        if !claims.info.is_empty() {
+            self.shared.set_info(claims.info);
+        }
         Ok(proto::RefreshResult {
             client: self.shared.id.to_string(),
             version: crate::VERSION.to_owned(),

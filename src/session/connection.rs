@@ -46,6 +46,9 @@ pub(crate) struct Connected {
     pub user: String,
     /// Unix seconds when the connection's credentials expire.
     pub expires_at: Option<i64>,
+    /// At `expires_at` the refresh proxy is asked (no grace), instead of closing the
+    /// connection unless the client refreshed it.
+    pub refresh_by_proxy: bool,
     pub next_ping_at: Instant,
     /// Set while a ping awaits its pong.
     pub pong_due: Option<Instant>,
@@ -65,11 +68,20 @@ pub struct Connection {
     /// Pongs are expected: `client.pong_timeout` is set and the transport can answer
     /// ([`Transport::answers_pings`]).
     pub(crate) expects_pongs: bool,
+    /// The transport's name and the handshake headers the proxies forward.
+    pub(crate) handshake: super::Handshake,
+    /// The connect proxy's `meta`: sent on every later proxy call, never to the client.
+    pub(crate) meta: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Runs a session over a transport until either side ends it.
-pub async fn run<T, S>(ctx: Arc<SessionContext>, format: Format, transport: T, mut incoming: S)
-where
+pub async fn run<T, S>(
+    ctx: Arc<SessionContext>,
+    format: Format,
+    transport: T,
+    mut incoming: S,
+    handshake: super::Handshake,
+) where
     T: Transport,
     S: Stream<Item = Incoming> + Unpin + Send,
 {
@@ -94,6 +106,8 @@ where
         rejected: 0,
         emulation,
         expects_pongs,
+        handshake,
+        meta: None,
     };
     // Command handling is boxed inside `serve`: its futures are large (several KB) and live only
     // while a command runs, so an idle connection does not carry them (issue 5: memory per idle
@@ -173,7 +187,7 @@ impl Connection {
                     Some(Incoming::Violation(code)) => Err(code),
                     Some(Incoming::Closed) | None => return None,
                 },
-                _ = tokio::time::sleep_until(deadline) => self.on_timer(Instant::now()),
+                _ = tokio::time::sleep_until(deadline) => Box::pin(self.on_timer(Instant::now())).await,
             };
             if let Err(code) = outcome {
                 return Some(code);
@@ -187,7 +201,10 @@ impl Connection {
             State::Connecting { stale_at } => *stale_at,
             State::Connected(c) => {
                 let mut at = c.pong_due.map_or(c.next_ping_at, |due| due.min(c.next_ping_at));
-                let grace = self.ctx.config.client.expired_close_delay;
+                let grace = match c.refresh_by_proxy {
+                    true => Duration::ZERO,
+                    false => self.ctx.config.client.expired_close_delay,
+                };
                 if let Some(exp) = c.expires_at {
                     at = at.min(instant_of(exp) + grace);
                 }
@@ -199,8 +216,9 @@ impl Connection {
         }
     }
 
-    fn on_timer(&mut self, now: Instant) -> Result<(), DisconnectCode> {
+    async fn on_timer(&mut self, now: Instant) -> Result<(), DisconnectCode> {
         let client = &self.ctx.config.client;
+        let mut refresh = false;
         match &mut self.state {
             State::Connecting { stale_at } => {
                 if now >= *stale_at {
@@ -218,15 +236,20 @@ impl Connection {
                         c.pong_due = Some(now + client.pong_timeout);
                     }
                 }
-                if c.expires_at
+                if c.refresh_by_proxy {
+                    refresh = c.expires_at.is_some_and(|exp| now >= instant_of(exp));
+                } else if c
+                    .expires_at
                     .is_some_and(|exp| now >= instant_of(exp) + client.expired_close_delay)
                 {
                     return Err(DisconnectCode::EXPIRED);
                 }
             }
         }
-        self.expire_subscriptions();
-        Ok(())
+        if refresh {
+            self.refresh_by_proxy().await?;
+        }
+        self.expire_subscriptions().await
     }
 
     async fn handle_controls(&mut self, controls: Vec<Control>) -> Result<(), DisconnectCode> {

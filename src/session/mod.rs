@@ -9,12 +9,13 @@
 
 pub mod commands;
 pub mod connection;
+mod proxied;
 pub mod queue;
 pub mod subscribe;
 pub mod transport;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -54,6 +55,25 @@ pub enum Control {
     },
 }
 
+/// What a session keeps of the request that opened it (for the proxies: docs/proxies.md).
+#[derive(Debug, Default)]
+pub struct Handshake {
+    /// `websocket`, `http_stream`, `sse`, `uni_websocket`, `uni_http_stream` or `uni_sse`.
+    pub transport: &'static str,
+    /// The request's headers that some proxy forwards; none without proxies.
+    pub headers: hyper::HeaderMap,
+}
+
+impl Handshake {
+    /// The headers of a handshake request worth keeping: those some proxy forwards.
+    pub fn headers_of(ctx: &SessionContext, headers: &hyper::HeaderMap) -> hyper::HeaderMap {
+        match ctx.broker.proxies() {
+            Some(proxies) => proxies.capture(headers),
+            None => hyper::HeaderMap::new(),
+        }
+    }
+}
+
 /// Names one subscription (not just its channel) in a [`Control`].
 #[derive(Clone)]
 pub struct SubscriptionHandle(pub(crate) Arc<Mutex<Subscription>>);
@@ -75,7 +95,8 @@ pub struct Identity {
 pub struct SessionShared {
     pub id: Arc<str>,
     pub format: Format,
-    identity: OnceLock<Identity>,
+    /// Set at connect; its `info` may change on refresh.
+    identity: Mutex<Option<Identity>>,
     queue: Outbound,
     /// The session's subscriptions. Each has its own lock, shared with the hub's [`Subscriber`]
     /// handle, so delivery goes straight to it without looking the channel up.
@@ -100,6 +121,8 @@ pub(crate) struct Subscription {
     pub server_side: bool,
     /// Unix seconds when the subscription token expires, if it does.
     pub expires_at: Option<i64>,
+    /// At `expires_at` the sub_refresh proxy is asked, instead of ending the subscription.
+    pub refresh_by_proxy: bool,
     /// Only publications whose tags pass are sent. Those that do not still move `offset` on:
     /// they are part of the stream the client holds a position in, not a gap.
     pub tags_filter: Option<Arc<TagsFilter>>,
@@ -191,7 +214,7 @@ impl SessionShared {
         Arc::new(Self {
             id: Arc::from(uuid::Uuid::new_v4().to_string()),
             format,
-            identity: OnceLock::new(),
+            identity: Mutex::new(None),
             queue: Outbound::new(max_queue_bytes),
             subs: Mutex::new(HashMap::new()),
             controls: Mutex::new(Vec::new()),
@@ -211,6 +234,7 @@ impl SessionShared {
             join_leave: false,
             server_side: false,
             expires_at: None,
+            refresh_by_proxy: false,
             tags_filter: None,
             delta: Default::default(),
         };
@@ -235,8 +259,20 @@ impl SessionShared {
     }
 
     /// The user, once connected.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.get()
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.lock().clone()
+    }
+
+    pub(crate) fn set_identity(&self, identity: Identity) {
+        *self.identity.lock() = Some(identity);
+    }
+
+    /// A refresh's new connection info, for what the client does from now on (publications,
+    /// joins, presence of later subscriptions).
+    pub(crate) fn set_info(&self, info: Bytes) {
+        if let Some(identity) = self.identity.lock().as_mut() {
+            identity.info = info;
+        }
     }
 
     pub fn queue(&self) -> &Outbound {
@@ -402,6 +438,7 @@ mod tests {
                 join_leave: false,
                 server_side: false,
                 expires_at: None,
+                refresh_by_proxy: false,
                 tags_filter: team_filter("eng"),
                 delta: Default::default(),
             },
@@ -429,6 +466,7 @@ mod tests {
             join_leave: false,
             server_side: false,
             expires_at: None,
+            refresh_by_proxy: false,
             tags_filter: team_filter("eng"),
             delta: Default::default(),
         };
@@ -459,6 +497,7 @@ mod tests {
             join_leave: false,
             server_side: false,
             expires_at: None,
+            refresh_by_proxy: false,
             tags_filter: None,
             delta: Default::default(),
         };
@@ -496,6 +535,7 @@ mod tests {
                 join_leave: false,
                 server_side: false,
                 expires_at: None,
+                refresh_by_proxy: false,
                 tags_filter: None,
                 delta: Default::default(),
             },

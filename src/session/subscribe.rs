@@ -28,6 +28,8 @@ pub(crate) struct Setup<'a> {
     pub join_leave_requested: bool,
     pub chan_info: Bytes,
     pub expires_at: Option<i64>,
+    /// The sub_refresh proxy, not the client, refreshes it at `expires_at`.
+    pub refresh_by_proxy: bool,
     /// The client asked for fossil deltas (`delta: "fossil"`).
     pub delta: bool,
 }
@@ -43,7 +45,7 @@ pub(crate) struct Ready {
 
 impl Connection {
     fn client_info(&self, chan_info: Bytes) -> ClientInfo {
-        let identity = self.shared.identity().cloned().unwrap_or_else(|| super::Identity {
+        let identity = self.shared.identity().unwrap_or_else(|| super::Identity {
             user: String::new(),
             info: Bytes::new(),
         });
@@ -98,6 +100,7 @@ impl Connection {
                 join_leave: options.join_leave && (options.force_push_join_leave || setup.join_leave_requested),
                 server_side: setup.server_side,
                 expires_at: setup.expires_at,
+                refresh_by_proxy: setup.refresh_by_proxy,
                 tags_filter: tags_filter.clone(),
                 delta: super::DeltaState {
                     on: delta,
@@ -108,6 +111,7 @@ impl Connection {
         };
         metrics::gauge!("herald_subscriptions").increment(1.0);
         let info = self.client_info(setup.chan_info);
+        // With the subscription's overrides (presence, join and leave), if any.
         self.ctx.broker.join(&channel, options, subscriber, info);
 
         let mut result = SubscribeResult {
@@ -120,7 +124,7 @@ impl Connection {
             offset: 0,
             holds_offset: false,
         };
-        if let Some(exp) = setup.expires_at {
+        if let Some(exp) = setup.expires_at.filter(|_| !setup.refresh_by_proxy) {
             result.expires = true;
             result.ttl = ttl_of(exp);
         }
@@ -282,6 +286,7 @@ impl Connection {
         &mut self,
         channels: Vec<String>,
         positions: &std::collections::HashMap<String, proto::SubscribeRequest>,
+        granted: &std::collections::HashMap<String, super::proxied::ServerSubscription>,
     ) -> Result<(SubResults, Vec<Ready>), DisconnectCode> {
         let mut results = SubResults::new();
         let mut readies = Vec::new();
@@ -298,23 +303,31 @@ impl Connection {
                 .get(&channel)
                 .filter(|p| p.recover)
                 .map(|p| (p.epoch.clone(), p.offset));
+            // The connect proxy's options for it (`subs`), if any.
+            let extra = granted.get(&channel);
+            let overridden = extra.and_then(|e| super::proxied::overridden(options, &e.overrides));
             let setup = Setup {
                 channel: &channel,
-                options,
+                options: overridden.as_ref().unwrap_or(options),
                 recover,
                 server_side: true,
                 join_leave_requested: false,
-                chan_info: Bytes::new(),
+                chan_info: extra.map(|e| e.info.clone()).unwrap_or_default(),
                 expires_at: None,
+                refresh_by_proxy: false,
                 delta: false,
             };
             match self.setup_subscription(setup).await {
-                Ok((result, ready)) => {
+                Ok((mut result, ready)) => {
+                    if let Some(extra) = extra {
+                        result.data = extra.data.clone();
+                    }
                     results.insert(channel, result);
                     readies.push(ready);
                 }
                 Err(Failure::Disconnect(code)) => return Err(code),
                 Err(Failure::Error(e)) => failed.add(channel, e.code),
+                Err(Failure::Reply(e)) => failed.add(channel, e.code),
             }
         }
         if unknown.count > 0 {
@@ -344,6 +357,7 @@ impl Connection {
             join_leave_requested: false,
             chan_info: Bytes::new(),
             expires_at: None,
+            refresh_by_proxy: false,
             delta: false,
         };
         match self.setup_subscription(setup).await {
@@ -369,7 +383,7 @@ impl Connection {
                 Ok(())
             }
             Err(Failure::Disconnect(code)) => Err(code),
-            Err(Failure::Error(_)) => Ok(()),
+            Err(Failure::Error(_) | Failure::Reply(_)) => Ok(()),
         }
     }
 
@@ -380,23 +394,6 @@ impl Connection {
             .values()
             .filter_map(|s| s.lock().expires_at)
             .min()
-    }
-
-    /// Ends client subscriptions whose token expired without a sub_refresh (2501: the SDK
-    /// resubscribes with a fresh token).
-    pub(crate) fn expire_subscriptions(&self) {
-        let now = crate::store::now_ms() / 1000;
-        let expired: Vec<Arc<str>> = self
-            .shared
-            .subs
-            .lock()
-            .iter()
-            .filter(|(_, s)| s.lock().expires_at.is_some_and(|exp| exp <= now))
-            .map(|(c, _)| c.clone())
-            .collect();
-        for channel in expired {
-            self.unsubscribe_with_push(&channel, UnsubscribeCode::EXPIRED);
-        }
     }
 }
 

@@ -36,7 +36,7 @@ use crate::protocol::codec::{encode_reply, join_into, joined_len, Format};
 use crate::protocol::proto::{Disconnect, EmulationRequest, Push, Reply};
 use crate::protocol::DisconnectCode;
 use crate::session::transport::{Incoming, Transport};
-use crate::session::{self, SessionContext};
+use crate::session::{self, Handshake, SessionContext};
 
 /// Emulated sessions of this node, by session id: where `/emulation` delivers.
 #[derive(Default)]
@@ -253,8 +253,9 @@ pub async fn http_stream(State(ctx): State<Arc<SessionContext>>, request: Reques
     };
     let limit = ctx.config.http_stream.max_request_body_size;
     let long_lived = long_lived_of(&request);
+    let headers = Handshake::headers_of(&ctx, request.headers());
     let response = match read_body(&ctx, request, limit).await {
-        Ok(connect) => open(ctx, framing, false, connect, long_lived),
+        Ok(connect) => open(ctx, framing, false, connect, long_lived, headers),
         Err(refused) => refused,
     };
     with_cors(response, origin)
@@ -278,7 +279,15 @@ pub async fn sse(State(ctx): State<Arc<SessionContext>>, request: Request) -> Re
             match connect {
                 Some(connect) if connect.len() <= ctx.config.sse.max_request_body_size => {
                     let long_lived = long_lived_of(&request);
-                    open(ctx, Framing::EventStream, false, Bytes::from(connect), long_lived)
+                    let headers = Handshake::headers_of(&ctx, request.headers());
+                    open(
+                        ctx,
+                        Framing::EventStream,
+                        false,
+                        Bytes::from(connect),
+                        long_lived,
+                        headers,
+                    )
                 }
                 Some(_) => (StatusCode::PAYLOAD_TOO_LARGE, "cf_connect too large").into_response(),
                 None => (StatusCode::BAD_REQUEST, "cf_connect query parameter required").into_response(),
@@ -287,8 +296,9 @@ pub async fn sse(State(ctx): State<Arc<SessionContext>>, request: Request) -> Re
         Method::POST => {
             let limit = ctx.config.sse.max_request_body_size;
             let long_lived = long_lived_of(&request);
+            let headers = Handshake::headers_of(&ctx, request.headers());
             match read_body(&ctx, request, limit).await {
-                Ok(connect) => open(ctx, Framing::EventStream, false, connect, long_lived),
+                Ok(connect) => open(ctx, Framing::EventStream, false, connect, long_lived, headers),
                 Err(refused) => refused,
             }
         }
@@ -318,8 +328,9 @@ pub async fn uni_http_stream(State(ctx): State<Arc<SessionContext>>, request: Re
     }
     let limit = ctx.config.uni_http_stream.max_request_body_size;
     let long_lived = long_lived_of(&request);
+    let headers = Handshake::headers_of(&ctx, request.headers());
     let response = match read_body(&ctx, request, limit).await {
-        Ok(body) => open_uni(ctx, Framing::JsonLines, &body, long_lived),
+        Ok(body) => open_uni(ctx, Framing::JsonLines, &body, long_lived, headers),
         Err(refused) => refused,
     };
     with_cors(response, origin)
@@ -352,13 +363,15 @@ pub async fn uni_sse(State(ctx): State<Arc<SessionContext>>, request: Request) -
                 (StatusCode::PAYLOAD_TOO_LARGE, "cf_connect too large").into_response()
             } else {
                 let long_lived = long_lived_of(&request);
-                open_uni(ctx, Framing::EventStream, connect.as_bytes(), long_lived)
+                let headers = Handshake::headers_of(&ctx, request.headers());
+                open_uni(ctx, Framing::EventStream, connect.as_bytes(), long_lived, headers)
             }
         }
         Method::POST => {
             let long_lived = long_lived_of(&request);
+            let headers = Handshake::headers_of(&ctx, request.headers());
             match read_body(&ctx, request, limit).await {
-                Ok(body) => open_uni(ctx, Framing::EventStream, &body, long_lived),
+                Ok(body) => open_uni(ctx, Framing::EventStream, &body, long_lived, headers),
                 Err(refused) => refused,
             }
         }
@@ -372,9 +385,10 @@ fn open_uni(
     framing: Framing,
     request: &[u8],
     long_lived: Option<super::LongLived>,
+    headers: HeaderMap,
 ) -> Response {
     match super::uni::connect_command(request) {
-        Some(connect) => open(ctx, framing, true, connect, long_lived),
+        Some(connect) => open(ctx, framing, true, connect, long_lived, headers),
         None => (StatusCode::BAD_REQUEST, "the body must be a JSON ConnectRequest").into_response(),
     }
 }
@@ -482,7 +496,15 @@ fn open(
     uni: bool,
     connect: Bytes,
     long_lived: Option<super::LongLived>,
+    headers: HeaderMap,
 ) -> Response {
+    let transport = match (uni, framing) {
+        (false, Framing::EventStream) => "sse",
+        (false, _) => "http_stream",
+        (true, Framing::EventStream) => "uni_sse",
+        (true, _) => "uni_http_stream",
+    };
+    let handshake = Handshake { transport, headers };
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         metrics::counter!("herald_limit_rejections_total", "limit" => "max_connections").increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -516,7 +538,7 @@ fn open(
     let format = framing.format();
     let sessions = ctx.sessions.clone();
     sessions.spawn(async move {
-        session::run(ctx, format, transport, Box::pin(incoming)).await;
+        session::run(ctx, format, transport, Box::pin(incoming), handshake).await;
         drop(registered);
         drop(permit);
     });

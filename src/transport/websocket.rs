@@ -27,7 +27,7 @@ use crate::broker::glob_match;
 use crate::protocol::codec::{join_into, joined_len, Format};
 use crate::protocol::DisconnectCode;
 use crate::session::transport::{Incoming, Transport};
-use crate::session::{self, SessionContext};
+use crate::session::{self, Handshake, SessionContext};
 
 const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
 const JSON_SUBPROTOCOL: &str = "centrifuge-json";
@@ -88,6 +88,10 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
     if let Some(switch) = request.extensions().get::<crate::transport::coalesce::CoalesceSwitch>() {
         switch.stop();
     }
+    let handshake = Handshake {
+        transport: if uni { "uni_websocket" } else { "websocket" },
+        headers: Handshake::headers_of(&ctx, request.headers()),
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let limit = ctx.config.client.max_message_size;
     let write_timeout = ctx.config.client.write_timeout;
@@ -115,9 +119,9 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
         };
         if uni {
             let incoming = uni_incoming(incoming, uni_connect);
-            session::run(ctx, format, transport, Box::pin(incoming)).await;
+            session::run(ctx, format, transport, Box::pin(incoming), handshake).await;
         } else {
-            session::run(ctx, format, transport, Box::pin(incoming)).await;
+            session::run(ctx, format, transport, Box::pin(incoming), handshake).await;
         }
         drop(permit);
     };
