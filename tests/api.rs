@@ -866,9 +866,9 @@ async fn rpc_answers_not_available_without_a_proxy() {
     assert_eq!(status, 400);
 }
 
-/// Publish takes every field of Centrifugo's PublishRequest: `delta`, `version` and
-/// `version_epoch` are accepted (not yet applied), `null` is a field's zero value, and
-/// `b64data` wins over `data`.
+/// Publish takes every field of Centrifugo's PublishRequest: `delta`; `version` and
+/// `version_epoch` (a publication not newer than the channel's last version is dropped and
+/// answered with the stream's top); `null` is a field's zero value; `b64data` wins over `data`.
 #[tokio::test]
 async fn publish_takes_every_centrifugo_field() {
     let node = Node::start(CONFIG);
@@ -878,10 +878,20 @@ async fn publish_takes_every_centrifugo_field() {
         "idempotency_key": null, "b64data": null, "delta": true, "version": 7, "version_epoch": "v1",
     });
     assert_eq!(ok(&node, "publish", body).await["offset"], 1);
+    for (version, epoch) in [(7, "v1"), (6, ""), (3, "v1")] {
+        let stale =
+            json!({"channel": "fields", "data": {"stale": version}, "version": version, "version_epoch": epoch});
+        assert_eq!(
+            ok(&node, "publish", stale).await["offset"],
+            1,
+            "version {version} {epoch:?} dropped"
+        );
+    }
     let body = json!({"channel": "fields", "data": {"ignored": true}, "b64data": "AAEC", "tags": {"k": "v"}});
     assert_eq!(ok(&node, "publish", body).await["offset"], 2);
     let first = next_event(&mut client).await.r#pub.expect("publication");
     assert_eq!(common::data_of(&first), json!({"n": 1}));
+    // The dropped ones never reach the subscriber.
     let second = next_event(&mut client).await.r#pub.expect("publication");
     assert_eq!(&second.data[..], [0, 1, 2]);
     assert_eq!(second.tags.get("k").map(String::as_str), Some("v"));

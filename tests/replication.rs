@@ -99,7 +99,7 @@ async fn verify(
 
 /// Scenario (a) for channels with history: subscribers on every node, publishers through
 /// every node; one sequence, delivered once and in order everywhere; a repeated idempotency key
-/// on another node returns the first position.
+/// on another node returns the first position, and a stale version on another node is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_channels_are_sequenced_once_for_every_node() {
     let _serial = SERIAL.lock().await;
@@ -150,6 +150,26 @@ async fn history_channels_are_sequenced_once_for_every_node() {
             first["offset"].as_u64().unwrap(),
         ),
     );
+    // Versions across nodes: a version not above the last one, published through another
+    // node, is dropped and answered with the stream's top (replicated as a versioned entry).
+    let newer = node_publish(
+        &cluster.nodes[1],
+        json!({"channel": channel, "data": {"id": "v5"}, "version": 5, "version_epoch": "x"}),
+    )
+    .await;
+    let stale = node_publish(
+        &cluster.nodes[2],
+        json!({"channel": channel, "data": {"id": "v4"}, "version": 4, "version_epoch": "x"}),
+    )
+    .await;
+    assert_eq!(newer, stale);
+    publishes.lock().acked.insert(
+        "v5".into(),
+        (
+            newer["epoch"].as_str().unwrap().into(),
+            newer["offset"].as_u64().unwrap(),
+        ),
+    );
     let publishes = verify(&cluster, channel, publishes, subscribers).await;
     let epochs: HashSet<&String> = publishes.acked.values().map(|(e, _)| e).collect();
     assert_eq!(epochs.len(), 1);
@@ -158,7 +178,7 @@ async fn history_channels_are_sequenced_once_for_every_node() {
         o.sort();
         o
     };
-    assert_eq!(offsets, (1..=61).collect::<Vec<u64>>());
+    assert_eq!(offsets, (1..=62).collect::<Vec<u64>>());
 }
 
 /// The last lines of a log.

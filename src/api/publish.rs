@@ -37,16 +37,13 @@ pub struct Body {
     /// full data, as they would anyway).
     #[serde(default, deserialize_with = "nullable")]
     delta: bool,
-    /// Centrifugo drops a publication whose `version` (> 0) is not above the channel's last
-    /// one within the same `version_epoch` (an empty epoch matches any) and answers the
-    /// stream's current position. Accepted and not yet applied: Herald appends every
-    /// publication. Doing it needs the version beside each stream's position in the store,
-    /// checked by its writer and carried by replicated appends (issue 12, item 6).
+    /// A publication whose `version` (> 0) is not above the channel's last one within the same
+    /// `version_epoch` (an empty epoch matches any) is dropped: nothing is appended or
+    /// delivered, and the answer is the stream's current position (as in Centrifugo). Channels
+    /// with history only; elsewhere it is ignored.
     #[serde(default, deserialize_with = "nullable")]
-    #[allow(dead_code)]
     version: u64,
     #[serde(default, deserialize_with = "nullable")]
-    #[allow(dead_code)]
     version_epoch: String,
 }
 
@@ -82,6 +79,10 @@ impl Body {
             skip_history: self.skip_history,
             idempotency_key: Some(self.idempotency_key.clone()).filter(|k| !k.is_empty()),
             delta: self.delta,
+            version: (self.version > 0).then(|| crate::store::Version {
+                version: self.version,
+                epoch: self.version_epoch.clone(),
+            }),
         }
     }
 }

@@ -105,6 +105,9 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
     /// May go out as a fossil delta to subscribers that negotiated one (API `delta`).
     pub delta: bool,
+    /// Appended only when newer than the channel's last version (API `version`; channels with
+    /// history only, as in the reference server).
+    pub version: Option<crate::store::Version>,
 }
 
 /// A publication's position; empty for channels without history.
@@ -306,6 +309,7 @@ impl Broker {
             return Ok(Route::Append(Box::new(Append {
                 channel: Arc::from(request.channel),
                 publication,
+                version: request.version.filter(|_| history.is_some()),
                 history,
                 idempotency,
                 stamp,

@@ -341,6 +341,14 @@ pub(super) async fn replicate_appends(
     appends: Vec<Append>,
 ) -> Vec<Result<PublishResult, BrokerError>> {
     let count = appends.len();
+    let versions: Vec<(u64, String)> = appends
+        .iter()
+        .map(|a| {
+            a.version
+                .as_ref()
+                .map_or((0, String::new()), |v| (v.version, v.epoch.clone()))
+        })
+        .collect();
     let entries = appends
         .into_iter()
         .map(|a| Entry {
@@ -353,7 +361,12 @@ pub(super) async fn replicate_appends(
         })
         .collect();
     let failed = |e: BrokerError| (0..count).map(|_| Err(clone_error(&e))).collect();
-    match cluster.replicate(Command::Publish(entries)).await {
+    // Unversioned publishes keep the command every node understands.
+    let command = match versions.iter().any(|(version, _)| *version > 0) {
+        true => Command::PublishVersioned(entries, versions),
+        false => Command::Publish(entries),
+    };
+    match cluster.replicate(command).await {
         Ok(Outcome::Published(results)) if results.len() == count => results
             .into_iter()
             .map(|r| match r {

@@ -38,6 +38,7 @@ fn append(channel: &str, data: &'static str, history: Option<usize>, key: Option
             key: key.to_owned(),
             window: Duration::from_secs(60),
         }),
+        version: None,
         stamp,
     }))
 }

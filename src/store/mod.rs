@@ -25,7 +25,7 @@ use crate::config::Durability;
 use crate::protocol::proto::Publication;
 use records::StreamMeta;
 
-pub use writer::{Appended, CommitGroup, Committed, Idempotency};
+pub use writer::{Appended, CommitGroup, Committed, Idempotency, Version};
 
 /// Messages of `proto/store.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -148,6 +148,8 @@ pub struct Append {
     pub publication: Publication,
     pub history: Option<Retention>,
     pub idempotency: Option<Idempotency>,
+    /// Appended only when newer than the stream's last version (channels with history).
+    pub version: Option<Version>,
     pub stamp: Stamp,
 }
 
@@ -158,6 +160,7 @@ impl Append {
             publication: Box::new(self.publication),
             history: self.history,
             idempotency: self.idempotency,
+            version: self.version,
             stamp: self.stamp,
             reply,
         }
@@ -384,6 +387,7 @@ impl Store {
             publication,
             history,
             idempotency,
+            version: None,
             stamp: Stamp::now(),
         })
         .await

@@ -322,6 +322,70 @@ async fn idempotency_keys_return_the_first_result_and_survive_reopen() {
     assert_eq!(again.position.offset, 1);
 }
 
+/// A publication with a version is appended only when its version is above the stream's last
+/// one in the same version epoch (an empty epoch matches any); a dropped one answers the
+/// stream's top and is not delivered. The versions survive a reopen.
+#[tokio::test]
+async fn versions_drop_publications_that_are_not_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let versioned = |data: &'static str, version: u64, epoch: &str| Append {
+        channel: Arc::from("v"),
+        publication: publication(data),
+        history: Some(retention(10)),
+        idempotency: None,
+        version: Some(Version {
+            version,
+            epoch: epoch.to_owned(),
+        }),
+        stamp: Stamp::now(),
+    };
+    {
+        let (store, seen) = open(dir.path());
+        let mut outcomes = Vec::new();
+        for (data, version, epoch) in [
+            ("a", 5, "e1"),
+            ("b", 5, "e1"), // not newer: dropped
+            ("c", 4, ""),   // an empty epoch matches any: dropped
+            ("d", 6, ""),   // newer
+            ("e", 1, "e2"), // another epoch: the count starts over
+            ("f", 1, "e2"), // dropped
+            ("g", 2, "e2"), // newer
+        ] {
+            let appended = store.append_entry(versioned(data, version, epoch)).await.unwrap();
+            outcomes.push((appended.duplicate, appended.position.offset));
+        }
+        assert_eq!(
+            outcomes,
+            [
+                (false, 1),
+                (true, 1),
+                (true, 1),
+                (false, 2),
+                (false, 3),
+                (true, 3),
+                (false, 4)
+            ]
+        );
+        assert_eq!(seen.lock().len(), 4, "dropped publications are not delivered");
+        // Without a version nothing is compared.
+        let plain = store
+            .append("v", publication("h"), Some(retention(10)), None)
+            .await
+            .unwrap();
+        assert_eq!((plain.duplicate, plain.position.offset), (false, 5));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, _) = open(dir.path());
+    let again = store.append_entry(versioned("i", 2, "e2")).await.unwrap();
+    assert_eq!(
+        (again.duplicate, again.position.offset),
+        (true, 5),
+        "the version survives a reopen"
+    );
+    let newer = store.append_entry(versioned("j", 3, "e2")).await.unwrap();
+    assert_eq!((newer.duplicate, newer.position.offset), (false, 6));
+}
+
 #[tokio::test]
 async fn expired_idempotency_keys_are_forgotten() {
     let dir = tempfile::tempdir().unwrap();
@@ -716,4 +780,26 @@ async fn after_a_failed_flush_the_store_refuses_to_serve_and_a_restart_undoes_th
         .await
         .unwrap();
     assert!(again.duplicate);
+    // A failed publish with a version: the stream's version is undone with it, so the retry
+    // with the same version publishes instead of being dropped as not newer.
+    let versioned = |data: &'static str| Append {
+        channel: Arc::from("c"),
+        publication: publication(data),
+        history: Some(retention(10)),
+        idempotency: None,
+        version: Some(Version {
+            version: 7,
+            epoch: "v".into(),
+        }),
+        stamp: Stamp::now(),
+    };
+    store.faults.fail_next_flush.store(true, Ordering::Relaxed);
+    assert!(store.append_entry(versioned("4")).await.is_err());
+    assert!(store.close().await.is_err());
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (store, _) = open(dir.path());
+    let retry = store.append_entry(versioned("4")).await.unwrap();
+    assert_eq!((retry.duplicate, retry.position.offset), (false, 4));
+    assert!(store.append_entry(versioned("4")).await.unwrap().duplicate);
 }

@@ -34,12 +34,21 @@ pub struct Idempotency {
     pub window: Duration,
 }
 
+/// A publication's version (API publish `version`, `version_epoch`): it is appended only when
+/// above the stream's last one, or in another version epoch (an empty epoch matches any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub version: u64,
+    pub epoch: String,
+}
+
 /// The answer to an append.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
     pub position: Position,
-    /// The idempotency key was seen within its window: nothing was appended or delivered, and
-    /// `position` is the first publish's.
+    /// The idempotency key was seen within its window (`position` is the first publish's), or
+    /// the version was not newer (`position` is the stream's top): nothing was appended or
+    /// delivered.
     pub duplicate: bool,
 }
 
@@ -51,6 +60,7 @@ pub(super) enum Op {
         /// delivery still goes through the commit hook.
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
+        version: Option<Version>,
         stamp: Stamp,
         reply: Reply<Appended>,
     },
@@ -550,9 +560,10 @@ impl Writer {
                 publication,
                 history,
                 idempotency,
+                version,
                 stamp,
                 reply,
-            } => match self.stage_append(channel, *publication, history, idempotency, &stamp, s) {
+            } => match self.stage_append(channel, *publication, history, idempotency, version, &stamp, s) {
                 Ok(Ok(committed)) => Some(Done::Append(reply, Box::new(committed))),
                 Ok(Err(first)) => Some(Done::Duplicate(reply, first)),
                 Err(e) => {
@@ -681,7 +692,8 @@ impl Writer {
         Ok(())
     }
 
-    /// `Ok(Ok(_))`: appended; `Ok(Err(first))`: a repeat of an idempotency key.
+    /// `Ok(Ok(_))`: appended; `Ok(Err(position))`: a repeat of an idempotency key (its first
+    /// position), or a version not above the stream's (its top).
     ///
     /// Deterministic: the time and a new stream's epoch come from `stamp`, never from this
     /// node's clock or RNG, so the same entries applied to two stores give the same streams.
@@ -691,6 +703,7 @@ impl Writer {
         mut publication: Publication,
         history: Option<Retention>,
         idempotency: Option<Idempotency>,
+        version: Option<Version>,
         stamp: &Stamp,
         s: &mut Staging,
     ) -> Result<Result<Committed, Position>, StoreError> {
@@ -718,10 +731,26 @@ impl Writer {
             Some(retention) => {
                 let batch = self.seq + 1;
                 let meta = self.meta(&channel, stamp, s)?;
+                let version = version.filter(|v| v.version > 0);
+                if let Some(v) = &version {
+                    let same_epoch = v.epoch.is_empty() || v.epoch == meta.version_epoch;
+                    if same_epoch && v.version <= meta.version {
+                        return Ok(Err(Position {
+                            epoch: meta.epoch.as_str().into(),
+                            offset: meta.top_offset,
+                        }));
+                    }
+                }
                 if meta.batch != batch {
                     // What a restart restores if this batch fails (see `undo_batch`).
                     meta.batch = batch;
                     meta.top_before_batch = meta.top_offset;
+                    meta.version_before_batch = meta.version;
+                    meta.version_epoch_before_batch.clone_from(&meta.version_epoch);
+                }
+                if let Some(v) = version {
+                    meta.version = v.version;
+                    meta.version_epoch = v.epoch;
                 }
                 meta.top_offset += 1;
                 meta.updated_at_ms = now;
@@ -928,10 +957,9 @@ impl Writer {
     fn new_stream(&self, channel: &Arc<str>, stamp: &Stamp, s: &mut Staging) -> StreamMeta {
         let meta = StreamMeta {
             epoch: stamp.epoch.to_string(),
-            top_offset: 0,
             updated_at_ms: stamp.time_ms,
             batch: self.seq + 1,
-            top_before_batch: 0,
+            ..Default::default()
         };
         s.batch.insert(keys::meta(channel), meta.encode_to_vec());
         s.wrote = true;
@@ -966,6 +994,8 @@ pub(super) fn undo_batch(tree: &sled::Tree, batch: u64) -> Result<usize, StoreEr
             undo.remove(keys::publication(channel, offset));
         }
         meta.top_offset = meta.top_before_batch;
+        meta.version = meta.version_before_batch;
+        meta.version_epoch = std::mem::take(&mut meta.version_epoch_before_batch);
         undo.insert(key, meta.encode_to_vec());
         undone += 1;
     }

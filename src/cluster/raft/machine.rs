@@ -82,8 +82,14 @@ impl Machine {
 /// The store operations of one command, and how to read their outcomes back.
 fn operations(command: Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
     match command {
-        Command::Publish(entries) => {
+        Command::Publish(entries) => return operations(Command::PublishVersioned(entries, Vec::new()), ops),
+        Command::PublishVersioned(entries, versions) => {
+            let mut versions = versions.into_iter();
             for entry in entries {
+                let version = versions
+                    .next()
+                    .filter(|(version, _)| *version > 0)
+                    .map(|(version, epoch)| store::Version { version, epoch });
                 let publication = Publication::decode(entry.publication.as_slice()).map_err(|e| e.to_string())?;
                 ops.push(GroupOp::Append(Box::new(store::Append {
                     channel: Arc::from(entry.channel),
@@ -96,6 +102,7 @@ fn operations(command: Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
                         key,
                         window: Duration::from_millis(window),
                     }),
+                    version,
                     stamp: Stamp {
                         time_ms: entry.time_ms,
                         epoch: Arc::from(entry.epoch),
@@ -135,7 +142,7 @@ fn operations(command: Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
 
 fn outcome(command: &Command, results: Vec<Result<GroupOutcome, store::StoreError>>) -> Outcome {
     match command {
-        Command::Publish(_) => Outcome::Published(
+        Command::Publish(_) | Command::PublishVersioned(..) => Outcome::Published(
             results
                 .into_iter()
                 .map(|r| match r {
@@ -295,7 +302,9 @@ impl RaftStateMachine<Herald> for Machine {
         let mut quiet = Vec::new();
         for (command, start, responder, failed) in spans.into_iter().rev() {
             let mine = results.split_off(start.min(results.len()));
-            if let (false, Some(Command::Publish(entries))) = (deliver, &command) {
+            if let (false, Some(Command::Publish(entries) | Command::PublishVersioned(entries, _))) =
+                (deliver, &command)
+            {
                 remember(entries, &mine, &mut quiet);
             }
             let outcome = match (command, failed) {

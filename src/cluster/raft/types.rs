@@ -42,12 +42,18 @@ pub enum Command {
     },
     /// Expiry of idempotency keys, judged at `now_ms`.
     ExpireIdempotency { now_ms: i64 },
+    /// `Publish` whose entries carry versions (API publish `version`, `version_epoch`): one
+    /// (version, version epoch) per entry, (0, "") for none. A variant of its own, last, so
+    /// that logs and nodes that predate it read every other command as before.
+    PublishVersioned(Vec<Entry>, Vec<(u64, String)>),
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Publish(entries) => write!(f, "publish({})", entries.len()),
+            Command::Publish(entries) | Command::PublishVersioned(entries, _) => {
+                write!(f, "publish({})", entries.len())
+            }
             Command::RemoveHistory { channel, .. } => write!(f, "remove_history({channel})"),
             Command::Trim { channel, .. } => write!(f, "trim({channel})"),
             Command::ExpireIdempotency { .. } => f.write_str("expire_idempotency"),
