@@ -563,7 +563,17 @@ impl Writer {
                 version,
                 stamp,
                 reply,
-            } => match self.stage_append(channel, *publication, history, idempotency, version, &stamp, s) {
+            } => match self.stage_append(
+                super::Append {
+                    channel,
+                    publication: *publication,
+                    history,
+                    idempotency,
+                    version,
+                    stamp,
+                },
+                s,
+            ) {
                 Ok(Ok(committed)) => Some(Done::Append(reply, Box::new(committed))),
                 Ok(Err(first)) => Some(Done::Duplicate(reply, first)),
                 Err(e) => {
@@ -699,14 +709,18 @@ impl Writer {
     /// node's clock or RNG, so the same entries applied to two stores give the same streams.
     fn stage_append(
         &mut self,
-        channel: Arc<str>,
-        mut publication: Publication,
-        history: Option<Retention>,
-        idempotency: Option<Idempotency>,
-        version: Option<Version>,
-        stamp: &Stamp,
+        append: super::Append,
         s: &mut Staging,
     ) -> Result<Result<Committed, Position>, StoreError> {
+        let super::Append {
+            channel,
+            mut publication,
+            history,
+            idempotency,
+            version,
+            stamp,
+        } = append;
+        let stamp = &stamp;
         let now = stamp.time_ms;
         let idempotency_key = idempotency.as_ref().map(|i| keys::idempotency(&channel, &i.key));
         if let Some(key) = &idempotency_key {
