@@ -99,7 +99,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         connections: Arc::new(tokio::sync::Semaphore::new(config.client.max_connections)),
         sessions: TaskTracker::new(),
-        emulated: Default::default(),
+        emulated: broker.emulated().clone(),
     });
     let sessions = session_ctx.sessions.clone();
 

@@ -452,3 +452,41 @@ async fn the_demo_page_is_off_by_default() {
     let reply = client.connect(token["token"].as_str().unwrap()).await;
     assert!(reply.connect.is_some(), "{reply:?}");
 }
+
+/// In a cluster, `/emulation` may reach any node (a load balancer without sticky sessions): the
+/// node that gets it forwards the commands over the cluster link to the node named in the
+/// request, whose session answers on its stream. A node name that no member has is 404.
+#[tokio::test]
+async fn emulation_requests_reach_their_session_through_any_node() {
+    let fast = "probe_interval = \"200ms\"\nprobe_timeout = \"100ms\"\nsuspect_timeout = \"1s\"";
+    let cluster = common::Cluster::start(2, &config(""), fast);
+    cluster.converged(Duration::from_secs(20)).await;
+    let (home, other) = (&cluster.nodes[0], &cluster.nodes[1]);
+    for kind in [Kind::Json, Kind::Protobuf, Kind::Sse] {
+        let mut stream = match kind {
+            Kind::Sse => Stream::sse(home, connect("alice")).await,
+            _ => Stream::http_stream(home, kind, connect("alice")).await,
+        };
+        assert_eq!(stream.node, "node0");
+        let channel = format!("forwarded-{}", kind as u8);
+        // Sent to the other node, which holds no such session.
+        assert_eq!(stream.send(other, &[subscribe(2, &channel)]).await, 204);
+        let reply = loop {
+            let reply = stream.next_message().await.expect("the stream stays open");
+            if reply.id == 2 {
+                break reply;
+            }
+        };
+        assert!(reply.subscribe.is_some() && reply.error.is_none(), "{reply:?}");
+        other.publish(&channel, json!({"via": "node1"})).await;
+        let push = loop {
+            let push = stream.next_message().await.unwrap().push.expect("a push");
+            if push.r#pub.is_some() {
+                break push;
+            }
+        };
+        assert_eq!(push.channel, channel);
+        stream.node = "node9".into();
+        assert_eq!(stream.send(other, &[subscribe(3, "elsewhere")]).await, 404);
+    }
+}

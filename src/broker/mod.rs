@@ -39,6 +39,7 @@ use crate::store::{Append, Appended, Idempotency, Position, ReadRange, Retention
 
 pub use fanout::{commit_queue, CommitQueue};
 pub use node::{NodeId, NodeInfo};
+pub use nodes::EmulationError;
 pub use registry::Registry;
 pub use users::UserTarget;
 
@@ -163,6 +164,9 @@ pub struct Broker {
     cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// The application backend's proxies, when some are configured (docs/proxies.md).
     proxies: Option<Arc<crate::proxy::Proxies>>,
+    /// This node's HTTP-streaming and SSE sessions, which `/emulation` requests reach, also
+    /// from peers.
+    emulated: Arc<crate::session::emulated::EmulatedSessions>,
     /// In a cluster: the last position of each channel with history handed to local
     /// subscribers (see [`Broker::deliver_once`]).
     delivered: parking_lot::Mutex<HashMap<Arc<str>, StreamPosition>>,
@@ -182,8 +186,14 @@ impl Broker {
             started: Instant::now(),
             cluster: OnceLock::new(),
             proxies,
+            emulated: Default::default(),
             delivered: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This node's emulated sessions (see [`Broker::hand_over_emulation`]).
+    pub fn emulated(&self) -> &Arc<crate::session::emulated::EmulatedSessions> {
+        &self.emulated
     }
 
     /// The proxies to the application backend; `None` when none is enabled.

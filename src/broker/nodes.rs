@@ -22,7 +22,20 @@ use crate::cluster::{AskError, Cluster, Local};
 use crate::hub::Prepared;
 use crate::protocol::proto::{ClientInfo, Push};
 use crate::protocol::ErrorCode;
+use crate::session::emulated::Handover;
 use crate::store::{Append, Position};
+
+/// A peer's answer to an `/emulation` hand-over whose session stayed busy.
+const BUSY: &str = "session busy";
+
+/// Why an `/emulation` request could not be handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmulationError {
+    /// No node of that name (in the cluster, or this one).
+    UnknownNode,
+    /// The node holding the session did not answer.
+    Unreachable,
+}
 
 impl Broker {
     /// Joins the node to its cluster: the cluster delivers peers' pushes and asks questions
@@ -110,6 +123,22 @@ impl Local for Broker {
                     response::Body::Done(wire::Done {})
                 }
                 request::Body::Stream(query) => response::Body::Stream(self.answer_stream(query).await),
+                request::Body::Emulation(emulation) => {
+                    // Within the asker's wait for the answer.
+                    let wait = self
+                        .config
+                        .http
+                        .body_read_timeout
+                        .min(crate::cluster::REQUEST_TIMEOUT / 2);
+                    let handover = self
+                        .emulated
+                        .deliver(&emulation.session, emulation.data, emulation.binary, wait)
+                        .await;
+                    match handover {
+                        Handover::Done => response::Body::Done(wire::Done {}),
+                        Handover::Busy => response::Body::Error(BUSY.into()),
+                    }
+                }
                 request::Body::UserConnections(user) => {
                     response::Body::Count(self.sessions.of_user(&user, None).len() as u64)
                 }
@@ -201,6 +230,38 @@ pub(super) async fn user_command_to_peers(
 }
 
 impl Broker {
+    /// Hands an `/emulation` request to the session it names: on this node, or forwarded over
+    /// the cluster link to the node named in it, so that a load balancer without sticky
+    /// sessions may send it anywhere.
+    pub async fn hand_over_emulation(
+        &self,
+        node: &str,
+        session: &str,
+        data: bytes::Bytes,
+        binary: bool,
+    ) -> Result<Handover, EmulationError> {
+        if node == self.node.as_str() {
+            let wait = self.config.http.body_read_timeout;
+            return Ok(self.emulated.deliver(session, data, binary, wait).await);
+        }
+        let cluster = self.cluster.get().ok_or(EmulationError::UnknownNode)?;
+        let peer = cluster
+            .peers()
+            .into_iter()
+            .find(|peer| &**peer == node)
+            .ok_or(EmulationError::UnknownNode)?;
+        let request = wire::Emulation {
+            session: session.to_owned(),
+            data,
+            binary,
+        };
+        match cluster.ask(&peer, request::Body::Emulation(request)).await {
+            Ok(response::Body::Done(_)) => Ok(Handover::Done),
+            Ok(response::Body::Error(e)) if e == BUSY => Ok(Handover::Busy),
+            Ok(_) | Err(_) => Err(EmulationError::Unreachable),
+        }
+    }
+
     /// Reads a stream from this node's store, for a peer (this node leads the log).
     async fn answer_stream(&self, query: wire::StreamQuery) -> wire::StreamAnswer {
         let channel = query.channel.as_str();

@@ -30,7 +30,7 @@ pub struct SessionContext {
     /// Every session task, so shutdown can wait for their close frames.
     pub sessions: tokio_util::task::TaskTracker,
     /// HTTP-streaming and SSE sessions, where `POST /emulation` finds them.
-    pub emulated: Arc<crate::transport::emulation::EmulatedSessions>,
+    pub emulated: Arc<super::emulated::EmulatedSessions>,
 }
 
 /// Where the connection is in its life.

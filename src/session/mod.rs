@@ -9,6 +9,7 @@
 
 pub mod commands;
 pub mod connection;
+pub mod emulated;
 mod proxied;
 pub mod queue;
 pub mod subscribe;

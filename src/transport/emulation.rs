@@ -27,57 +27,17 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
-use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::mpsc;
 
 use super::websocket::origin_allowed;
+use crate::broker::EmulationError;
 use crate::protocol::codec::{encode_reply, join_into, joined_len, Format};
 use crate::protocol::proto::{Disconnect, EmulationRequest, Push, Reply};
 use crate::protocol::DisconnectCode;
+use crate::session::emulated::Handover;
 use crate::session::transport::{Incoming, Transport};
 use crate::session::{self, Handshake, SessionContext};
-
-/// Emulated sessions of this node, by session id: where `/emulation` delivers.
-#[derive(Default)]
-pub struct EmulatedSessions {
-    inbound: Mutex<HashMap<Arc<str>, mpsc::Sender<Incoming>>>,
-}
-
-impl EmulatedSessions {
-    fn insert(self: &Arc<Self>, id: Arc<str>, inbound: mpsc::Sender<Incoming>) -> Registered {
-        self.inbound.lock().insert(id.clone(), inbound);
-        Registered {
-            sessions: self.clone(),
-            id,
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<mpsc::Sender<Incoming>> {
-        self.inbound.lock().get(id).cloned()
-    }
-
-    /// Sessions open now.
-    pub fn len(&self) -> usize {
-        self.inbound.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A session's entry in [`EmulatedSessions`], removed when the session ends.
-struct Registered {
-    sessions: Arc<EmulatedSessions>,
-    id: Arc<str>,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.sessions.inbound.lock().remove(&self.id);
-    }
-}
 
 /// Commands `/emulation` may hold for one session while it handles earlier ones; past them
 /// the request waits (up to `http.body_read_timeout`).
@@ -431,23 +391,15 @@ pub async fn emulation(State(ctx): State<Arc<SessionContext>>, request: Request)
             origin,
         );
     };
-    let response = if decoded.node != ctx.broker.node_id().as_str() {
-        (StatusCode::NOT_FOUND, "unknown node").into_response()
-    } else {
-        if let Some(inbound) = ctx.emulated.get(&decoded.session) {
-            let message = Incoming::Message {
-                data: decoded.data,
-                binary: protobuf,
-            };
-            let wait = ctx.config.http.body_read_timeout;
-            if tokio::time::timeout(wait, inbound.send(message)).await.is_err() {
-                return with_cors(
-                    (StatusCode::SERVICE_UNAVAILABLE, "session busy").into_response(),
-                    origin,
-                );
-            }
-        }
-        StatusCode::NO_CONTENT.into_response()
+    let handover = ctx
+        .broker
+        .hand_over_emulation(&decoded.node, &decoded.session, decoded.data, protobuf)
+        .await;
+    let response = match handover {
+        Ok(Handover::Done) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Handover::Busy) => (StatusCode::SERVICE_UNAVAILABLE, "session busy").into_response(),
+        Err(EmulationError::UnknownNode) => (StatusCode::NOT_FOUND, "unknown node").into_response(),
+        Err(EmulationError::Unreachable) => (StatusCode::SERVICE_UNAVAILABLE, "node unreachable").into_response(),
     };
     with_cors(response, origin)
 }
