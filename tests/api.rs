@@ -821,6 +821,55 @@ async fn server_side_subscribe_of_a_positioned_channel_reports_its_position() {
     assert_eq!(publication.offset, 3);
 }
 
+/// A server-side subscribe takes Centrifugo's options: `data` rides on the subscribe push,
+/// `recover_since` replays what was missed after it, `info` is the subscriber's channel info,
+/// `override` hides it from presence, and `expire_at` closes the connection with 3006.
+#[tokio::test]
+async fn server_side_subscribe_takes_its_options() {
+    let node = Node::start(CONFIG);
+    let first = node.publish("positioned", json!(1)).await;
+    node.publish("positioned", json!(2)).await;
+    node.publish("positioned", json!(3)).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    let (mut client, id) = connect_with_id(&node, Format::Json, "o").await;
+    let body = json!({
+        "user": "o", "channel": "positioned", "data": {"hello": 1},
+        "recover_since": {"epoch": epoch, "offset": 1},
+        "override": {"presence": {"value": false}},
+    });
+    assert_eq!(ok(&node, "subscribe", body).await, json!({}));
+    let push = next_event(&mut client).await;
+    let subscribe = push.subscribe.expect("subscribe push");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&subscribe.data).unwrap(),
+        json!({"hello": 1})
+    );
+    assert_eq!(subscribe.offset, 3);
+    for offset in [2, 3] {
+        let publication = next_event(&mut client).await.r#pub.expect("recovered publication");
+        assert_eq!(publication.offset, offset);
+    }
+    node.publish("positioned", json!(4)).await;
+    assert_eq!(next_event(&mut client).await.r#pub.expect("live").offset, 4);
+    let presence = ok(&node, "presence", json!({"channel": "positioned"})).await;
+    assert_eq!(presence["presence"], json!({}), "hidden by the override");
+
+    let body = json!({"user": "o", "channel": "closed:vip", "info": {"seat": 7}});
+    ok(&node, "subscribe", body).await;
+    assert!(next_event(&mut client).await.subscribe.is_some());
+    let presence = ok(&node, "presence", json!({"channel": "closed:vip"})).await;
+    assert_eq!(presence["presence"][&id]["chan_info"], json!({"seat": 7}), "{presence}");
+
+    let expire_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let body = json!({"user": "o", "channel": "closed:brief", "expire_at": expire_at});
+    ok(&node, "subscribe", body).await;
+    assert_eq!(client.closed().await.0, 3006);
+}
+
 #[tokio::test]
 async fn refresh_expired_closes_with_3005() {
     let node = Node::start(CONFIG);

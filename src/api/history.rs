@@ -30,9 +30,9 @@ pub struct History {
 #[derive(Deserialize)]
 pub struct StreamPosition {
     #[serde(default, deserialize_with = "nullable")]
-    offset: u64,
+    pub(super) offset: u64,
     #[serde(default, deserialize_with = "nullable")]
-    epoch: String,
+    pub(super) epoch: String,
 }
 
 /// A publication as the API shows it (Centrifugo's API `Publication`): the client protocol's

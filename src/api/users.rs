@@ -17,13 +17,13 @@ use serde_json::{json, Value};
 use super::{nullable, ApiError, ApiResult};
 use crate::broker::{Broker, UserTarget};
 use crate::protocol::{DisconnectCode, ErrorCode};
+use crate::proxy::messages;
+use crate::session::SubscribeOptions;
 
-/// Centrifugo's `SubscribeRequest`. Only `channel`, `user`, `client` and `session` act today;
-/// the other fields are checked as Centrifugo checks them and not yet applied: a server-side
-/// subscription gets no channel info (`info`, `b64info`), no data in its `subscribe` push
-/// (`data`, `b64data`), no expiry (`expire_at`), no recovery (`recover_since`) and the
-/// namespace's options (`override`). They need the session's server-side subscribe to take
-/// them (issue 12, item 6).
+/// Centrifugo's `SubscribeRequest`: a server-side subscription of the user's connections (or
+/// one of them), with channel `info`, `data` for the `subscribe` push, an `expire_at` (then the
+/// connection is closed with 3006), a `recover_since` position whose missed publications follow
+/// the push, and channel option overrides (`override`).
 #[derive(Deserialize)]
 pub struct Subscribe {
     #[serde(default, deserialize_with = "nullable")]
@@ -35,29 +35,23 @@ pub struct Subscribe {
     #[serde(default, deserialize_with = "nullable")]
     session: String,
     #[serde(default, deserialize_with = "nullable")]
-    #[allow(dead_code)]
     expire_at: i64,
     #[serde(default)]
-    #[allow(dead_code)]
     info: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "nullable")]
     b64info: String,
     #[serde(default)]
-    #[allow(dead_code)]
     data: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "nullable")]
     b64data: String,
     #[serde(default)]
-    #[allow(dead_code)]
     recover_since: Option<super::history::StreamPosition>,
     #[serde(default)]
-    #[allow(dead_code)]
     r#override: Option<Override>,
 }
 
 /// `SubscribeOptionOverride`: each option as `{"value": bool}`.
 #[derive(Deserialize)]
-#[allow(dead_code)]
 struct Override {
     #[serde(default)]
     presence: Option<BoolValue>,
@@ -72,10 +66,38 @@ struct Override {
 }
 
 #[derive(Deserialize)]
-#[allow(dead_code)]
 struct BoolValue {
     #[serde(default, deserialize_with = "nullable")]
     value: bool,
+}
+
+impl Subscribe {
+    /// The subscription's options; `None` when it has none (a plain server-side subscribe).
+    fn options(&self) -> Result<Option<SubscribeOptions>, ApiError> {
+        let bytes = |json: &Option<Box<RawValue>>, b64: &str| {
+            crate::proxy::messages::bytes_of(json, b64).map_err(|_| ApiError::Code(ErrorCode::BAD_REQUEST))
+        };
+        let flag = |v: &Option<BoolValue>| v.as_ref().map(|v| messages::BoolValue { value: v.value });
+        let options = SubscribeOptions {
+            info: bytes(&self.info, &self.b64info)?,
+            data: bytes(&self.data, &self.b64data)?,
+            expire_at: (self.expire_at > 0).then_some(self.expire_at),
+            recover_since: self.recover_since.as_ref().map(|p| (p.epoch.clone(), p.offset)),
+            overrides: self.r#override.as_ref().map(|o| messages::Overrides {
+                presence: flag(&o.presence),
+                join_leave: flag(&o.join_leave),
+                force_push_join_leave: flag(&o.force_push_join_leave),
+                force_recovery: flag(&o.force_recovery),
+                force_positioning: flag(&o.force_positioning),
+            }),
+        };
+        let plain = options.info.is_empty()
+            && options.data.is_empty()
+            && options.expire_at.is_none()
+            && options.recover_since.is_none()
+            && options.overrides.is_none();
+        Ok((!plain).then_some(options))
+    }
 }
 
 /// Centrifugo's `UnsubscribeRequest`.
@@ -160,8 +182,9 @@ pub async fn subscribe(broker: &Arc<Broker>, s: Subscribe) -> ApiResult {
     broker.options(&s.channel)?;
     check_base64(&s.b64data)?;
     check_base64(&s.b64info)?;
+    let options = s.options()?;
     if let Some(target) = target(&s.user, &s.client, &s.session) {
-        broker.subscribe_user(target, &s.channel).await?;
+        broker.subscribe_user(target, &s.channel, options).await?;
     }
     Ok(empty())
 }

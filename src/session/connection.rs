@@ -270,7 +270,10 @@ impl Connection {
                 self.unsubscribe_after_gap(&channel, &subscription);
                 Ok(())
             }
-            Control::Subscribe { channel } => self.server_subscribe(&channel).await,
+            Control::Subscribe { channel, options } => {
+                let options = options.map(|o| *o).unwrap_or_default();
+                self.server_subscribe(&channel, options).await
+            }
             Control::Refresh { expired, expire_at } => {
                 if expired {
                     return Err(DisconnectCode::EXPIRED);

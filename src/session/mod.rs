@@ -45,9 +45,10 @@ pub enum Control {
         channel: Arc<str>,
         subscription: SubscriptionHandle,
     },
-    /// Server-side subscribe (API `subscribe`).
+    /// Server-side subscribe (API `subscribe`), with its options when it has some.
     Subscribe {
         channel: String,
+        options: Option<Box<SubscribeOptions>>,
     },
     /// API `refresh`: new expiry (None = never) or expired now.
     Refresh {
@@ -73,6 +74,21 @@ impl Handshake {
             None => hyper::HeaderMap::new(),
         }
     }
+}
+
+/// A server-side subscription's options (API `subscribe`).
+#[derive(Debug, Default, Clone)]
+pub struct SubscribeOptions {
+    /// The subscriber's channel info (presence, join/leave, its publications).
+    pub info: Bytes,
+    /// Sent to the client in the `subscribe` push.
+    pub data: Bytes,
+    /// Unix seconds; at it the connection is closed with 3006 (a server-side subscription
+    /// cannot be renewed by the client).
+    pub expire_at: Option<i64>,
+    /// `(epoch, offset)` to recover from: the missed publications follow the `subscribe` push.
+    pub recover_since: Option<(String, u64)>,
+    pub overrides: Option<crate::proxy::messages::Overrides>,
 }
 
 /// Names one subscription (not just its channel) in a [`Control`].

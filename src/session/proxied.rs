@@ -279,10 +279,11 @@ impl Connection {
     }
 
     /// Subscriptions whose expiry passed: those of namespaces with the sub_refresh proxy are
-    /// refreshed by it, the others end (2501: the SDK resubscribes with a fresh token).
+    /// refreshed by it, the others end (2501: the SDK resubscribes with a fresh token), and an
+    /// expired server-side one closes the connection (3006).
     pub(crate) async fn expire_subscriptions(&mut self) -> Result<(), DisconnectCode> {
         let now = crate::store::now_ms() / 1000;
-        let expired: Vec<(std::sync::Arc<str>, bool)> = self
+        let expired: Vec<(std::sync::Arc<str>, bool, bool)> = self
             .shared
             .subs
             .lock()
@@ -291,10 +292,14 @@ impl Connection {
                 let s = s.lock();
                 s.expires_at
                     .is_some_and(|exp| exp <= now)
-                    .then(|| (channel.clone(), s.refresh_by_proxy))
+                    .then(|| (channel.clone(), s.refresh_by_proxy, s.server_side))
             })
             .collect();
-        for (channel, by_proxy) in expired {
+        for (channel, by_proxy, server_side) in expired {
+            if server_side && !by_proxy {
+                // The client cannot renew a subscription it did not make: it reconnects.
+                return Err(DisconnectCode::SUBSCRIPTION_EXPIRED);
+            }
             if !by_proxy {
                 self.unsubscribe_with_push(&channel, UnsubscribeCode::EXPIRED);
                 continue;

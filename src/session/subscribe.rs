@@ -217,9 +217,16 @@ impl Connection {
 
     /// Queues `reply`, then makes the subscriptions active and releases what they buffered.
     pub(crate) fn activate(&self, reply: &Reply, ready: Vec<Ready>) {
-        // Until a subscription is active the hub only buffers its pushes, so the reply is
+        self.activate_after(std::slice::from_ref(reply), ready)
+    }
+
+    /// [`Self::activate`] after several replies, in order.
+    pub(crate) fn activate_after(&self, replies: &[Reply], ready: Vec<Ready>) {
+        // Until a subscription is active the hub only buffers its pushes, so the replies are
         // queued before any of them.
-        self.shared.send_reply(reply);
+        for reply in replies {
+            self.shared.send_reply(reply);
+        }
         for r in ready {
             let Some(subscription) = self.shared.subs.lock().get(&r.channel).cloned() else {
                 continue;
@@ -340,8 +347,12 @@ impl Connection {
     }
 
     /// API `subscribe`: a server-side subscription of a live connection, announced with a
-    /// `subscribe` push.
-    pub(crate) async fn server_subscribe(&mut self, channel: &str) -> Result<(), DisconnectCode> {
+    /// `subscribe` push (carrying `data`), followed by what it recovered (`recover_since`).
+    pub(crate) async fn server_subscribe(
+        &mut self,
+        channel: &str,
+        extra: super::SubscribeOptions,
+    ) -> Result<(), DisconnectCode> {
         if !matches!(self.state, State::Connected(_)) || self.shared.is_subscribed(channel) {
             return Ok(());
         }
@@ -349,37 +360,43 @@ impl Connection {
         let Ok(options) = broker.options(channel) else {
             return Ok(());
         };
+        let overridden = super::proxied::overridden(options, &extra.overrides);
         let setup = Setup {
             channel,
-            options,
-            recover: None,
+            options: overridden.as_ref().unwrap_or(options),
+            recover: extra.recover_since,
             server_side: true,
             join_leave_requested: false,
-            chan_info: Bytes::new(),
-            expires_at: None,
+            chan_info: extra.info,
+            expires_at: extra.expire_at,
             refresh_by_proxy: false,
             delta: false,
         };
         match self.setup_subscription(setup).await {
             Ok((result, ready)) => {
-                let push = Push {
+                let push = |push: Push| Reply {
+                    push: Some(push),
+                    ..Default::default()
+                };
+                let mut replies = vec![push(Push {
                     channel: channel.to_owned(),
                     subscribe: Some(proto::Subscribe {
                         recoverable: result.recoverable,
                         epoch: result.epoch,
                         offset: result.offset,
                         positioned: result.positioned,
-                        data: Bytes::new(),
+                        data: extra.data,
                     }),
                     ..Default::default()
-                };
-                self.activate(
-                    &Reply {
-                        push: Some(push),
+                })];
+                replies.extend(result.publications.into_iter().map(|publication| {
+                    push(Push {
+                        channel: channel.to_owned(),
+                        r#pub: Some(publication),
                         ..Default::default()
-                    },
-                    vec![ready],
-                );
+                    })
+                }));
+                self.activate_after(&replies, vec![ready]);
                 Ok(())
             }
             Err(Failure::Disconnect(code)) => Err(code),
