@@ -870,6 +870,29 @@ async fn server_side_subscribe_takes_its_options() {
     assert_eq!(client.closed().await.0, 3006);
 }
 
+/// `refresh` with `info` gives the user's connections new connection info: what they do from
+/// then on carries it (here the join of a later subscription).
+#[tokio::test]
+async fn refresh_info_is_the_connections_info_from_then_on() {
+    let node = Node::start(CONFIG);
+    let mut client = Client::connected(&node, Format::Json, "ri").await;
+    let body = json!({"user": "ri", "expire_at": 4_000_000_000i64, "info": {"tier": "gold"}});
+    assert_eq!(ok(&node, "refresh", body).await, json!({}));
+    let reply = client.call(cmd::subscribe("after-refresh")).await;
+    assert!(reply.error.is_none(), "{reply:?}");
+    let join = loop {
+        let push = client.push().await;
+        if let Some(join) = push.join {
+            break join;
+        }
+    };
+    let info = join.info.expect("join info");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&info.conn_info).unwrap(),
+        json!({"tier": "gold"})
+    );
+}
+
 #[tokio::test]
 async fn refresh_expired_closes_with_3005() {
     let node = Node::start(CONFIG);

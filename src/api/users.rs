@@ -136,8 +136,8 @@ struct Code {
     reason: String,
 }
 
-/// Centrifugo's `RefreshRequest`. `info` (new connection info) is checked and not yet
-/// applied: it needs the session to take it (issue 12, item 6).
+/// Centrifugo's `RefreshRequest`; `info` is the connections' new info, for what they do from
+/// then on (publications, joins, later subscriptions).
 #[derive(Deserialize)]
 pub struct Refresh {
     #[serde(default, deserialize_with = "nullable")]
@@ -151,7 +151,6 @@ pub struct Refresh {
     #[serde(default, deserialize_with = "nullable")]
     expire_at: i64,
     #[serde(default)]
-    #[allow(dead_code)]
     info: Option<Box<RawValue>>,
 }
 
@@ -218,7 +217,8 @@ pub async fn disconnect(broker: &Arc<Broker>, d: Disconnect) -> ApiResult {
 pub async fn refresh(broker: &Arc<Broker>, r: Refresh) -> ApiResult {
     let expire_at = Some(r.expire_at).filter(|at| *at > 0);
     if let Some(target) = target(&r.user, &r.client, &r.session) {
-        broker.refresh_user(target, r.expired, expire_at).await?;
+        let info = crate::proxy::messages::bytes_of(&r.info, "").unwrap_or_default();
+        broker.refresh_user(target, r.expired, expire_at, info).await?;
     }
     Ok(empty())
 }

@@ -69,10 +69,12 @@ impl Broker {
         target: UserTarget<'_>,
         expired: bool,
         expire_at: Option<i64>,
+        info: bytes::Bytes,
     ) -> Result<(), BrokerError> {
         let action = Action::Refresh(wire::Refresh {
             expired,
             expire_at: expire_at.unwrap_or(0),
+            info,
         });
         self.user_command(target, action).await;
         Ok(())
@@ -113,6 +115,7 @@ impl Broker {
                 Action::Refresh(refresh) => Control::Refresh {
                     expired: refresh.expired,
                     expire_at: (refresh.expire_at != 0).then_some(refresh.expire_at),
+                    info: refresh.info.clone(),
                 },
             };
             session.control(control);

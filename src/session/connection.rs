@@ -274,9 +274,16 @@ impl Connection {
                 let options = options.map(|o| *o).unwrap_or_default();
                 self.server_subscribe(&channel, options).await
             }
-            Control::Refresh { expired, expire_at } => {
+            Control::Refresh {
+                expired,
+                expire_at,
+                info,
+            } => {
                 if expired {
                     return Err(DisconnectCode::EXPIRED);
+                }
+                if !info.is_empty() {
+                    self.shared.set_info(info);
                 }
                 if let State::Connected(c) = &mut self.state {
                     c.expires_at = expire_at;

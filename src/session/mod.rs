@@ -50,10 +50,12 @@ pub enum Control {
         channel: String,
         options: Option<Box<SubscribeOptions>>,
     },
-    /// API `refresh`: new expiry (None = never) or expired now.
+    /// API `refresh`: new expiry (None = never) or expired now, and new connection info
+    /// (empty: unchanged).
     Refresh {
         expired: bool,
         expire_at: Option<i64>,
+        info: Bytes,
     },
 }
 
