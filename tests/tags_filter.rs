@@ -169,6 +169,9 @@ async fn each_subscriber_gets_what_its_filter_passes() {
             "{name} over {format:?}"
         );
     }
+    // Deliveries count what went out, not what the filters held back.
+    let delivered: usize = expected.values().map(Vec::len).sum::<usize>() * FORMATS.len();
+    assert_eq!(node.metric("herald_publications_out_total").await, delivered as f64);
 }
 
 /// The JSON the SDK sends (`tf` as a plain object) decodes as the filter.

@@ -134,10 +134,11 @@ mod tests {
             &self.client
         }
 
-        fn deliver(&self, push: &Arc<Prepared>) {
+        fn deliver(&self, push: &Arc<Prepared>) -> bool {
             if let PushKind::Publication { offset, .. } = push.kind {
                 self.offsets.lock().push(offset);
             }
+            true
         }
     }
 

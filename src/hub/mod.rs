@@ -211,8 +211,9 @@ pub trait Deliver: Send + Sync + 'static {
     /// The client the subscription belongs to: a channel has one subscription per client.
     fn client(&self) -> &Arc<str>;
     /// Takes one push of the channel, in the channel's order. Must never block or wait: queue
-    /// it, or give up on the client (3008), and return.
-    fn deliver(&self, push: &Arc<Prepared>);
+    /// it, or give up on the client (3008), and return. Whether it goes to the client (`false`:
+    /// skipped, such as filtered out by a tags filter), for `herald_publications_out_total`.
+    fn deliver(&self, push: &Arc<Prepared>) -> bool;
 }
 
 /// A change of this node's interest in a channel: its first local subscriber (0→1) or the
@@ -369,11 +370,12 @@ impl Hub {
                 remember_last(&mut shard.last, channel, epoch, *offset, push);
             }
         }
+        let mut sent = 0u64;
         for member in members.values() {
-            member.subscriber.deliver(push);
+            sent += u64::from(member.subscriber.deliver(push));
         }
         if matches!(push.kind, PushKind::Publication { .. }) {
-            metrics::counter!("herald_publications_out_total").increment(members.len() as u64);
+            metrics::counter!("herald_publications_out_total").increment(sent);
         }
         members.len()
     }
@@ -526,7 +528,9 @@ mod tests {
             &self.0
         }
 
-        fn deliver(&self, _push: &Arc<Prepared>) {}
+        fn deliver(&self, _push: &Arc<Prepared>) -> bool {
+            true
+        }
     }
 
     fn client(id: &str) -> Client {
@@ -545,10 +549,12 @@ mod tests {
             &self.client
         }
 
-        fn deliver(&self, push: &Arc<Prepared>) {
-            if push.passes(&self.filter) {
+        fn deliver(&self, push: &Arc<Prepared>) -> bool {
+            let passes = push.passes(&self.filter);
+            if passes {
                 self.got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            passes
         }
     }
 

@@ -349,7 +349,7 @@ impl Deliver for Subscriber {
     }
 
     /// Called by the hub for every push to the channel. Never blocks.
-    fn deliver(&self, push: &Arc<Prepared>) {
+    fn deliver(&self, push: &Arc<Prepared>) -> bool {
         let mut guard = self.subscription.lock();
         let sub = &mut *guard;
         match &mut sub.phase {
@@ -357,8 +357,9 @@ impl Deliver for Subscriber {
                 // A publication the tags filter drops will not be sent, but a positioned
                 // subscription needs it all the same, for its offset; it keeps its place in
                 // the budget, as it keeps the push alive.
-                if !sub.positioned && !wants(&sub.tags_filter, push) {
-                    return;
+                let wanted = wants(&sub.tags_filter, push);
+                if !sub.positioned && !wanted {
+                    return false;
                 }
                 let size = push.bytes(self.session.format).len();
                 // Over budget, the queue marks the client slow and the connection ends.
@@ -366,8 +367,9 @@ impl Deliver for Subscriber {
                     buffer.bytes += size;
                     buffer.pushes.push(push.clone());
                 }
+                wanted
             }
-            Phase::Broken => {}
+            Phase::Broken => false,
             Phase::Active => self.session.deliver_to(&self.channel, sub, &self.subscription, push),
         }
     }

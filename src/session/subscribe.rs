@@ -415,15 +415,15 @@ impl Connection {
 }
 
 impl super::SessionShared {
-    /// Delivers one push to one subscription whose lock the caller holds.
-    /// `sub` is `handle`, locked by the caller.
+    /// Delivers one push to one subscription whose lock the caller holds; whether it was
+    /// queued for the client. `sub` is `handle`, locked by the caller.
     pub(crate) fn deliver_to(
         &self,
         channel: &str,
         sub: &mut Subscription,
         handle: &Arc<parking_lot::Mutex<Subscription>>,
         push: &Arc<crate::hub::Prepared>,
-    ) {
+    ) -> bool {
         let before = sub.offset;
         match sub.admit(push) {
             super::Admit::Send if sub.delta.on && push.publication_ref().is_some() => {
@@ -432,11 +432,13 @@ impl super::SessionShared {
                     && matches!(push.kind, crate::hub::PushKind::Publication { offset, .. } if offset == before + 1);
                 sub.delta.holds_offset = true;
                 self.queue.push(push.delta_bytes(self.format, holds_previous));
+                true
             }
             super::Admit::Send => {
                 self.queue.push(push.bytes(self.format).clone());
+                true
             }
-            super::Admit::Skip => {}
+            super::Admit::Skip => false,
             super::Admit::Gap => {
                 sub.phase = Phase::Broken;
                 metrics::counter!("herald_stream_gaps_total").increment(1);
@@ -448,6 +450,7 @@ impl super::SessionShared {
                         subscription: super::SubscriptionHandle(handle.clone()),
                     });
                 }
+                false
             }
         }
     }
