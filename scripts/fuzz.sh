@@ -36,8 +36,14 @@ else
 fi
 
 # One build for every target: they share all of Herald. FUZZ_CODEGEN_UNITS=16 builds faster
-# (the test command's short slice uses it) at some cost in executions per second.
-cargo fuzz build -s "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-1}"
+# at some cost in executions per second; FUZZ_DEV=1 builds without optimizations (cargo fuzz
+# --dev: a few minutes instead of about ten here, and far fewer executions per second), which is
+# what the test command's short slice uses: it checks that every target builds and runs.
+profile=()
+if [[ ${FUZZ_DEV:-0} == 1 ]]; then
+    profile=(--dev)
+fi
+cargo fuzz build "${profile[@]}" -s "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-1}"
 
 # libFuzzer's full output per target: kept in FUZZ_LOG_DIR when it is set.
 if [[ -n ${FUZZ_LOG_DIR:-} ]]; then
@@ -60,7 +66,7 @@ for target in "${targets[@]}"; do
     if [[ -f dict/$target.dict ]]; then
         dict=(-dict="dict/$target.dict")
     fi
-    cargo fuzz run -s "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-1}" "$target" "corpus/$target" -- \
+    cargo fuzz run "${profile[@]}" -s "$sanitizer" --codegen-units "${FUZZ_CODEGEN_UNITS:-1}" "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 "${dict[@]}" >"$log" 2>&1 || status=$?
     if ((status != 0)); then
         tail -n 40 "$log"

@@ -42,4 +42,4 @@ step "SDK conformance suites"
 HERALD_BIN="$PWD/target/debug/herald" tests/sdk/run.sh
 
 step "fuzz targets, 20 s each"
-FUZZ_CODEGEN_UNITS=16 scripts/fuzz.sh 20
+FUZZ_DEV=1 FUZZ_CODEGEN_UNITS=16 scripts/fuzz.sh 20
