@@ -483,11 +483,19 @@ async fn cookie_authenticates_through_the_connect_proxy_without_a_token() {
 }
 
 /// The backend's `error` is the connect command's error; its `disconnect` closes the WebSocket
-/// with its code and reason.
+/// with its code and reason; `user: ""` lets the client in as anonymous; a reply with no
+/// decision gives no credentials (3501).
 #[tokio::test]
 async fn connect_proxy_error_and_disconnect_reach_the_client() {
     let backend = Backend::start(|call| match call.session() {
         Some("banned") => Answer::disconnect(4501, "banned"),
+        // Let in, as the anonymous user.
+        Some("guest") => Answer::result(json!({"user": ""})),
+        // No decision at all: no credentials.
+        Some("mute") => Answer {
+            body: json!({}),
+            ..Answer::result(Value::Null)
+        },
         _ => Answer::error(403, "session expired"),
     })
     .await;
@@ -509,6 +517,15 @@ async fn connect_proxy_error_and_disconnect_reach_the_client() {
         "{:?}",
         banned.frames
     );
+
+    let mut guest = Ws::with_session(&node, "guest").await;
+    let reply = guest.call(json!({"connect": {}})).await;
+    assert_eq!(Ws::code(&reply), None, "{reply}");
+    assert_eq!(reply["connect"]["client"].as_str().map(str::len), Some(36), "{reply}");
+
+    let mut mute = Ws::with_session(&node, "mute").await;
+    mute.send(json!({"connect": {}})).await;
+    assert_eq!(mute.closed(WAIT).await.0, 3501);
 }
 
 /// The connect result's `channels` and `subs` are server-side subscriptions; its `meta` goes to
@@ -687,6 +704,8 @@ async fn publish_proxy_rewrites_refuses_and_skips_history() {
     let backend = Backend::start(|call| match call.body["data"]["text"].as_str() {
         Some("hello") => Answer::result(json!({"data": {"text": "HELLO", "checked": true}})),
         Some("spam") => Answer::error(1000, "spam"),
+        // Tagged, and made idempotent by the backend: a second one is the first's repeat.
+        Some("once") => Answer::result(json!({"tags": {"origin": "backend"}, "idempotency_key": "once-key"})),
         _ => Answer::result(json!({"skip_history": true})),
     })
     .await;
@@ -737,6 +756,23 @@ async fn publish_proxy_rewrites_refuses_and_skips_history() {
         json!({"text": "ephemeral"})
     );
 
+    let mut offsets = Vec::new();
+    for _ in 0..2 {
+        let reply = publisher
+            .call(json!({"publish": {"channel": "chat:room", "data": {"text": "once"}}}))
+            .await;
+        assert_eq!(Ws::code(&reply), None, "{reply}");
+        let (_, history) = node.api("history", json!({"channel": "chat:room", "limit": 0})).await;
+        offsets.push(history["result"]["offset"].clone());
+    }
+    assert_eq!(
+        offsets[0], offsets[1],
+        "the repeat of the backend's idempotency key is not appended"
+    );
+    let tagged = subscriber.publication("chat:room").await;
+    assert_eq!(tagged["data"], json!({"text": "once"}));
+    assert_eq!(tagged["tags"], json!({"origin": "backend"}), "{tagged}");
+
     let (status, history) = node.api("history", json!({"channel": "chat:room", "limit": -1})).await;
     assert_eq!(status, 200, "{history}");
     let data: Vec<&Value> = history["result"]["publications"]
@@ -745,7 +781,11 @@ async fn publish_proxy_rewrites_refuses_and_skips_history() {
         .iter()
         .map(|p| &p["data"])
         .collect();
-    assert_eq!(data, [&json!({"text": "HELLO", "checked": true})], "{history}");
+    assert_eq!(
+        data,
+        [&json!({"text": "HELLO", "checked": true}), &json!({"text": "once"})],
+        "{history}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
