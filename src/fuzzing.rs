@@ -66,3 +66,54 @@ pub fn session_expiry(expires_at: i64, grace: std::time::Duration) -> (u32, toki
     use crate::session::connection::{instant_of, ttl_of};
     (ttl_of(expires_at), instant_of(expires_at) + grace)
 }
+
+/// Decodes a proxy reply `body` as the reply of proxy `kind` (modulo 5: connect, subscribe,
+/// publish, rpc, refresh), then reads every field the session would: payloads in both forms,
+/// and overrides applied to a namespace. Returns whether it was a result. Panics are bugs.
+pub fn proxy_reply(kind: u8, body: &[u8]) -> bool {
+    use crate::proxy::messages::{self, bytes_of};
+    use crate::proxy::{decode_reply, Decision};
+    fn result<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+        match decode_reply::<T>(body) {
+            Ok(Decision::Result(result)) => Some(result),
+            _ => None,
+        }
+    }
+    let namespace = crate::config::ChannelOptions {
+        history_size: 10,
+        history_ttl: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    match kind % 5 {
+        0 => result::<messages::ConnectResult>(body).map(|r| {
+            let _ = bytes_of(&r.info, &r.b64info);
+            let _ = bytes_of(&r.data, &r.b64data);
+            for options in r.subs.values() {
+                let _ = bytes_of(&options.info, &options.b64info);
+                let _ = bytes_of(&options.data, &options.b64data);
+                if let Some(o) = &options.overrides {
+                    let applied = o.apply(&namespace);
+                    assert!(!applied.force_recovery || applied.history_enabled());
+                }
+            }
+        }),
+        1 => result::<messages::SubscribeResult>(body).map(|r| {
+            let _ = bytes_of(&r.info, &r.b64info);
+            let _ = bytes_of(&r.data, &r.b64data);
+            if let Some(o) = &r.overrides {
+                let applied = o.apply(&Default::default());
+                assert!(!applied.force_recovery, "recovery needs history");
+            }
+        }),
+        2 => result::<messages::PublishResult>(body).map(|r| {
+            let _ = bytes_of(&r.data, &r.b64data);
+        }),
+        3 => result::<messages::RpcResult>(body).map(|r| {
+            let _ = bytes_of(&r.data, &r.b64data);
+        }),
+        _ => result::<messages::RefreshResult>(body).map(|r| {
+            let _ = bytes_of(&r.info, &r.b64info);
+        }),
+    }
+    .is_some()
+}

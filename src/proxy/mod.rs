@@ -370,26 +370,32 @@ impl Proxy {
             .await
             .map_err(|_| ProxyFailure::Unreachable)?
             .to_bytes();
-        let reply: Reply<T> = serde_json::from_slice(&bytes).map_err(|e| {
-            tracing::debug!(proxy = self.kind.name(), error = %e, "proxy reply not understood");
-            ProxyFailure::Invalid
-        })?;
-        match reply {
-            Reply {
-                disconnect: Some(d), ..
-            } => Ok(Decision::Disconnect {
-                code: d.code,
-                reason: d.reason,
-            }),
-            Reply { error: Some(e), .. } => Ok(Decision::Error {
-                code: e.code,
-                message: e.message,
-                temporary: e.temporary,
-            }),
-            Reply { result: Some(r), .. } => Ok(Decision::Result(r)),
-            _ => Ok(Decision::Empty),
-        }
+        decode_reply(&bytes).inspect_err(|_| {
+            tracing::debug!(proxy = self.kind.name(), "proxy reply not understood");
+        })
     }
+}
+
+/// A reply body as the backend's decision: `disconnect` first, then `error`, then `result`;
+/// none of them is [`Decision::Empty`]; a body that is not such an object is
+/// [`ProxyFailure::Invalid`]. (Also the `proxy_replies` fuzz target's entry.)
+pub fn decode_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<Decision<T>, ProxyFailure> {
+    let reply: Reply<T> = serde_json::from_slice(bytes).map_err(|_| ProxyFailure::Invalid)?;
+    Ok(match reply {
+        Reply {
+            disconnect: Some(d), ..
+        } => Decision::Disconnect {
+            code: d.code,
+            reason: d.reason,
+        },
+        Reply { error: Some(e), .. } => Decision::Error {
+            code: e.code,
+            message: e.message,
+            temporary: e.temporary,
+        },
+        Reply { result: Some(r), .. } => Decision::Result(r),
+        _ => Decision::Empty,
+    })
 }
 
 /// Admits one log line per [`LOG_INTERVAL`], counting the others.
