@@ -340,7 +340,8 @@ pub struct ClientConfig {
 pub struct ClientProxies {
     /// A connect without a token is decided by the backend.
     pub connect: ProxyConfig,
-    /// A connection the connect proxy authenticated is refreshed by the backend when it expires.
+    /// Every expiring connection (from the connect proxy or a token) is refreshed by the
+    /// backend instead of the client.
     pub refresh: ProxyConfig,
 }
 
@@ -885,12 +886,6 @@ impl Config {
             ("rpc.proxy", &self.rpc.proxy),
         ] {
             proxy.validate(key, problems);
-        }
-        if client.refresh.enabled && !client.connect.enabled {
-            problems.push(
-                "key `client.proxy.refresh.enabled`: refreshes connections of the connect proxy, which is not enabled"
-                    .to_owned(),
-            );
         }
         let namespaces = std::iter::once(("channels.default".to_owned(), &self.channels.default)).chain(
             self.channels
