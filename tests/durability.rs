@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,7 @@ async fn crash_publisher(
     worker: usize,
     killing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicUsize>,
 ) -> PublisherReport {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
@@ -121,7 +122,10 @@ async fn crash_publisher(
             Err(e) => Err(format!("request: {e}")),
         };
         match outcome {
-            Ok(ack) => report.acks.push(ack),
+            Ok(ack) => {
+                report.acks.push(ack);
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
             Err(_) if killing.load(Ordering::SeqCst) => {
                 report.failed_after_kill += 1;
                 // The server is gone: nothing more will be acknowledged this round.
@@ -221,6 +225,7 @@ history_ttl = \"1h\"
     for round in 0..CRASH_ROUNDS {
         let killing = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
+        let acked_now = Arc::new(AtomicUsize::new(0));
         let base = format!("http://{}", node.addr);
         let publishers: Vec<_> = (0..PUBLISHERS)
             .map(|worker| {
@@ -230,9 +235,18 @@ history_ttl = \"1h\"
                     worker,
                     killing.clone(),
                     stop.clone(),
+                    acked_now.clone(),
                 ))
             })
             .collect();
+        // The kill comes at a random moment once publishing is under way (its first
+        // acknowledgement), not at a random moment after the start: a restarted node on a busy
+        // machine may take longer than the whole delay to acknowledge anything.
+        let under_way = eventually(Duration::from_secs(20), || async {
+            acked_now.load(Ordering::SeqCst) > 0
+        })
+        .await;
+        assert!(under_way, "round {round}: nothing acknowledged within 20 s");
         let delay = Duration::from_millis(rng.random_range(100..=600));
         tokio::time::sleep(delay).await;
         killing.store(true, Ordering::SeqCst);
