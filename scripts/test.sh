@@ -13,7 +13,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m== %s\033[0m  (%s free on disk)\n' "$*" "$(df -h --output=avail . | tail -1 | tr -d ' ')"; }
+
+# A one-off build gains nothing from incremental compilation, which would keep several GB of
+# per-target caches on disk; set CARGO_INCREMENTAL=1 to keep them between runs.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -43,3 +47,6 @@ HERALD_BIN="$PWD/target/debug/herald" tests/sdk/run.sh
 
 step "fuzz targets, 20 s each"
 FUZZ_DEV=1 FUZZ_CODEGEN_UNITS=16 scripts/fuzz.sh 20
+
+step "done"
+du -sh target fuzz/target 2>/dev/null || true
