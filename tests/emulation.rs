@@ -395,8 +395,9 @@ async fn endpoints_answer_bad_requests_clearly() {
 /// idle timeout. Each one is in the registry until its client goes away.
 #[tokio::test]
 async fn streaming_sessions_outlive_the_http_limits() {
+    // 12 sessions from one address, against a per-address cap of 4 (a quarter of 16).
     let node = Node::start(&config(
-        "[http]\nmax_pending_connections = 8\nmax_pending_connections_per_ip = 4\nidle_timeout = \"1s\"\n",
+        "[http]\nmax_pending_connections = 16\nmax_pending_connections_per_ip = 4\nidle_timeout = \"1s\"\n",
     ));
     let mut streams = Vec::new();
     for i in 0..12 {
@@ -404,11 +405,22 @@ async fn streaming_sessions_outlive_the_http_limits() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(node.metric("herald_connections").await, 12.0);
+    assert!(
+        node.metric("herald_http_pending_connections").await <= 1.0,
+        "streaming sessions hold no pending slot (only this metrics request does)"
+    );
     for stream in &mut streams {
         assert_eq!(stream.send(&node, &[subscribe(2, "crowd")]).await, 204);
         let reply = stream.next_message().await.expect("still open after the idle timeout");
         assert!(reply.subscribe.is_some(), "{reply:?}");
     }
+    // Each send above was a short request on a connection of its own, which the client closed:
+    // wait for the node to see them all closed before the API calls take slots of their own.
+    let released = common::eventually(WAIT, || async {
+        node.metric("herald_http_pending_connections").await <= 1.0
+    })
+    .await;
+    assert!(released, "closed requests release their slots");
     let (status, presence) = node.api("presence_stats", json!({"channel": "crowd"})).await;
     assert_eq!(status, 200);
     assert_eq!(presence["result"]["num_clients"], 12);

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// The gauge of connections holding a slot (plain HTTP: handshakes, API calls, idle keep-alive).
+const PENDING: &str = "herald_http_pending_connections";
+
 /// Caps on connections that are not (yet) WebSockets.
 #[derive(Debug)]
 pub struct Admission {
@@ -69,6 +72,7 @@ impl Admission {
         }
         held.total += 1;
         held.per_address.insert(address, from_address + 1);
+        metrics::gauge!(PENDING).set(held.total as f64);
         Ok(Slot {
             admission: self.clone(),
             address,
@@ -92,6 +96,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut held = self.admission.held.lock();
         held.total -= 1;
+        metrics::gauge!(PENDING).set(held.total as f64);
         if let Some(count) = held.per_address.get_mut(&self.address) {
             *count -= 1;
             if *count == 0 {
