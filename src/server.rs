@@ -85,6 +85,9 @@ pub async fn run(
         let cluster = crate::cluster::Cluster::start(cluster_config, cluster_shutdown.clone()).await?;
         broker.attach_cluster(cluster.clone());
         cluster.start_replica(&replica_store, config.storage.durability).await?;
+        let checks = broker.clone();
+        let checks_shutdown = cluster_shutdown.clone();
+        tokio::spawn(async move { checks.run_position_checks(checks_shutdown).await });
     }
     drop(replica_store);
     let fan_out = broker.clone();

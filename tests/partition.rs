@@ -36,6 +36,9 @@ const TIMING: &str =
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
+/// One scenario at a time: each starts a cluster and owns this process's nftables table.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// nftables rules that drop traffic between pairs of addresses, in both directions; removed
 /// on drop.
 struct Partition {
@@ -89,6 +92,7 @@ impl Drop for Partition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the_heal() {
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(3, CONFIG, TIMING);
     cluster.converged(CONVERGE).await;
     let leader = cluster.leader_elected(3, CONVERGE).await;
@@ -148,15 +152,17 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
 
     let publishes = publishes.into_inner();
     let acked: HashSet<String> = publishes.acked.keys().cloned().collect();
-    let owed: Vec<HashSet<String>> = subscribers.iter().map(|s| s.owed(&publishes)).collect();
-    let caught_up = eventually(CONVERGE, || async {
-        subscribers
-            .iter()
-            .zip(&owed)
-            .all(|(s, owed)| owed.is_subset(&s.delivered()))
-    })
-    .await;
-    assert!(caught_up, "subscribers did not get every acknowledged publication");
+    if let Err(report) = checker::caught_up(&subscribers, &publishes, CONVERGE).await {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let log = node.log();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("cluster:")).collect();
+            eprintln!(
+                "--- node {i} (leader before the cut: {leader}) ---\n{}",
+                lines.join("\n")
+            );
+        }
+        panic!("{report}");
+    }
     let mut histories = Vec::new();
     for node in &cluster.nodes {
         histories.push(history(node, channel).await);
@@ -174,4 +180,98 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
     let epochs: HashSet<&String> = publishes.acked.values().map(|(e, _)| e).collect();
     assert_eq!(epochs.len(), 1);
     assert!(acked.iter().all(|id| !id.starts_with("minority")));
+}
+
+/// A follower cut off from both other nodes misses the publications made meanwhile (the
+/// others declare it down, and its links and what they carried are gone). After the heal, its
+/// subscribers get every one of them, in order, although nothing is published after the heal:
+/// the follower compares its channels with the leader's streams and delivers what it missed
+/// from the leader's history (`herald_cluster_gap_publications_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_gets_what_it_missed_after_the_heal() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (cut, peer) = (others[0], others[1]);
+    let addresses: Addresses = Arc::new(Mutex::new(cluster.nodes.iter().map(|n| Some(n.addr)).collect()));
+    let channel = "hist:cutoff";
+    let subscribers: Vec<Subscriber> = [cut, peer]
+        .iter()
+        .map(|i| Subscriber::spawn(&format!("sub{i}"), addresses.clone(), *i, channel, user_token("u")))
+        .collect();
+    let ready = eventually(CONVERGE, || async {
+        subscribers.iter().all(|s| !s.events.lock().is_empty())
+    })
+    .await;
+    assert!(ready);
+    let publishes = Mutex::new(Publishes::default());
+    for n in 0..5 {
+        assert!(publish(cluster.nodes[leader].addr, channel, &format!("before-{n}"), &publishes).await);
+    }
+    let delivered = eventually(CONVERGE, || async {
+        subscribers.iter().all(|s| s.delivered().len() == 5)
+    })
+    .await;
+    assert!(delivered, "the first publications reach both nodes");
+
+    let ip = |i: usize| cluster.addresses[i].ip();
+    let partition = Partition::cut(&[(ip(cut), ip(leader)), (ip(cut), ip(peer))]);
+    // Down, not only suspect: the leader then has no link to it and routes nothing its way.
+    let cut_name = format!("node{cut}");
+    let declared_down = eventually(CONVERGE, || async {
+        let status = cluster.nodes[leader].cluster_status();
+        let members = status["members"].as_array().cloned().unwrap_or_default();
+        !members.is_empty()
+            && !members
+                .iter()
+                .any(|m| m["name"] == cut_name.as_str() && (m["state"] == "alive" || m["state"] == "suspect"))
+    })
+    .await;
+    assert!(declared_down, "{:#}", cluster.nodes[leader].cluster_status());
+    // The majority goes on without the follower.
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[leader].addr, channel, &format!("during-{n}"), &publishes).await);
+    }
+    assert!(
+        !subscribers[0].delivered().iter().any(|id| id.starts_with("during")),
+        "the cut-off follower received publications through the partition"
+    );
+
+    drop(partition);
+    cluster.converged(CONVERGE).await;
+    // Nothing is published after the heal.
+    let publishes = publishes.into_inner();
+    if let Err(report) = checker::caught_up(&subscribers, &publishes, CONVERGE).await {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let log = node.log();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("cluster:")).collect();
+            eprintln!("--- node {i} (leader: {leader}, cut: {cut}) ---\n{}", lines.join("\n"));
+        }
+        panic!("{report}");
+    }
+    let filled = cluster.nodes[cut].metric("herald_cluster_gap_publications_total").await;
+    assert_eq!(
+        filled,
+        10.0,
+        "the follower delivered what it missed from the leader's history; its subscriber saw {:?}\n{}",
+        subscribers[0].events.lock(),
+        cluster
+            .nodes
+            .iter()
+            .map(|n| n.log())
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    );
+    let mut histories = Vec::new();
+    for node in &cluster.nodes {
+        histories.push(history(node, channel).await);
+    }
+    let mut events = Vec::new();
+    for s in subscribers {
+        events.push((s.name.clone(), s.stop().await));
+    }
+    let problems = checker::check(&publishes, &histories, &events);
+    assert!(problems.is_empty(), "checker: {}", problems.join("\n"));
 }

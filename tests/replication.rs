@@ -45,28 +45,9 @@ fn addresses(cluster: &Cluster) -> Addresses {
 
 /// Waits until every subscriber got every acknowledged publication.
 async fn caught_up(subscribers: &[Subscriber], publishes: &Mutex<Publishes>) {
-    let owed: Vec<HashSet<String>> = subscribers.iter().map(|s| s.owed(&publishes.lock())).collect();
-    let ok = eventually(CONVERGE, || async {
-        subscribers
-            .iter()
-            .zip(&owed)
-            .all(|(s, owed)| owed.is_subset(&s.delivered()))
-    })
-    .await;
-    if !ok {
-        for (s, owed) in subscribers.iter().zip(&owed) {
-            let delivered = s.delivered();
-            let missing: Vec<&String> = owed.difference(&delivered).take(10).collect();
-            if !missing.is_empty() {
-                let events = s.events.lock();
-                eprintln!(
-                    "{} misses {missing:?}; first events: {:?}",
-                    s.name,
-                    &events[..events.len().min(6)]
-                );
-            }
-        }
-        panic!("subscribers did not get every acknowledged publication");
+    let publishes = publishes.lock().clone();
+    if let Err(report) = checker::caught_up(subscribers, &publishes, CONVERGE).await {
+        panic!("{report}");
     }
 }
 
@@ -632,11 +613,13 @@ async fn a_voter_back_without_its_store_never_answers_for_its_old_replica() {
 /// A node that joins after the log was compacted catches up from a snapshot of the streams:
 /// with `snapshot_entries = 20`, a voter is replaced once 300 entries were written, and the
 /// replacement (which never saw the early entries) serves the whole stream, with the same
-/// positions, once the old voters are gone.
+/// positions, once the old voters are gone. The snapshot (about 60 KB) travels in pieces of
+/// 1 KiB (`snapshot_chunk_size`): many of them, assembled in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_voter_catches_up_from_a_snapshot() {
     let _serial = SERIAL.lock().await;
-    let timing = format!("{TIMING}\nreplace_dead_voter_after = \"1s\"\nsnapshot_entries = 20");
+    let timing =
+        format!("{TIMING}\nreplace_dead_voter_after = \"1s\"\nsnapshot_entries = 20\nsnapshot_chunk_size = 1024");
     let mut cluster = Cluster::start(3, CONFIG, &timing);
     cluster.converged(CONVERGE).await;
     let leader = cluster.leader_elected(3, CONVERGE).await;
@@ -668,6 +651,10 @@ async fn a_replacement_voter_catches_up_from_a_snapshot() {
         "the new voter did not catch up from a snapshot:\n{}",
         cluster.nodes[fourth].log()
     );
+    let chunks = cluster.nodes[fourth]
+        .metric("herald_cluster_snapshot_chunks_total{direction=\"in\"}")
+        .await;
+    assert!(chunks >= 10.0, "the snapshot came in {chunks} pieces of 1 KiB");
     // The fourth node now holds a majority with the third: the group lives on without the
     // nodes that saw the early entries as log entries, and both survivors applied the same.
     let third = (0..3).find(|i| *i != leader && *i != gone).unwrap();

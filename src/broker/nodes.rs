@@ -28,6 +28,15 @@ use crate::store::{Append, Position};
 /// A peer's answer to an `/emulation` hand-over whose session stayed busy.
 const BUSY: &str = "session busy";
 
+/// The position check runs this long after a change of membership or links, once the links
+/// are up again and deliveries in flight have landed.
+const CHECK_AFTER_CHANGE: Duration = Duration::from_secs(1);
+/// The position check also runs this often without any change.
+const CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// Publications asked of the leader per channel and request, and requests per channel and check.
+const CHECK_PAGE: i64 = 100;
+const CHECK_PAGES: usize = 10;
+
 /// Why an `/emulation` request could not be handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmulationError {
@@ -45,6 +54,86 @@ impl Broker {
         let local: Arc<dyn Local> = self.clone();
         cluster.attach(Arc::downgrade(&local));
         let _ = self.cluster.set(cluster);
+    }
+
+    /// In a cluster, until `shutdown`: delivers the publications this node never received. A
+    /// delivery can be lost with a link that reconnects or a member that is declared down and
+    /// comes back, and no subscriber would know of a gap at the tail of a channel until its next
+    /// publication (a gap before a later publication is seen by each subscription, 2500). So
+    /// after every change of membership or links, and every [`CHECK_INTERVAL`], each channel
+    /// with history that this node delivers to is compared with the leader's stream, and what is
+    /// missing is read from the leader's history and delivered in order (subscribers skip what
+    /// they already have). Counted in `herald_cluster_gap_publications_total`.
+    pub async fn run_position_checks(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = cluster.changed() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(CHECK_AFTER_CHANGE) => {}
+                    }
+                }
+            }
+            self.check_positions(&cluster).await;
+        }
+    }
+
+    /// One position check over every channel this node has delivered publications of.
+    async fn check_positions(&self, cluster: &Cluster) {
+        let channels: Vec<(Arc<str>, Arc<str>, u64)> = self
+            .delivered
+            .lock()
+            .iter()
+            .map(|(channel, (epoch, offset))| (channel.clone(), epoch.clone(), *offset))
+            .collect();
+        for (channel, epoch, mut offset) in channels {
+            let mut missed = 0u64;
+            for _ in 0..CHECK_PAGES {
+                let since = Some((epoch.to_string(), offset));
+                let page = match history_on_leader(cluster, &channel, CHECK_PAGE, since, false).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::debug!(channel = %channel, error = %e, "cluster: position check failed");
+                        break;
+                    }
+                };
+                // Another epoch: the stream was reset, and its subscribers learn it from its
+                // next publication.
+                if *page.epoch != *epoch {
+                    break;
+                }
+                let full = page.publications.len() as i64 >= CHECK_PAGE;
+                for publication in page.publications {
+                    offset = publication.offset;
+                    let behind = self
+                        .delivered
+                        .lock()
+                        .get(&channel)
+                        .is_some_and(|(e, last)| *e == epoch && *last < offset);
+                    if !behind {
+                        continue;
+                    }
+                    missed += 1;
+                    let push = Prepared::publication(&channel, epoch.clone(), publication);
+                    self.deliver_once(&channel, &push);
+                }
+                if !full {
+                    break;
+                }
+            }
+            if missed > 0 {
+                metrics::counter!("herald_cluster_gap_publications_total").increment(missed);
+                tracing::info!(channel = %channel, publications = missed, "cluster: delivered publications this node had missed, from the leader's history");
+            }
+        }
     }
 
     /// Registers a connected session unless its user already has `limit` connections (0: no

@@ -256,6 +256,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             continue;
         }
         peer.link_up.store(true, Ordering::Relaxed);
+        inner.changes.notify_one();
         tracing::info!(node = %peer.name, "cluster: link up");
         let mut frames = Vec::with_capacity(FRAMES_PER_WRITE);
         let result: std::io::Result<()> = loop {
@@ -350,6 +351,8 @@ async fn serve_incoming(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Lin
     if hello.raft_id != 0 {
         inner.raft_ids.lock().insert(name.clone(), hello.raft_id);
     }
+    // A peer's link (re)connected: what it had queued for an earlier connection is gone.
+    inner.changes.notify_one();
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, opening.read(&mut reader, &mut buf, None)).await {
             Err(_) => return Err(LinkError::Idle),

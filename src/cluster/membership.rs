@@ -242,6 +242,7 @@ async fn drain(
             OwnedNotification::Active => tracing::info!("cluster: joined"),
             OwnedNotification::Defunct => tracing::warn!("cluster: this node was declared down"),
             OwnedNotification::Rejoin(id) => {
+                inner.changes.notify_one();
                 tracing::info!(
                     generation = id.generation,
                     "cluster: declared down while alive, rejoined as a new generation"

@@ -149,6 +149,9 @@ pub(crate) struct Inner {
     raft_ids: Mutex<HashMap<Arc<str>, u64>>,
     /// The leader's name as last heard from a peer (for a node that does not know it itself).
     leader_hint: Mutex<Option<Arc<str>>>,
+    /// Signalled when a member comes or goes, a link (re)connects, or this node rejoins: events
+    /// around which deliveries in flight may have been lost (see [`Cluster::changed`]).
+    changes: tokio::sync::Notify,
 }
 
 /// A live member, as this node reaches it: the queue of its link.
@@ -230,6 +233,7 @@ impl Cluster {
             replica: OnceLock::new(),
             raft_ids: Mutex::new(HashMap::new()),
             leader_hint: Mutex::new(None),
+            changes: tokio::sync::Notify::new(),
         });
         tracing::info!(node = %inner.name, address = %advertise, seeds = ?config.seeds, "cluster: inter-node listener bound");
         tokio::spawn(link::accept_loop(inner.clone(), tcp));
@@ -257,6 +261,13 @@ impl Cluster {
             tokio::spawn(membership::run(self.inner.clone(), udp));
         }
         Ok(())
+    }
+
+    /// Waits for the next change of membership or links (a member up or down, a link
+    /// connected, this node rejoined). A change that happened while nobody waited is reported to
+    /// the next waiter.
+    pub async fn changed(&self) {
+        self.inner.changes.notified().await
     }
 
     /// Whether this node leads the replicated log.
@@ -597,6 +608,7 @@ impl Inner {
         drop(peers);
         tracing::info!(node = %name, %addr, generation, "cluster: member up");
         tokio::spawn(link::run_outgoing(self.clone(), peer, rx));
+        self.changes.notify_one();
     }
 
     /// A member went down or left: its link ends and what it had told this node is forgotten.
@@ -614,6 +626,7 @@ impl Inner {
         remote.forget(name);
         metrics::gauge!("herald_cluster_interest_entries", "side" => "remote").set(remote.entries() as f64);
         tracing::info!(node = %name, generation, "cluster: member down");
+        self.changes.notify_one();
     }
 
     fn status(&self) -> wire::Status {

@@ -98,6 +98,9 @@ pub struct ClusterConfig {
     /// a fifth of them is kept after it, for followers slightly behind. A node further behind
     /// catches up from the snapshot.
     pub snapshot_entries: u64,
+    /// A snapshot travels to a follower in pieces of this many bytes, each acknowledged before
+    /// the next.
+    pub snapshot_chunk_size: usize,
 }
 
 impl Default for ClusterConfig {
@@ -120,6 +123,7 @@ impl Default for ClusterConfig {
             replace_dead_voter_after: Duration::from_secs(60),
             replay_window: Duration::from_secs(30),
             snapshot_entries: 50_000,
+            snapshot_chunk_size: 1 << 20,
         }
     }
 }
@@ -149,6 +153,9 @@ impl ClusterConfig {
         }
         if self.snapshot_entries < 10 {
             problems.push("key `cluster.snapshot_entries`: must be at least 10".to_owned());
+        }
+        if !(1024..=16 << 20).contains(&self.snapshot_chunk_size) {
+            problems.push("key `cluster.snapshot_chunk_size`: must be 1024 to 16777216 bytes".to_owned());
         }
         if self.replicas == 0 {
             problems.push("key `cluster.replicas`: must be at least 1".to_owned());
@@ -1079,7 +1086,7 @@ mod tests {
         .to_string();
         assert!(err.contains("bogus"), "unknown keys stay errors: {err}");
         let err = Config::from_toml(
-            "[cluster]\nsecret = \"short\"\nseeds = [\"nohost\"]\nreplicas = 0\nheartbeat_interval = \"1s\"\nelection_timeout = \"1s\"\n",
+            "[cluster]\nsecret = \"short\"\nseeds = [\"nohost\"]\nreplicas = 0\nheartbeat_interval = \"1s\"\nelection_timeout = \"1s\"\nsnapshot_chunk_size = 100\n",
         )
         .unwrap_err();
         let text = err.to_string();
@@ -1088,6 +1095,7 @@ mod tests {
             "cluster.seeds",
             "cluster.replicas",
             "cluster.election_timeout",
+            "cluster.snapshot_chunk_size",
         ] {
             assert!(text.contains(key), "{key} not named: {text}");
         }

@@ -39,7 +39,7 @@ pub enum Event {
 }
 
 /// What publishers recorded.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Publishes {
     /// id → (epoch, offset) of acknowledged publishes.
     pub acked: BTreeMap<String, (String, u64)>,
@@ -111,6 +111,49 @@ impl Subscriber {
         let _ = self.task.await;
         Arc::try_unwrap(self.events).map(|m| m.into_inner()).unwrap_or_default()
     }
+}
+
+/// Waits up to `timeout` until every subscriber got every acknowledged publication it is owed.
+/// On failure, the report names each subscriber's missing ids with their acknowledged
+/// positions, and its first and last events.
+pub async fn caught_up(subscribers: &[Subscriber], publishes: &Publishes, timeout: Duration) -> Result<(), String> {
+    let owed: Vec<HashSet<String>> = subscribers.iter().map(|s| s.owed(publishes)).collect();
+    let ok = super::eventually(timeout, || async {
+        subscribers
+            .iter()
+            .zip(&owed)
+            .all(|(s, owed)| owed.is_subset(&s.delivered()))
+    })
+    .await;
+    if ok {
+        return Ok(());
+    }
+    let mut report = vec![format!(
+        "subscribers did not get every acknowledged publication within {timeout:?}"
+    )];
+    for (s, owed) in subscribers.iter().zip(&owed) {
+        let delivered = s.delivered();
+        let mut missing: Vec<(&String, &(String, u64))> = owed
+            .difference(&delivered)
+            .filter_map(|id| publishes.acked.get(id).map(|at| (id, at)))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        missing.sort_by_key(|(_, (epoch, offset))| (epoch.clone(), *offset));
+        let events = s.events.lock();
+        let tail = events.len().saturating_sub(12);
+        report.push(format!(
+            "{} misses {} of {}: {:?}\n  first events: {:?}\n  last events: {:?}",
+            s.name,
+            missing.len(),
+            owed.len(),
+            &missing[..missing.len().min(12)],
+            &events[..events.len().min(4)],
+            &events[tail..]
+        ));
+    }
+    Err(report.join("\n"))
 }
 
 async fn follow(

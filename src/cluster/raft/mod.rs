@@ -31,7 +31,7 @@ use openraft::{ReadPolicy, ServerState};
 
 use self::log::LogStore;
 use self::machine::Machine;
-use self::types::{Command, Herald, Member, Outcome, Vote};
+use self::types::{Command, Herald, Member, Outcome};
 use super::wire;
 use super::Inner;
 use crate::config::{ClusterConfig, Durability};
@@ -55,6 +55,49 @@ pub struct Replica {
     raft: Raft,
     id: u64,
     leading: Arc<AtomicBool>,
+    /// The snapshot being received, piece by piece.
+    incoming: parking_lot::Mutex<Assembly>,
+}
+
+/// A snapshot being received: its pieces in order. A piece at offset 0 starts a transfer
+/// (replacing one left unfinished: a new leader, or the same one trying again); a piece that
+/// does not follow what is held is refused, and the sender starts the snapshot again later.
+#[derive(Default)]
+struct Assembly {
+    current: Option<(u64, Vec<u8>)>,
+}
+
+impl Assembly {
+    fn add(&mut self, chunk: network::SnapshotChunk) -> Result<(), String> {
+        if chunk.offset == 0 {
+            self.current = Some((chunk.transfer, Vec::new()));
+        }
+        match self.current.as_mut() {
+            Some((transfer, data)) if *transfer == chunk.transfer && data.len() as u64 == chunk.offset => {
+                data.extend_from_slice(&chunk.data);
+                Ok(())
+            }
+            other => Err(format!(
+                "snapshot piece {}@{} does not follow what this node holds: {:?} (transfer, bytes)",
+                chunk.transfer,
+                chunk.offset,
+                other.map(|(t, d)| (*t, d.len()))
+            )),
+        }
+    }
+
+    /// The whole snapshot `transfer`, if every one of its `length` bytes arrived.
+    fn finish(&mut self, transfer: u64, length: u64) -> Result<Vec<u8>, String> {
+        match self.current.take() {
+            Some((t, data)) if t == transfer && data.len() as u64 == length => Ok(data),
+            // An empty snapshot has no pieces.
+            None if length == 0 => Ok(Vec::new()),
+            other => Err(format!(
+                "snapshot {transfer} of {length} bytes ended, but this node holds {:?} (transfer, bytes)",
+                other.map(|(t, d)| (t, d.len()))
+            )),
+        }
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> String {
@@ -94,7 +137,12 @@ impl Replica {
         let raft = Raft::new(id, Arc::new(config), network, log, machine)
             .await
             .map_err(failed)?;
-        let replica = Arc::new(Self { raft, id, leading });
+        let replica = Arc::new(Self {
+            raft,
+            id,
+            leading,
+            incoming: parking_lot::Mutex::new(Assembly::default()),
+        });
         if cluster.seeds.is_empty() && !used {
             let members = BTreeMap::from([(
                 id,
@@ -208,15 +256,22 @@ impl Replica {
             network::APPEND => encode(&self.raft.append_entries(decode(&rpc.body)?).await),
             network::VOTE => encode(&self.raft.vote(decode(&rpc.body)?).await),
             network::PRE_VOTE => encode(&self.raft.pre_vote(decode(&rpc.body)?).await),
-            network::SNAPSHOT => {
-                let (vote, meta, data): (Vote, types::SnapshotMeta, Vec<u8>) = decode(&rpc.body)?;
+            network::SNAPSHOT_CHUNK => {
+                let chunk: network::SnapshotChunk = decode(&rpc.body)?;
+                self.incoming.lock().add(chunk)?;
+                metrics::counter!("herald_cluster_snapshot_chunks_total", "direction" => "in").increment(1);
+                encode(&Ok::<(), RaftError<Herald>>(()))
+            }
+            network::SNAPSHOT_END => {
+                let end: network::SnapshotEnd = decode(&rpc.body)?;
+                let data = self.incoming.lock().finish(end.transfer, end.length)?;
                 let snapshot = openraft::type_config::alias::SnapshotOf::<Herald, _> {
-                    meta,
+                    meta: end.meta,
                     snapshot: std::io::Cursor::new(data),
                 };
                 let result = self
                     .raft
-                    .install_full_snapshot(vote, snapshot)
+                    .install_full_snapshot(end.vote, snapshot)
                     .await
                     .map_err(RaftError::<Herald>::Fatal);
                 encode(&result)
@@ -429,5 +484,55 @@ async fn watch_leadership(replica: Weak<Replica>) {
         if metrics.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network::SnapshotChunk;
+    use super::Assembly;
+
+    fn chunk(transfer: u64, offset: u64, data: &[u8]) -> SnapshotChunk {
+        SnapshotChunk {
+            transfer,
+            offset,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_assembled_from_its_pieces_in_order() {
+        let mut assembly = Assembly::default();
+        assembly.add(chunk(7, 0, b"abc")).unwrap();
+        assembly.add(chunk(7, 3, b"de")).unwrap();
+        assert_eq!(assembly.finish(7, 5).unwrap(), b"abcde");
+        // Nothing is left over for the next transfer; an empty snapshot has no pieces.
+        assert_eq!(assembly.finish(8, 0).unwrap(), b"");
+    }
+
+    #[test]
+    fn pieces_out_of_order_or_of_another_transfer_are_refused() {
+        let mut assembly = Assembly::default();
+        assert!(assembly.add(chunk(7, 3, b"de")).is_err(), "no start");
+        assembly.add(chunk(7, 0, b"abc")).unwrap();
+        assert!(assembly.add(chunk(7, 4, b"x")).is_err(), "a hole");
+        assert!(
+            assembly.add(chunk(7, 0, b"ab")).is_ok(),
+            "the same transfer starting over"
+        );
+        assert!(assembly.add(chunk(8, 2, b"x")).is_err(), "another transfer, mid-way");
+        // A short or foreign end installs nothing.
+        assert!(assembly.finish(7, 5).is_err());
+        assembly.add(chunk(9, 0, b"abc")).unwrap();
+        assert!(assembly.finish(10, 3).is_err());
+    }
+
+    #[test]
+    fn a_new_transfer_replaces_an_unfinished_one() {
+        let mut assembly = Assembly::default();
+        assembly.add(chunk(1, 0, b"old")).unwrap();
+        assembly.add(chunk(2, 0, b"new")).unwrap();
+        assert!(assembly.add(chunk(1, 3, b"x")).is_err());
+        assert_eq!(assembly.finish(2, 3).unwrap(), b"new");
     }
 }

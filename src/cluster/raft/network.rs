@@ -1,5 +1,10 @@
 //! Raft's messages between nodes, carried by the links as requests (`RaftRpc`): each is the
 //! openraft request, postcard-encoded, answered by the target node's replica.
+//!
+//! A snapshot travels in pieces of `cluster.snapshot_chunk_size` bytes (`SNAPSHOT_CHUNK`, each
+//! acknowledged before the next is sent), then a `SNAPSHOT_END` that carries the vote and the
+//! snapshot's meta and installs it: no single frame holds a whole snapshot, so its size is not
+//! bounded by the link's frame limit.
 
 use std::future::Future;
 use std::io::Cursor;
@@ -24,8 +29,29 @@ use crate::cluster::Inner;
 pub const APPEND: u32 = 1;
 pub const VOTE: u32 = 2;
 pub const PRE_VOTE: u32 = 3;
-pub const SNAPSHOT: u32 = 4;
+// 4 carried a whole snapshot in one message; no longer sent or accepted.
 pub const TRANSFER: u32 = 5;
+/// A piece of a snapshot: `SnapshotChunk`.
+pub const SNAPSHOT_CHUNK: u32 = 6;
+/// The end of a snapshot: `SnapshotEnd`; the receiver installs what it assembled.
+pub const SNAPSHOT_END: u32 = 7;
+
+/// A piece of the snapshot `transfer`, at `offset` bytes from its start.
+#[derive(Serialize, serde::Deserialize)]
+pub struct SnapshotChunk {
+    pub transfer: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// The end of the snapshot `transfer`: `length` bytes in all.
+#[derive(Serialize, serde::Deserialize)]
+pub struct SnapshotEnd {
+    pub transfer: u64,
+    pub length: u64,
+    pub vote: Vote,
+    pub meta: super::types::SnapshotMeta,
+}
 
 /// Makes a client per target node.
 pub struct Network {
@@ -120,12 +146,47 @@ impl RaftNetworkV2<Herald> for Client {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<Herald>, StreamingError<Herald>> {
-        let request = (vote, snapshot.meta, snapshot.snapshot.into_inner());
-        let call = self.call(SNAPSHOT, &request, option.hard_ttl().max(Duration::from_secs(30)));
+        let chunk_size = match self.inner.upgrade() {
+            Some(inner) => inner.config.snapshot_chunk_size.max(1),
+            None => {
+                return Err(StreamingError::Unreachable(Unreachable::new(&LinkFailure(
+                    "shutting down".into(),
+                ))))
+            }
+        };
+        let data = snapshot.snapshot.into_inner();
+        let transfer = rand::random::<u64>();
+        // Each piece gets the whole per-message time; the snapshot as a whole has no deadline
+        // but the replication's own cancellation.
+        let timeout = option.hard_ttl().max(Duration::from_secs(30));
+        let send = async {
+            for (n, piece) in data.chunks(chunk_size).enumerate() {
+                let chunk = SnapshotChunk {
+                    transfer,
+                    offset: (n * chunk_size) as u64,
+                    data: piece.to_vec(),
+                };
+                let () = self.call(SNAPSHOT_CHUNK, &chunk, timeout).await?;
+                metrics::counter!("herald_cluster_snapshot_chunks_total", "direction" => "out").increment(1);
+            }
+            let end = SnapshotEnd {
+                transfer,
+                length: data.len() as u64,
+                vote,
+                meta: snapshot.meta,
+            };
+            self.call::<_, SnapshotResponse<Herald>>(SNAPSHOT_END, &end, timeout)
+                .await
+        };
         tokio::pin!(cancel);
         tokio::select! {
             closed = &mut cancel => Err(StreamingError::Closed(closed)),
-            result = call => Ok(result?),
+            result = send => {
+                if result.is_ok() {
+                    tracing::info!(peer = %self.name, bytes = data.len(), chunk_size, "cluster: snapshot sent");
+                }
+                Ok(result?)
+            }
         }
     }
 
