@@ -20,7 +20,7 @@ use crate::cluster::raft::types::{Command, Entry, Outcome};
 use crate::cluster::wire::{self, request, response, stream_query, user_command};
 use crate::cluster::{AskError, Cluster, Local};
 use crate::hub::Prepared;
-use crate::protocol::proto::{ClientInfo, Push};
+use crate::protocol::proto::{ClientInfo, Publication, Push};
 use crate::protocol::ErrorCode;
 use crate::session::emulated::Handover;
 use crate::store::{Append, Position};
@@ -36,6 +36,9 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// Publications asked of the leader per channel and request, and requests per channel and check.
 const CHECK_PAGE: i64 = 100;
 const CHECK_PAGES: usize = 10;
+/// How long a publication the leader has may take to arrive here before the position check
+/// counts it as missed.
+const IN_FLIGHT_GRACE: Duration = Duration::from_millis(250);
 
 /// Why an `/emulation` request could not be handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +89,10 @@ impl Broker {
         }
     }
 
-    /// One position check over every channel this node has delivered publications of.
+    /// One position check over every channel this node has delivered publications of. What
+    /// the leader has beyond a channel's last delivered position may still be on its way here
+    /// (a busy channel always has some in flight): the first page of every channel is asked
+    /// first, then, after [`IN_FLIGHT_GRACE`], only what has still not arrived is delivered.
     async fn check_positions(&self, cluster: &Cluster) {
         let channels: Vec<(Arc<str>, Arc<str>, u64)> = self
             .delivered
@@ -94,39 +100,28 @@ impl Broker {
             .iter()
             .map(|(channel, (epoch, offset))| (channel.clone(), epoch.clone(), *offset))
             .collect();
-        for (channel, epoch, mut offset) in channels {
+        let mut behind = Vec::new();
+        for (channel, epoch, offset) in channels {
+            if let Some(page) = self.page_after(cluster, &channel, &epoch, offset).await {
+                behind.push((channel, epoch, page));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        tokio::time::sleep(IN_FLIGHT_GRACE).await;
+        for (channel, epoch, mut page) in behind {
             let mut missed = 0u64;
-            for _ in 0..CHECK_PAGES {
-                let since = Some((epoch.to_string(), offset));
-                let page = match history_on_leader(cluster, &channel, CHECK_PAGE, since, false).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        tracing::debug!(channel = %channel, error = %e, "cluster: position check failed");
-                        break;
-                    }
-                };
-                // Another epoch: the stream was reset, and its subscribers learn it from its
-                // next publication.
-                if *page.epoch != *epoch {
+            for pages in 1.. {
+                let full = page.len() as i64 >= CHECK_PAGE;
+                let last = page.last().map_or(0, |p| p.offset);
+                missed += self.deliver_missed(&channel, &epoch, page);
+                if !full || pages >= CHECK_PAGES {
                     break;
                 }
-                let full = page.publications.len() as i64 >= CHECK_PAGE;
-                for publication in page.publications {
-                    offset = publication.offset;
-                    let behind = self
-                        .delivered
-                        .lock()
-                        .get(&channel)
-                        .is_some_and(|(e, last)| *e == epoch && *last < offset);
-                    if !behind {
-                        continue;
-                    }
-                    missed += 1;
-                    let push = Prepared::publication(&channel, epoch.clone(), publication);
-                    self.deliver_once(&channel, &push);
-                }
-                if !full {
-                    break;
+                match self.page_after(cluster, &channel, &epoch, last).await {
+                    Some(next) => page = next,
+                    None => break,
                 }
             }
             if missed > 0 {
@@ -134,6 +129,40 @@ impl Broker {
                 tracing::info!(channel = %channel, publications = missed, "cluster: delivered publications this node had missed, from the leader's history");
             }
         }
+    }
+
+    /// The leader's publications of `channel` after `offset` in `epoch` (at most [`CHECK_PAGE`]);
+    /// `None` when there are none, the stream has another epoch (it was reset: its subscribers
+    /// learn it from its next publication), or the leader could not be asked.
+    async fn page_after(&self, cluster: &Cluster, channel: &str, epoch: &str, offset: u64) -> Option<Vec<Publication>> {
+        let since = Some((epoch.to_owned(), offset));
+        match history_on_leader(cluster, channel, CHECK_PAGE, since, false).await {
+            Ok(page) if page.epoch == epoch && !page.publications.is_empty() => Some(page.publications),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(channel = %channel, error = %e, "cluster: position check failed");
+                None
+            }
+        }
+    }
+
+    /// Delivers, in order, the publications of `page` that this node has not delivered yet;
+    /// how many.
+    fn deliver_missed(&self, channel: &Arc<str>, epoch: &Arc<str>, page: Vec<Publication>) -> u64 {
+        let mut missed = 0;
+        for publication in page {
+            let behind = self
+                .delivered
+                .lock()
+                .get(channel)
+                .is_some_and(|(e, last)| e == epoch && *last < publication.offset);
+            if behind {
+                missed += 1;
+                let push = Prepared::publication(channel, epoch.clone(), publication);
+                self.deliver_once(channel, &push);
+            }
+        }
+        missed
     }
 
     /// Registers a connected session unless its user already has `limit` connections (0: no
