@@ -90,17 +90,10 @@ impl Drop for Partition {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the_heal() {
-    let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start(3, CONFIG, TIMING);
-    cluster.converged(CONVERGE).await;
-    let leader = cluster.leader_elected(3, CONVERGE).await;
-    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+/// Starts a subscriber of `channel` on each of `nodes` and waits until each is subscribed.
+async fn follow(cluster: &Cluster, nodes: &[usize], channel: &str) -> Vec<Subscriber> {
     let addresses: Addresses = Arc::new(Mutex::new(cluster.nodes.iter().map(|n| Some(n.addr)).collect()));
-    let channel = "hist:split";
-    // Subscribers on the majority side (the minority's clients cannot be served history).
-    let subscribers: Vec<Subscriber> = others
+    let subscribers: Vec<Subscriber> = nodes
         .iter()
         .map(|i| Subscriber::spawn(&format!("sub{i}"), addresses.clone(), *i, channel, user_token("u")))
         .collect();
@@ -108,7 +101,29 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
         subscribers.iter().all(|s| !s.events.lock().is_empty())
     })
     .await;
-    assert!(ready);
+    assert!(ready, "the subscribers were not all subscribed");
+    subscribers
+}
+
+/// Each node's cluster log lines (membership, links, leadership, position checks), for a failure.
+fn print_cluster_logs(cluster: &Cluster) {
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let log = node.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("cluster:")).collect();
+        eprintln!("--- node{i} ---\n{}", lines.join("\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the_heal() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    let leader = cluster.leader_elected(3, CONVERGE).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let channel = "hist:split";
+    // Subscribers on the majority side (the minority's clients cannot be served history).
+    let subscribers = follow(&cluster, &others, channel).await;
     let publishes = Mutex::new(Publishes::default());
     for n in 0..10 {
         assert!(publish(cluster.nodes[n % 3].addr, channel, &format!("before-{n}"), &publishes).await);
@@ -153,14 +168,7 @@ async fn a_partitioned_leader_accepts_nothing_and_everything_converges_after_the
     let publishes = publishes.into_inner();
     let acked: HashSet<String> = publishes.acked.keys().cloned().collect();
     if let Err(report) = checker::caught_up(&subscribers, &publishes, CONVERGE).await {
-        for (i, node) in cluster.nodes.iter().enumerate() {
-            let log = node.log();
-            let lines: Vec<&str> = log.lines().filter(|l| l.contains("cluster:")).collect();
-            eprintln!(
-                "--- node {i} (leader before the cut: {leader}) ---\n{}",
-                lines.join("\n")
-            );
-        }
+        print_cluster_logs(&cluster);
         panic!("{report}");
     }
     let mut histories = Vec::new();
@@ -195,17 +203,8 @@ async fn a_follower_cut_off_gets_what_it_missed_after_the_heal() {
     let leader = cluster.leader_elected(3, CONVERGE).await;
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let (cut, peer) = (others[0], others[1]);
-    let addresses: Addresses = Arc::new(Mutex::new(cluster.nodes.iter().map(|n| Some(n.addr)).collect()));
     let channel = "hist:cutoff";
-    let subscribers: Vec<Subscriber> = [cut, peer]
-        .iter()
-        .map(|i| Subscriber::spawn(&format!("sub{i}"), addresses.clone(), *i, channel, user_token("u")))
-        .collect();
-    let ready = eventually(CONVERGE, || async {
-        subscribers.iter().all(|s| !s.events.lock().is_empty())
-    })
-    .await;
-    assert!(ready);
+    let subscribers = follow(&cluster, &[cut, peer], channel).await;
     let publishes = Mutex::new(Publishes::default());
     for n in 0..5 {
         assert!(publish(cluster.nodes[leader].addr, channel, &format!("before-{n}"), &publishes).await);
@@ -244,26 +243,17 @@ async fn a_follower_cut_off_gets_what_it_missed_after_the_heal() {
     // Nothing is published after the heal.
     let publishes = publishes.into_inner();
     if let Err(report) = checker::caught_up(&subscribers, &publishes, CONVERGE).await {
-        for (i, node) in cluster.nodes.iter().enumerate() {
-            let log = node.log();
-            let lines: Vec<&str> = log.lines().filter(|l| l.contains("cluster:")).collect();
-            eprintln!("--- node {i} (leader: {leader}, cut: {cut}) ---\n{}", lines.join("\n"));
-        }
+        print_cluster_logs(&cluster);
         panic!("{report}");
     }
     let filled = cluster.nodes[cut].metric("herald_cluster_gap_publications_total").await;
-    assert_eq!(
-        filled,
-        10.0,
-        "the follower delivered what it missed from the leader's history; its subscriber saw {:?}\n{}",
-        subscribers[0].events.lock(),
-        cluster
-            .nodes
-            .iter()
-            .map(|n| n.log())
-            .collect::<Vec<_>>()
-            .join("\n=====\n")
-    );
+    if filled != 10.0 {
+        print_cluster_logs(&cluster);
+        panic!(
+            "the follower delivered {filled} publications from the leader's history, not 10; its subscriber saw {:?}",
+            subscribers[0].events.lock()
+        );
+    }
     let mut histories = Vec::new();
     for node in &cluster.nodes {
         histories.push(history(node, channel).await);
