@@ -39,6 +39,8 @@ const CHECK_PAGES: usize = 10;
 /// How long a publication the leader has may take to arrive here before the position check
 /// counts it as missed.
 const IN_FLIGHT_GRACE: Duration = Duration::from_millis(250);
+/// A check that could not ask the leader is tried again after this long.
+const CHECK_RETRY: Duration = Duration::from_secs(2);
 
 /// Why an `/emulation` request could not be handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +76,21 @@ impl Broker {
         let mut tick = tokio::time::interval(CHECK_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // Whether the last check could not ask the leader (none known yet, or unreachable):
+        // then it is tried again soon, not at the next change or tick.
+        let mut unfinished = false;
         loop {
+            let retry = async {
+                if unfinished {
+                    tokio::time::sleep(CHECK_RETRY).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+                _ = retry => {}
                 _ = cluster.changed() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -85,7 +98,7 @@ impl Broker {
                     }
                 }
             }
-            self.check_positions(&cluster).await;
+            unfinished = !self.check_positions(&cluster).await;
         }
     }
 
@@ -93,7 +106,10 @@ impl Broker {
     /// the leader has beyond a channel's last delivered position may still be on its way here
     /// (a busy channel always has some in flight): the first page of every channel is asked
     /// first, then, after [`IN_FLIGHT_GRACE`], only what has still not arrived is delivered.
-    async fn check_positions(&self, cluster: &Cluster) {
+    ///
+    /// Stops at the first channel the leader could not be asked about (a check made during an
+    /// election would otherwise wait out the forward timeout once per channel); false then.
+    async fn check_positions(&self, cluster: &Cluster) -> bool {
         let channels: Vec<(Arc<str>, Arc<str>, u64)> = self
             .delivered
             .lock()
@@ -101,13 +117,19 @@ impl Broker {
             .map(|(channel, (epoch, offset))| (channel.clone(), epoch.clone(), *offset))
             .collect();
         let mut behind = Vec::new();
+        let mut finished = true;
         for (channel, epoch, offset) in channels {
-            if let Some(page) = self.page_after(cluster, &channel, &epoch, offset).await {
-                behind.push((channel, epoch, page));
+            match self.page_after(cluster, &channel, &epoch, offset).await {
+                Ok(Some(page)) => behind.push((channel, epoch, page)),
+                Ok(None) => {}
+                Err(()) => {
+                    finished = false;
+                    break;
+                }
             }
         }
         if behind.is_empty() {
-            return;
+            return finished;
         }
         tokio::time::sleep(IN_FLIGHT_GRACE).await;
         for (channel, epoch, mut page) in behind {
@@ -120,8 +142,12 @@ impl Broker {
                     break;
                 }
                 match self.page_after(cluster, &channel, &epoch, last).await {
-                    Some(next) => page = next,
-                    None => break,
+                    Ok(Some(next)) => page = next,
+                    Ok(None) => break,
+                    Err(()) => {
+                        finished = false;
+                        break;
+                    }
                 }
             }
             if missed > 0 {
@@ -129,19 +155,32 @@ impl Broker {
                 tracing::info!(channel = %channel, publications = missed, "cluster: delivered publications this node had missed, from the leader's history");
             }
         }
+        finished
     }
 
     /// The leader's publications of `channel` after `offset` in `epoch` (at most [`CHECK_PAGE`]);
-    /// `None` when there are none, the stream has another epoch (it was reset: its subscribers
-    /// learn it from its next publication), or the leader could not be asked.
-    async fn page_after(&self, cluster: &Cluster, channel: &str, epoch: &str, offset: u64) -> Option<Vec<Publication>> {
+    /// `None` when there are none or the stream has another epoch (it was reset: its
+    /// subscribers learn it from its next publication); an error when the leader could not be
+    /// asked.
+    async fn page_after(
+        &self,
+        cluster: &Cluster,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<Option<Vec<Publication>>, ()> {
         let since = Some((epoch.to_owned(), offset));
         match history_on_leader(cluster, channel, CHECK_PAGE, since, false).await {
-            Ok(page) if page.epoch == epoch && !page.publications.is_empty() => Some(page.publications),
-            Ok(_) => None,
+            Ok(page) if page.epoch == epoch && !page.publications.is_empty() => Ok(Some(page.publications)),
+            Ok(_) => Ok(None),
+            Err(BrokerError::Replicated(e)) => {
+                tracing::debug!(channel = %channel, error = %e, "cluster: position check could not ask the leader");
+                Err(())
+            }
+            // This channel's read failed (its position is gone, say): the others go on.
             Err(e) => {
                 tracing::debug!(channel = %channel, error = %e, "cluster: position check failed");
-                None
+                Ok(None)
             }
         }
     }
