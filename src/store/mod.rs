@@ -206,6 +206,7 @@ enum Answer {
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    dir: Arc<Path>,
     db: sled::Db,
     tree: sled::Tree,
     ops: mpsc::Sender<writer::Op>,
@@ -355,6 +356,7 @@ impl Store {
         };
         let ops = writer::spawn(db.clone(), tree.clone(), durability, flush_interval, on_commit, start);
         Ok(Self {
+            dir: Arc::from(path),
             db,
             tree,
             ops,
@@ -587,9 +589,14 @@ impl Store {
         self.call(|reply| writer::Op::Install { records, reply }).await
     }
 
-    /// The database, for the other trees kept beside the streams (the replicated log).
+    /// The database, for the other trees kept beside the streams (the replicated log's meta).
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The store's directory (the replicated log keeps its files in it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Flushes, marks the store cleanly shut down, and stops the writer: what follows fails.

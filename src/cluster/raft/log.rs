@@ -1,58 +1,181 @@
-//! The Raft log in sled, beside the streams: two trees of the store's database. Entries are
-//! keyed by their index (big-endian, so they sort in order) and postcard-encoded; the vote, the
-//! last purged log id and this node's id live in a small meta tree.
+//! The Raft log: an append-only write-ahead log in files of its own (`raft-log`, in
+//! `<storage.path>/raft-log`), beside the streams. Entries are written once, in order, and
+//! synced by a worker thread that groups the syncs of appends made close together; the entries
+//! not yet applied everywhere are served from memory (the crate's payload cache), so the state
+//! machine and the replication to followers do not read them back from disk. This node's id
+//! stays in the store's database (a small meta tree).
 //!
-//! An append is acknowledged to Raft (`IOFlushed`) once it is on disk in `flush` durability,
-//! once it is in sled in `os` durability (documented: a machine crash, not a process crash, may
-//! then lose entries this node acknowledged, and a majority of machines crashing at once could
-//! lose a committed entry). The vote is always flushed before it counts. The log's flush covers
-//! the whole database, the streams' latest applies included.
+//! An append is acknowledged to Raft (`IOFlushed`) once it is synced in `flush` durability,
+//! once it is written to the operating system in `os` durability (documented: a machine
+//! crash, not a process crash, may then lose entries this node acknowledged, and a majority of
+//! machines crashing at once could lose a committed entry). The vote is always synced before it
+//! counts.
+//!
+//! The streams (the state machine) are not synced when an entry is applied: after a crash the
+//! store comes back at a consistent point (its last applied log id is written with each
+//! apply), and Raft applies the rest again from this log. So the log must keep every entry the
+//! store may have lost: before entries are purged, the store is flushed.
+//!
+//! Logs written by earlier versions, in two trees of the store's database, are moved into the
+//! log files the first time the node starts with this one ([`LogStore::open`]).
 
 use std::fmt::Debug;
-use std::io;
+use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
 
 use openraft::entry::RaftEntry as _;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader};
+use openraft::{EntryPayload, OptionalSend, RaftLogReader};
+use raft_log::api::raft_log_writer::RaftLogWriter as _;
+use raft_log::codeq::{Decode, Encode};
 
-use super::types::{Herald, LogId, RaftEntry, Vote};
+use super::types::{Command, Herald, LogId, RaftEntry, Vote};
 use crate::config::Durability;
 
-const LOG_TREE: &str = "raft_log";
+/// The log's directory inside the store's.
+pub const DIR: &str = "raft-log";
+/// Trees of the database: this node's id (and, in earlier versions, the vote); the log of
+/// earlier versions.
 const META_TREE: &str = "raft_meta";
+const LEGACY_LOG_TREE: &str = "raft_log";
 const VOTE: &[u8] = b"vote";
 const PURGED: &[u8] = b"purged";
 const NODE_ID: &[u8] = b"node_id";
-
-#[derive(Clone)]
-pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    meta: sled::Tree,
-    durability: Durability,
-}
+/// A log file is closed, and a new one started, past this size; a closed file is deleted once
+/// every entry in it is purged, and its entries may then leave the memory cache.
+const CHUNK_BYTES: usize = 64 << 20;
+/// At most this much of the log is kept in memory beyond the open file (entries of the open
+/// file always are: see [`CHUNK_BYTES`]).
+const CACHE_BYTES: usize = 64 << 20;
+/// How long the log's writer waits for more appends before it syncs what it has: appends made
+/// meanwhile share the sync. Short, since an append waits for it (the crate's default is 1 ms).
+const SYNC_GATHER: std::time::Duration = std::time::Duration::from_micros(100);
+/// The largest encoded value the log accepts to read back: a length beyond it is damage.
+const MAX_VALUE: usize = 256 << 20;
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
-    postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// A value in the log files: postcard, after its length (u32, big-endian). The log's records
+/// carry a checksum of their own.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Coded<T>(pub T);
+
+impl<T: serde::Serialize> Encode for Coded<T> {
+    fn encode<W: Write>(&self, mut w: W) -> io::Result<usize> {
+        let bytes = postcard::to_stdvec(&self.0).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let length = u32::try_from(bytes.len()).map_err(other)?;
+        w.write_all(&length.to_be_bytes())?;
+        w.write_all(&bytes)?;
+        Ok(4 + bytes.len())
+    }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+impl<T: serde::de::DeserializeOwned> Decode for Coded<T> {
+    fn decode<R: Read>(mut r: R) -> io::Result<Self> {
+        let mut length = [0u8; 4];
+        r.read_exact(&mut length)?;
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_VALUE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a log value of {length} bytes: the log is damaged"),
+            ));
+        }
+        let mut bytes = vec![0; length];
+        r.read_exact(&mut bytes)?;
+        postcard::from_bytes(&bytes)
+            .map(Coded)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// The log's types for `raft-log`: openraft's log ids, votes and entries (the whole entry is
+/// the payload, so a read hands openraft back what it appended).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Types;
+
+impl raft_log::Types for Types {
+    type LogId = Coded<LogId>;
+    type LogPayload = Coded<RaftEntry>;
+    type Vote = Coded<Vote>;
+    type Callback = Done;
+    type UserData = Coded<()>;
+
+    fn log_index(log_id: &Self::LogId) -> u64 {
+        log_id.0.index()
+    }
+
+    fn payload_size(payload: &Self::LogPayload) -> u64 {
+        let body = match &payload.0.payload {
+            EntryPayload::Normal(Command::Publish(entries) | Command::PublishVersioned(entries, _)) => entries
+                .iter()
+                .map(|e| e.publication.len() + e.channel.len() + e.epoch.len() + 48)
+                .sum(),
+            _ => 0,
+        };
+        (body + 64) as u64
+    }
+}
+
+/// Who is told when a write reached the disk: Raft, or a caller waiting for it (a task, or a
+/// thread that blocks).
+pub enum Done {
+    Raft(IOFlushed<Herald>),
+    Wait(tokio::sync::oneshot::Sender<io::Result<()>>),
+    Block(std::sync::mpsc::SyncSender<io::Result<()>>),
+}
+
+impl raft_log::Callback for Done {
+    fn send(self, result: io::Result<()>) {
+        match self {
+            Done::Raft(flushed) => flushed.io_completed(result),
+            Done::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Done::Block(tx) => {
+                let _ = std::sync::mpsc::SyncSender::send(&tx, result);
+            }
+        }
+    }
+}
+
+type Wal = raft_log::RaftLog<Types>;
+
+#[derive(Clone)]
+pub struct LogStore {
+    wal: Arc<parking_lot::RwLock<Wal>>,
+    /// The streams, flushed before entries are purged.
+    db: sled::Db,
+    meta: sled::Tree,
+    durability: Durability,
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db, durability: Durability) -> io::Result<Self> {
-        Ok(Self {
+    /// Opens the log in `<dir>/raft-log` (creating it), beside the streams of `db`; moves a
+    /// log written by an earlier version out of `db` first.
+    pub fn open(dir: &Path, db: &sled::Db, durability: Durability) -> io::Result<Self> {
+        let path = dir.join(DIR);
+        std::fs::create_dir_all(&path)?;
+        let path = path
+            .to_str()
+            .ok_or_else(|| other(format!("the store's path is not UTF-8: {}", path.display())))?;
+        let mut config = raft_log::Config::new(path);
+        config.wal.chunk_max_size = Some(CHUNK_BYTES);
+        config.wal.flush_batch_wait = Some(SYNC_GATHER);
+        config.log_cache_capacity = Some(CACHE_BYTES);
+        let wal = Wal::open(Arc::new(config)).map_err(|e| other(format!("opening the raft log in {path}: {e}")))?;
+        let store = Self {
+            wal: Arc::new(parking_lot::RwLock::new(wal)),
             db: db.clone(),
-            log: db.open_tree(LOG_TREE).map_err(other)?,
             meta: db.open_tree(META_TREE).map_err(other)?,
             durability,
-        })
+        };
+        store.move_legacy_log()?;
+        Ok(store)
     }
 
     /// This node's id in the group: chosen at random the first time the store is used, and
@@ -70,23 +193,63 @@ impl LogStore {
     }
 
     /// Whether this node has ever been part of a group (a vote or a log entry).
-    pub fn is_used(&self) -> io::Result<bool> {
-        Ok(self.meta.get(VOTE).map_err(other)?.is_some() || !self.log.is_empty())
+    pub fn is_used(&self) -> bool {
+        let wal = self.wal.read();
+        let state = wal.log_state();
+        state.vote().is_some() || state.last().is_some() || state.purged().is_some()
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.meta.get(key).map_err(other)? {
-            Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
+    /// Hands the log's pending writes to its worker, and waits until they are on disk
+    /// (`sync`) or written to the operating system.
+    async fn flush(&self, sync: bool) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.wal.write().flush(sync, Some(Done::Wait(tx)))?;
+        rx.await.map_err(|_| other("the raft log's writer stopped"))?
+    }
+
+    /// Moves a log kept in the database by an earlier version (its vote, its purge point and
+    /// its entries) into the log files, durably, then removes it from the database. A move
+    /// cut short is done again at the next start: the files are written over only while they
+    /// hold nothing.
+    fn move_legacy_log(&self) -> io::Result<()> {
+        let legacy = self.db.open_tree(LEGACY_LOG_TREE).map_err(other)?;
+        let vote = self.meta.get(VOTE).map_err(other)?;
+        let purged = self.meta.get(PURGED).map_err(other)?;
+        if legacy.is_empty() && vote.is_none() && purged.is_none() {
+            return Ok(());
         }
-    }
-
-    async fn flush(&self) -> io::Result<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush().map(|_| ()))
-            .await
-            .map_err(other)?
-            .map_err(other)
+        let decode_err = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        if !self.is_used() {
+            let mut entries = 0;
+            {
+                let mut wal = self.wal.write();
+                if let Some(vote) = &vote {
+                    wal.save_vote(Coded(postcard::from_bytes::<Vote>(vote).map_err(decode_err)?))?;
+                }
+                if let Some(purged) = &purged {
+                    wal.purge(Coded(postcard::from_bytes::<LogId>(purged).map_err(decode_err)?))?;
+                }
+                for item in legacy.iter() {
+                    let (_, value) = item.map_err(other)?;
+                    let entry: RaftEntry = postcard::from_bytes(&value).map_err(decode_err)?;
+                    wal.append([(Coded(entry.log_id()), Coded(entry))])?;
+                    entries += 1;
+                }
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                wal.flush(true, Some(Done::Block(tx)))?;
+                drop(wal);
+                rx.recv().map_err(|_| other("the raft log's writer stopped"))??;
+            }
+            tracing::info!(
+                entries,
+                "cluster: moved the replicated log out of the database into its own files"
+            );
+        }
+        legacy.clear().map_err(other)?;
+        self.meta.remove(VOTE).map_err(other)?;
+        self.meta.remove(PURGED).map_err(other)?;
+        self.db.flush().map_err(other)?;
+        Ok(())
     }
 }
 
@@ -95,25 +258,22 @@ impl RaftLogReader<Herald> for LogStore {
         &mut self,
         range: RB,
     ) -> io::Result<Vec<RaftEntry>> {
-        let start = match range.start_bound() {
+        let from = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut entries = Vec::new();
-        for item in self.log.range(start.to_be_bytes()..) {
-            let (key, value) = item.map_err(other)?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(other)?);
-            if !range.contains(&index) {
-                break;
-            }
-            entries.push(decode(&value)?);
-        }
-        Ok(entries)
+        let to = match range.end_bound() {
+            Bound::Included(x) => x.saturating_add(1),
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
+        };
+        let wal = self.wal.read();
+        wal.read(from, to).map(|item| item.map(|(_, entry)| entry.0)).collect()
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.get_meta(VOTE)
+        Ok(self.wal.read().log_state().vote().map(|v| v.0))
     }
 }
 
@@ -121,14 +281,12 @@ impl RaftLogStorage<Herald> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<Herald>> {
-        let last_purged_log_id: Option<LogId> = self.get_meta(PURGED)?;
-        let last = match self.log.last().map_err(other)? {
-            Some((_, value)) => Some(decode::<RaftEntry>(&value)?.log_id()),
-            None => last_purged_log_id,
-        };
+        let wal = self.wal.read();
+        let state = wal.log_state();
+        let last_purged_log_id = state.purged().map(|id| id.0);
         Ok(LogState {
+            last_log_id: state.last().map(|id| id.0).or(last_purged_log_id),
             last_purged_log_id,
-            last_log_id: last,
         })
     }
 
@@ -137,8 +295,8 @@ impl RaftLogStorage<Herald> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
-        self.meta.insert(VOTE, encode(vote)?).map_err(other)?;
-        self.flush().await
+        self.wal.write().save_vote(Coded(*vote))?;
+        self.flush(true).await
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<Herald>) -> io::Result<()>
@@ -146,40 +304,148 @@ impl RaftLogStorage<Herald> for LogStore {
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(&entry.index().to_be_bytes(), encode(&entry)?);
-        }
-        self.log.apply_batch(batch).map_err(other)?;
-        if self.durability == Durability::Flush {
-            let db = self.db.clone();
-            tokio::task::spawn_blocking(move || {
-                let result = db.flush().map(|_| ()).map_err(other);
-                callback.io_completed(result);
-            });
-        } else {
-            callback.io_completed(Ok(()));
-        }
-        Ok(())
+        let mut wal = self.wal.write();
+        wal.append(entries.into_iter().map(|entry| (Coded(entry.log_id()), Coded(entry))))?;
+        wal.flush(self.durability == Durability::Flush, Some(Done::Raft(callback)))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(from.to_be_bytes()..).keys() {
-            batch.remove(key.map_err(other)?);
-        }
-        self.log.apply_batch(batch).map_err(other)?;
-        self.flush().await
+        self.wal.write().truncate(from)?;
+        self.flush(true).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        self.meta.insert(PURGED, encode(&log_id)?).map_err(other)?;
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=log_id.index().to_be_bytes()).keys() {
-            batch.remove(key.map_err(other)?);
+        // The entries go; what they made of the streams must be on disk first.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(other)?
+            .map_err(other)?;
+        self.wal.write().purge(Coded(log_id))?;
+        self.flush(true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::entry::RaftEntry as _;
+    use openraft::storage::{IOFlushed, RaftLogStorage};
+    use openraft::RaftLogReader;
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(
+            openraft::type_config::alias::CommittedLeaderIdOf::<Herald> { term, node_id: 1 },
+            index,
+        )
+    }
+
+    fn entry(index: u64) -> RaftEntry {
+        entry_of(2, index)
+    }
+
+    fn entry_of(term: u64, index: u64) -> RaftEntry {
+        RaftEntry::new_normal(log_id(term, index), Command::ExpireIdempotency { now_ms: index as i64 })
+    }
+
+    async fn append(log: &mut LogStore, entries: Vec<RaftEntry>) {
+        let (tx, rx) = <Herald as openraft::type_config::TypeConfigExt>::oneshot();
+        log.append(entries, IOFlushed::signal(tx)).await.unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    async fn indexes(log: &mut LogStore) -> Vec<u64> {
+        log.try_get_log_entries(0..u64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.index())
+            .collect()
+    }
+
+    fn open(dir: &Path) -> (sled::Db, LogStore) {
+        let db = sled::open(dir.join("db")).unwrap();
+        let log = LogStore::open(dir, &db, Durability::Flush).unwrap();
+        (db, log)
+    }
+
+    #[tokio::test]
+    async fn entries_the_vote_and_the_purge_point_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let vote = Vote::new(2, 1);
+        {
+            let (_db, mut log) = open(dir.path());
+            assert!(!log.is_used());
+            log.save_vote(&vote).await.unwrap();
+            append(&mut log, (1..=6).map(entry).collect()).await;
+            log.truncate_after(Some(log_id(2, 4))).await.unwrap();
+            log.purge(log_id(2, 2)).await.unwrap();
+            assert_eq!(indexes(&mut log).await, vec![3, 4]);
         }
-        self.log.apply_batch(batch).map_err(other)?;
-        self.flush().await
+        let (_db, mut log) = open(dir.path());
+        assert!(log.is_used());
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 4)));
+        let entries = log.try_get_log_entries(3..=4).await.unwrap();
+        assert_eq!(entries, vec![entry(3), entry(4)]);
+        // A range past the end reads what there is.
+        assert_eq!(log.try_get_log_entries(4..10).await.unwrap(), vec![entry(4)]);
+    }
+
+    #[tokio::test]
+    async fn a_purge_beyond_the_last_entry_empties_the_log_and_keeps_its_position() {
+        // What installing a snapshot does: the log restarts after the snapshot's last entry.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut log) = open(dir.path());
+            append(&mut log, (1..=3).map(entry).collect()).await;
+            log.purge(log_id(3, 10)).await.unwrap();
+        }
+        let (_db, mut log) = open(dir.path());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(3, 10)));
+        assert_eq!(state.last_log_id, Some(log_id(3, 10)));
+        assert!(indexes(&mut log).await.is_empty());
+        append(&mut log, vec![entry_of(3, 11)]).await;
+        assert_eq!(indexes(&mut log).await, vec![11]);
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_the_database_by_an_earlier_version_is_moved_into_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let vote = Vote::new(2, 1);
+        {
+            // What earlier versions wrote: postcard values, entries keyed by their index.
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let meta = db.open_tree(META_TREE).unwrap();
+            meta.insert(NODE_ID, &42u64.to_be_bytes()).unwrap();
+            meta.insert(VOTE, postcard::to_stdvec(&vote).unwrap()).unwrap();
+            meta.insert(PURGED, postcard::to_stdvec(&log_id(2, 2)).unwrap())
+                .unwrap();
+            let legacy = db.open_tree(LEGACY_LOG_TREE).unwrap();
+            for index in 3..=5u64 {
+                legacy
+                    .insert(index.to_be_bytes(), postcard::to_stdvec(&entry(index)).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            // Moved once; the second start finds it moved.
+            let (db, mut log) = open(dir.path());
+            assert_eq!(log.node_id().unwrap(), 42, "the node keeps its id");
+            assert!(log.is_used());
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(log_id(2, 2)));
+            assert_eq!(state.last_log_id, Some(log_id(2, 5)));
+            assert_eq!(indexes(&mut log).await, vec![3, 4, 5]);
+            assert!(db.open_tree(LEGACY_LOG_TREE).unwrap().is_empty());
+            assert!(db.open_tree(META_TREE).unwrap().get(VOTE).unwrap().is_none());
+        }
     }
 }

@@ -113,9 +113,9 @@ impl Replica {
         durability: Durability,
         cluster: &ClusterConfig,
     ) -> Result<Arc<Self>, String> {
-        let log = LogStore::open(store.db(), durability).map_err(failed)?;
+        let log = LogStore::open(store.dir(), store.db(), durability).map_err(failed)?;
         let id = log.node_id().map_err(failed)?;
-        let used = log.is_used().map_err(failed)?;
+        let used = log.is_used();
         let election = cluster.election_timeout.as_millis() as u64;
         let config = openraft::Config {
             cluster_name: "herald".into(),
