@@ -280,7 +280,8 @@ impl Cluster {
     pub async fn replicate(&self, command: Command) -> Result<Outcome, ReplicateError> {
         let timeout = self.inner.config.forward_timeout;
         let deadline = Instant::now() + timeout;
-        let bytes = postcard::to_stdvec(&command).map_err(|e| ReplicateError::Failed(e.to_string()))?;
+        // Encoded once, and only if the leader is another node.
+        let mut bytes: Option<Vec<u8>> = None;
         loop {
             let attempt = match self.inner.leader_target() {
                 None => Attempt::Retry,
@@ -293,10 +294,18 @@ impl Cluster {
                     Err(ProposeError::Failed(e)) => return Err(ReplicateError::Failed(e)),
                 },
                 Some(Target::Peer(peer)) => {
+                    let body = match &bytes {
+                        Some(body) => body.clone(),
+                        None => {
+                            let body =
+                                postcard::to_stdvec(&command).map_err(|e| ReplicateError::Failed(e.to_string()))?;
+                            bytes.insert(body).clone()
+                        }
+                    };
                     let left = deadline.saturating_duration_since(Instant::now());
                     match self
                         .inner
-                        .ask_within(&peer, request::Body::Replicate(bytes.clone().into()), left)
+                        .ask_within(&peer, request::Body::Replicate(body.into()), left)
                         .await
                     {
                         Ok(response::Body::Outcome(outcome)) => {

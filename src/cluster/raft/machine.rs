@@ -40,6 +40,27 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
+/// A publication applied while following, kept as it came in the entry: decoded only if this
+/// node becomes leader while it is recent.
+struct Quiet {
+    channel: Arc<str>,
+    epoch: Arc<str>,
+    offset: u64,
+    publication: Vec<u8>,
+}
+
+impl Quiet {
+    fn committed(self) -> Option<Committed> {
+        let mut publication = Publication::decode(self.publication.as_slice()).ok()?;
+        publication.offset = self.offset;
+        Some(Committed {
+            channel: self.channel,
+            epoch: self.epoch,
+            publication,
+        })
+    }
+}
+
 /// The last snapshot built or installed: its meta and its bytes.
 type Snapshot = (SnapshotMeta, Vec<u8>);
 
@@ -56,7 +77,7 @@ pub struct Machine {
     leading: Arc<AtomicBool>,
     /// Whether the last apply delivered.
     delivered: Arc<AtomicBool>,
-    recent: Arc<parking_lot::Mutex<VecDeque<(Instant, Committed)>>>,
+    recent: Arc<parking_lot::Mutex<VecDeque<(Instant, Quiet)>>>,
     current: Arc<parking_lot::Mutex<Option<Snapshot>>>,
 }
 
@@ -79,46 +100,20 @@ impl Machine {
     }
 }
 
-/// The store operations of one command, and how to read their outcomes back.
-fn operations(command: Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
+/// The store operations of one command.
+fn operations(command: &Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
     match command {
-        Command::Publish(entries) => return operations(Command::PublishVersioned(entries, Vec::new()), ops),
-        Command::PublishVersioned(entries, versions) => {
-            let mut versions = versions.into_iter();
-            for entry in entries {
-                let version = versions
-                    .next()
-                    .filter(|(version, _)| *version > 0)
-                    .map(|(version, epoch)| store::Version { version, epoch });
-                let publication = Publication::decode(entry.publication.as_slice()).map_err(|e| e.to_string())?;
-                ops.push(GroupOp::Append(Box::new(store::Append {
-                    channel: Arc::from(entry.channel),
-                    publication,
-                    history: entry.history.map(|(size, ttl)| Retention {
-                        size,
-                        ttl: Duration::from_millis(ttl),
-                    }),
-                    idempotency: entry.idempotency.map(|(key, window)| Idempotency {
-                        key,
-                        window: Duration::from_millis(window),
-                    }),
-                    version,
-                    stamp: Stamp {
-                        time_ms: entry.time_ms,
-                        epoch: Arc::from(entry.epoch),
-                    },
-                })));
-            }
-        }
+        Command::Publish(entries) => publish_operations(entries, &[], ops)?,
+        Command::PublishVersioned(entries, versions) => publish_operations(entries, versions, ops)?,
         Command::RemoveHistory {
             channel,
             time_ms,
             epoch,
         } => ops.push(GroupOp::Reset {
-            channel: Arc::from(channel),
+            channel: Arc::from(channel.as_str()),
             stamp: Stamp {
-                time_ms,
-                epoch: Arc::from(epoch),
+                time_ms: *time_ms,
+                epoch: Arc::from(epoch.as_str()),
             },
         }),
         Command::Trim {
@@ -127,15 +122,53 @@ fn operations(command: Command, ops: &mut Vec<GroupOp>) -> Result<(), String> {
             meta_ttl_ms,
             now_ms,
         } => ops.push(GroupOp::Trim {
-            channel: Arc::from(channel),
+            channel: Arc::from(channel.as_str()),
             history: history.map(|(size, ttl)| Retention {
                 size,
                 ttl: Duration::from_millis(ttl),
             }),
-            meta_ttl: Duration::from_millis(meta_ttl_ms),
-            now_ms,
+            meta_ttl: Duration::from_millis(*meta_ttl_ms),
+            now_ms: *now_ms,
         }),
-        Command::ExpireIdempotency { now_ms } => ops.push(GroupOp::ExpireIdempotency { now_ms }),
+        Command::ExpireIdempotency { now_ms } => ops.push(GroupOp::ExpireIdempotency { now_ms: *now_ms }),
+    }
+    Ok(())
+}
+
+/// One append per entry; `versions` holds (version, version epoch) per entry, (0, "") or
+/// nothing for none.
+fn publish_operations(
+    entries: &[super::types::Entry],
+    versions: &[(u64, String)],
+    ops: &mut Vec<GroupOp>,
+) -> Result<(), String> {
+    let mut versions = versions.iter();
+    for entry in entries {
+        let version = versions
+            .next()
+            .filter(|(version, _)| *version > 0)
+            .map(|(version, epoch)| store::Version {
+                version: *version,
+                epoch: epoch.clone(),
+            });
+        let publication = Publication::decode(entry.publication.as_slice()).map_err(|e| e.to_string())?;
+        ops.push(GroupOp::Append(Box::new(store::Append {
+            channel: Arc::from(entry.channel.as_str()),
+            publication,
+            history: entry.history.map(|(size, ttl)| Retention {
+                size,
+                ttl: Duration::from_millis(ttl),
+            }),
+            idempotency: entry.idempotency.as_ref().map(|(key, window)| Idempotency {
+                key: key.clone(),
+                window: Duration::from_millis(*window),
+            }),
+            version,
+            stamp: Stamp {
+                time_ms: entry.time_ms,
+                epoch: Arc::from(entry.epoch.as_str()),
+            },
+        })));
     }
     Ok(())
 }
@@ -179,25 +212,22 @@ fn outcome(command: &Command, results: Vec<Result<GroupOutcome, store::StoreErro
 /// Keeps, for a later leadership, the publications a quiet apply appended (in reverse order of
 /// entries, each entry's publications in order reversed too: `quiet` is reversed once at the end).
 fn remember(
-    entries: &[super::types::Entry],
+    entries: Vec<super::types::Entry>,
     results: &[Result<GroupOutcome, store::StoreError>],
-    quiet: &mut Vec<Committed>,
+    quiet: &mut Vec<Quiet>,
 ) {
-    for (entry, result) in entries.iter().zip(results).rev() {
+    for (entry, result) in entries.into_iter().zip(results).rev() {
         let Ok(GroupOutcome::Appended(appended)) = result else {
             continue;
         };
         if appended.duplicate || appended.position.offset == 0 {
             continue;
         }
-        let Ok(mut publication) = Publication::decode(entry.publication.as_slice()) else {
-            continue;
-        };
-        publication.offset = appended.position.offset;
-        quiet.push(Committed {
-            channel: Arc::from(entry.channel.as_str()),
+        quiet.push(Quiet {
+            channel: Arc::from(entry.channel),
             epoch: appended.position.epoch.clone(),
-            publication,
+            offset: appended.position.offset,
+            publication: entry.publication,
         });
     }
 }
@@ -254,7 +284,7 @@ impl RaftStateMachine<Herald> for Machine {
                     None
                 }
                 EntryPayload::Normal(command) => {
-                    if let Err(e) = operations(command.clone(), &mut ops) {
+                    if let Err(e) = operations(&command, &mut ops) {
                         // An entry no node can apply: the same on every node, so it is
                         // skipped everywhere (and its publisher told).
                         tracing::error!(error = %e, "cluster: an undecodable command was skipped");
@@ -275,13 +305,14 @@ impl RaftStateMachine<Herald> for Machine {
         if deliver && !self.delivered.swap(true, Ordering::Relaxed) {
             // Just became leader: first deliver what was applied while following.
             let now = Instant::now();
-            let replay: Vec<Committed> = self
+            let recent: Vec<Quiet> = self
                 .recent
                 .lock()
                 .drain(..)
                 .filter(|(at, _)| now.duration_since(*at) < RECENT_FOR)
-                .map(|(_, c)| c)
+                .map(|(_, q)| q)
                 .collect();
+            let replay: Vec<Committed> = recent.into_iter().filter_map(Quiet::committed).collect();
             if !replay.is_empty() {
                 tracing::info!(
                     publications = replay.len(),
@@ -300,12 +331,13 @@ impl RaftStateMachine<Herald> for Machine {
         // Answer each entry with its slice of the results, from the last one backwards.
         let mut answers = Vec::with_capacity(spans.len());
         let mut quiet = Vec::new();
-        for (command, start, responder, failed) in spans.into_iter().rev() {
+        for (mut command, start, responder, failed) in spans.into_iter().rev() {
             let mine = results.split_off(start.min(results.len()));
             if let (false, Some(Command::Publish(entries) | Command::PublishVersioned(entries, _))) =
-                (deliver, &command)
+                (deliver, command.as_mut())
             {
-                remember(entries, &mine, &mut quiet);
+                // The outcome of a publish reads only the results: the entries can go.
+                remember(std::mem::take(entries), &mine, &mut quiet);
             }
             let outcome = match (command, failed) {
                 (_, Some(e)) => Outcome::Failed(e),
