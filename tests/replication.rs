@@ -160,6 +160,27 @@ async fn history_channels_are_sequenced_once_for_every_node() {
         o
     };
     assert_eq!(offsets, (1..=62).collect::<Vec<u64>>());
+    // Where a history publish spends its time is measured: on the leader, proposals, log
+    // writes and round trips to followers; on every node, applies; on followers, appends.
+    let leader = cluster.leader().expect("a leader");
+    for (node, metric) in [
+        (leader, "herald_cluster_propose_duration_seconds_count"),
+        (leader, "herald_cluster_log_write_duration_seconds_count"),
+        (
+            leader,
+            "herald_cluster_raft_append_duration_seconds_count{side=\"leader\"}",
+        ),
+        (leader, "herald_cluster_apply_duration_seconds_count"),
+        (
+            (leader + 1) % 3,
+            "herald_cluster_raft_append_duration_seconds_count{side=\"follower\"}",
+        ),
+        ((leader + 1) % 3, "herald_cluster_log_write_duration_seconds_count"),
+        ((leader + 1) % 3, "herald_cluster_apply_duration_seconds_count"),
+    ] {
+        let count = cluster.nodes[node].metric(metric).await;
+        assert!(count >= 1.0, "node {node}: {metric} is {count}");
+    }
 }
 
 /// The last lines of a log.

@@ -126,7 +126,8 @@ impl raft_log::Types for Types {
 /// Who is told when a write reached the disk: Raft, or a caller waiting for it (a task, or a
 /// thread that blocks).
 pub enum Done {
-    Raft(IOFlushed<Herald>),
+    /// Raft, and when the append was handed to the log.
+    Raft(IOFlushed<Herald>, std::time::Instant),
     Wait(tokio::sync::oneshot::Sender<io::Result<()>>),
     Block(std::sync::mpsc::SyncSender<io::Result<()>>),
 }
@@ -134,7 +135,10 @@ pub enum Done {
 impl raft_log::Callback for Done {
     fn send(self, result: io::Result<()>) {
         match self {
-            Done::Raft(flushed) => flushed.io_completed(result),
+            Done::Raft(flushed, since) => {
+                metrics::histogram!("herald_cluster_log_write_duration_seconds").record(since.elapsed().as_secs_f64());
+                flushed.io_completed(result)
+            }
             Done::Wait(tx) => {
                 let _ = tx.send(result);
             }
@@ -308,7 +312,10 @@ impl RaftLogStorage<Herald> for LogStore {
     {
         let mut wal = self.wal.write();
         wal.append(entries.into_iter().map(|entry| (Coded(entry.log_id()), Coded(entry))))?;
-        wal.flush(self.durability == Durability::Flush, Some(Done::Raft(callback)))
+        wal.flush(
+            self.durability == Durability::Flush,
+            Some(Done::Raft(callback, std::time::Instant::now())),
+        )
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

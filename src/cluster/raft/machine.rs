@@ -323,11 +323,13 @@ impl RaftStateMachine<Herald> for Machine {
         } else if !deliver {
             self.delivered.store(false, Ordering::Relaxed);
         }
+        let started = Instant::now();
         let mut results = self
             .store
             .apply_group(ops, meta, deliver)
             .await
             .map_err(io::Error::other)?;
+        metrics::histogram!("herald_cluster_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         // Answer each entry with its slice of the results, from the last one backwards.
         let mut answers = Vec::with_capacity(spans.len());
         let mut quiet = Vec::new();

@@ -204,7 +204,10 @@ impl Replica {
     /// `timeout`: a leader cut off from its majority never commits, and its caller is told
     /// (the outcome is then unknown).
     pub async fn propose(&self, command: Command, timeout: Duration) -> Result<Outcome, ProposeError> {
-        let Ok(written) = tokio::time::timeout(timeout, self.raft.client_write(command)).await else {
+        let started = Instant::now();
+        let written = tokio::time::timeout(timeout, self.raft.client_write(command)).await;
+        metrics::histogram!("herald_cluster_propose_duration_seconds").record(started.elapsed().as_secs_f64());
+        let Ok(written) = written else {
             return Err(ProposeError::Failed(format!(
                 "not committed within {timeout:?} (is this leader cut off from its majority?)"
             )));
@@ -253,7 +256,13 @@ impl Replica {
             ));
         }
         match rpc.kind {
-            network::APPEND => encode(&self.raft.append_entries(decode(&rpc.body)?).await),
+            network::APPEND => {
+                let started = Instant::now();
+                let answer = encode(&self.raft.append_entries(decode(&rpc.body)?).await);
+                metrics::histogram!("herald_cluster_raft_append_duration_seconds", "side" => "follower")
+                    .record(started.elapsed().as_secs_f64());
+                answer
+            }
             network::VOTE => encode(&self.raft.vote(decode(&rpc.body)?).await),
             network::PRE_VOTE => encode(&self.raft.pre_vote(decode(&rpc.body)?).await),
             network::SNAPSHOT_CHUNK => {

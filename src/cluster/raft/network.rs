@@ -120,7 +120,11 @@ impl RaftNetworkV2<Herald> for Client {
         rpc: AppendEntriesRequest<Herald>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<Herald>, RPCError<Herald>> {
-        self.call(APPEND, &rpc, option.hard_ttl()).await
+        let started = std::time::Instant::now();
+        let answer = self.call(APPEND, &rpc, option.hard_ttl()).await;
+        metrics::histogram!("herald_cluster_raft_append_duration_seconds", "side" => "leader")
+            .record(started.elapsed().as_secs_f64());
+        answer
     }
 
     async fn vote(
