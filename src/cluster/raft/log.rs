@@ -18,11 +18,18 @@
 //!
 //! Logs written by earlier versions, in two trees of the store's database, are moved into the
 //! log files the first time the node starts with this one ([`LogStore::open`]).
+//!
+//! The database and the log files must stay together: a voter that lost its log but kept its
+//! replica id could vote again in a term it already voted in, or be counted for entries it no
+//! longer holds. So the id is kept in both (in the log as its user data), the database records
+//! that the log was used before the log is first written, and [`LogStore::node_id`] refuses a
+//! store whose two halves do not match.
 
 use std::fmt::Debug;
 use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use openraft::entry::RaftEntry as _;
@@ -43,6 +50,8 @@ const LEGACY_LOG_TREE: &str = "raft_log";
 const VOTE: &[u8] = b"vote";
 const PURGED: &[u8] = b"purged";
 const NODE_ID: &[u8] = b"node_id";
+/// Set in the database before the log is first written (a vote or an entry).
+const LOG_USED: &[u8] = b"log_used";
 /// A log file is closed, and a new one started, past this size; a closed file is deleted once
 /// every entry in it is purged, and its entries may then leave the memory cache.
 const CHUNK_BYTES: usize = 64 << 20;
@@ -105,7 +114,8 @@ impl raft_log::Types for Types {
     type LogPayload = Coded<RaftEntry>;
     type Vote = Coded<Vote>;
     type Callback = Done;
-    type UserData = Coded<()>;
+    /// This node's replica id.
+    type UserData = Coded<u64>;
 
     fn log_index(log_id: &Self::LogId) -> u64 {
         log_id.0.index()
@@ -154,6 +164,8 @@ type Wal = raft_log::RaftLog<Types>;
 #[derive(Clone)]
 pub struct LogStore {
     wal: Arc<parking_lot::RwLock<Wal>>,
+    /// Whether the database says the log was used ([`LOG_USED`]).
+    marked: Arc<std::sync::atomic::AtomicBool>,
     /// The streams, flushed before entries are purged.
     db: sled::Db,
     meta: sled::Tree,
@@ -174,10 +186,13 @@ impl LogStore {
         config.wal.flush_batch_wait = Some(SYNC_GATHER);
         config.log_cache_capacity = Some(CACHE_BYTES);
         let wal = Wal::open(Arc::new(config)).map_err(|e| other(format!("opening the raft log in {path}: {e}")))?;
+        let meta = db.open_tree(META_TREE).map_err(other)?;
+        let marked = meta.get(LOG_USED).map_err(other)?.is_some();
         let store = Self {
             wal: Arc::new(parking_lot::RwLock::new(wal)),
+            marked: Arc::new(std::sync::atomic::AtomicBool::new(marked)),
             db: db.clone(),
-            meta: db.open_tree(META_TREE).map_err(other)?,
+            meta,
             durability,
         };
         store.move_legacy_log()?;
@@ -185,17 +200,68 @@ impl LogStore {
     }
 
     /// This node's id in the group: chosen at random the first time the store is used, and
-    /// kept with it. A node whose store is lost is a new member.
+    /// kept with it, in the database and in the log. A node whose store is lost is a new
+    /// member. A store whose database and log do not belong together is refused, with what to
+    /// do: a half that shows use beside a missing other half means a lost log (or lost streams).
+    /// A half missing beside an unused other half is a first start cut short, and is completed.
     pub fn node_id(&self) -> io::Result<u64> {
-        if let Some(bytes) = self.meta.get(NODE_ID).map_err(other)? {
-            let bytes: [u8; 8] = bytes.as_ref().try_into().map_err(other)?;
-            return Ok(u64::from_be_bytes(bytes));
+        let in_db = match self.meta.get(NODE_ID).map_err(other)? {
+            Some(bytes) => Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(other)?)),
+            None => None,
+        };
+        let in_log = self.wal.read().log_state().user_data.as_ref().map(|id| id.0);
+        let log_used = self.is_used();
+        if log_used {
+            self.mark_used()?;
         }
-        // Never 0: ids read as "none" elsewhere.
-        let id = rand::random::<u64>().max(1);
+        let move_away = "move the whole store directory away (the node then rejoins as a new replica)";
+        let id = match (in_db, in_log) {
+            (Some(db), Some(log)) if db == log => return Ok(db),
+            (Some(db), Some(log)) => {
+                return Err(other(format!(
+                    "the store's database belongs to replica {db} and its raft log ({DIR}) to replica {log}: \
+                     they are not one store; {move_away}"
+                )))
+            }
+            (None, Some(log)) if log_used => {
+                return Err(other(format!(
+                    "the raft log ({DIR}) of replica {log} is used, but the store's database has no replica id: \
+                     the streams were lost or replaced; {move_away}"
+                )))
+            }
+            (Some(db), None) if self.marked.load(Ordering::Relaxed) => {
+                return Err(other(format!(
+                    "the store's database belongs to replica {db}, whose raft log was used, but the log ({DIR}) \
+                     is missing or empty: this node could vote or count for entries it no longer holds; {move_away}"
+                )))
+            }
+            (Some(id), None) | (None, Some(id)) => id,
+            // Never 0: ids read as "none" elsewhere.
+            (None, None) => rand::random::<u64>().max(1),
+        };
+        // The log first: a start cut short after it finds an unused log with the id, and
+        // completes the database.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut wal = self.wal.write();
+            wal.save_user_data(Some(Coded(id)))?;
+            wal.flush(true, Some(Done::Block(tx)))?;
+        }
+        rx.recv().map_err(|_| other("the raft log's writer stopped"))??;
         self.meta.insert(NODE_ID, &id.to_be_bytes()).map_err(other)?;
         self.db.flush().map_err(other)?;
         Ok(id)
+    }
+
+    /// Records in the database, durably, that the log is used: once, before its first write.
+    fn mark_used(&self) -> io::Result<()> {
+        if self.marked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.meta.insert(LOG_USED, b"1".as_slice()).map_err(other)?;
+        self.db.flush().map_err(other)?;
+        self.marked.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether this node has ever been part of a group (a vote or a log entry).
@@ -227,8 +293,14 @@ impl LogStore {
         let decode_err = |e: postcard::Error| io::Error::new(io::ErrorKind::InvalidData, e);
         if !self.is_used() {
             let mut entries = 0;
+            self.mark_used()?;
+            let id = match self.meta.get(NODE_ID).map_err(other)? {
+                Some(bytes) => Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(other)?)),
+                None => None,
+            };
             {
                 let mut wal = self.wal.write();
+                wal.save_user_data(id.map(Coded))?;
                 if let Some(vote) = &vote {
                     wal.save_vote(Coded(postcard::from_bytes::<Vote>(vote).map_err(decode_err)?))?;
                 }
@@ -301,6 +373,7 @@ impl RaftLogStorage<Herald> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.mark_used()?;
         self.wal.write().save_vote(Coded(*vote))?;
         self.flush(true).await
     }
@@ -310,6 +383,7 @@ impl RaftLogStorage<Herald> for LogStore {
         I: IntoIterator<Item = RaftEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.mark_used()?;
         let mut wal = self.wal.write();
         wal.append(entries.into_iter().map(|entry| (Coded(entry.log_id()), Coded(entry))))?;
         wal.flush(
@@ -456,5 +530,72 @@ mod tests {
             assert!(db.open_tree(LEGACY_LOG_TREE).unwrap().is_empty());
             assert!(db.open_tree(META_TREE).unwrap().get(VOTE).unwrap().is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn the_replica_id_is_kept_by_both_halves_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let (_db, log) = open(dir.path());
+            log.node_id().unwrap()
+        };
+        let (_db, log) = open(dir.path());
+        assert_eq!(log.node_id().unwrap(), id);
+        assert_eq!(log.wal.read().log_state().user_data, Some(Coded(id)));
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_raft_log_was_lost_after_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut log) = open(dir.path());
+            log.node_id().unwrap();
+            append(&mut log, vec![entry(1)]).await;
+        }
+        std::fs::remove_dir_all(dir.path().join(DIR)).unwrap();
+        let (_db, log) = open(dir.path());
+        let error = log.node_id().unwrap_err().to_string();
+        assert!(
+            error.contains("missing or empty") && error.contains("move the whole store"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_used_raft_log_beside_a_lost_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut log) = open(dir.path());
+            log.node_id().unwrap();
+            log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+        let (_db, log) = open(dir.path());
+        let error = log.node_id().unwrap_err().to_string();
+        assert!(error.contains("no replica id"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_first_start_cut_short_is_completed() {
+        // The id reached the log, not the database, and the log was never used: a crash in
+        // the first start. The next start keeps that id.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, log) = open(dir.path());
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let mut wal = log.wal.write();
+            wal.save_user_data(Some(Coded(77))).unwrap();
+            wal.flush(true, Some(Done::Block(tx))).unwrap();
+            drop(wal);
+            rx.recv().unwrap().unwrap();
+        }
+        let (_db, log) = open(dir.path());
+        assert_eq!(log.node_id().unwrap(), 77);
+        let (_db2, log) = {
+            drop(log);
+            drop(_db);
+            open(dir.path())
+        };
+        assert_eq!(log.node_id().unwrap(), 77);
     }
 }
