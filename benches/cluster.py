@@ -240,10 +240,10 @@ def main():
         nodes.append(single)
         single.start()
         fan = loadgen(single, single, ["fanout", "--subscribers", "1000", "--messages", str(fanout_messages)], "single-fanout-1000")
-        batched = loadgen(single, single, ["--namespace", "benchh", "--api-batch", "64", "--api-connections", "1",
+        batched = loadgen(single, single, ["--namespace", "benchh", "--batch", "64", "--api-batch", "64", "--api-connections", "1",
                                            "fanout", "--subscribers", "1", "--messages", str(history_messages)], "single-history-batch64")
         one = loadgen(single, single, ["--namespace", "benchh", "fanout", "--subscribers", "1", "--messages", str(single_messages)], "single-history-1")
-        parallel = loadgen(single, single, ["--namespace", "benchh", "--api-batch", "64", "--api-connections", "4",
+        parallel = loadgen(single, single, ["--namespace", "benchh", "--batch", "64", "--api-batch", "64", "--api-connections", "4",
                                             "fanout", "--subscribers", "1", "--messages", str(history_messages)], "single-history-batch64x4")
         stop_all()
 
@@ -259,11 +259,11 @@ def main():
         cfan = loadgen(followers[0], followers[1], ["fanout", "--subscribers", "1000", "--messages", str(fanout_messages)], "cluster-fanout-1000")
         route_after = followers[1].metric('herald_cluster_link_bytes_total{direction="out"}')
         rep_before = leader.metric('herald_cluster_link_bytes_total{direction="out"}')
-        cbatched = loadgen(followers[0], leader, ["--namespace", "benchh", "--api-batch", "64", "--api-connections", "1",
+        cbatched = loadgen(followers[0], leader, ["--namespace", "benchh", "--batch", "64", "--api-batch", "64", "--api-connections", "1",
                                                   "fanout", "--subscribers", "1", "--messages", str(history_messages)], "cluster-history-batch64")
         rep_after = leader.metric('herald_cluster_link_bytes_total{direction="out"}')
         cone = loadgen(followers[0], leader, ["--namespace", "benchh", "fanout", "--subscribers", "1", "--messages", str(single_messages)], "cluster-history-1")
-        cparallel = loadgen(followers[0], leader, ["--namespace", "benchh", "--api-batch", "64", "--api-connections", "4",
+        cparallel = loadgen(followers[0], leader, ["--namespace", "benchh", "--batch", "64", "--api-batch", "64", "--api-connections", "4",
                                                    "fanout", "--subscribers", "1", "--messages", str(history_messages)], "cluster-history-batch64x4")
         # Interest changes: 1,000 subscriptions to distinct channels come and go on one node;
         # its link bytes over that time, less the idle digests over the same time.
