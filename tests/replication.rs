@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -629,6 +629,56 @@ async fn a_voter_back_without_its_store_never_answers_for_its_old_replica() {
     }
     let problems = checker::check(&publishes, &histories, &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The bootstrap rule: node 0 has no seeds and started the group. Killed, its store lost, and
+/// started again, it finds members already in a group and waits to be added, rather than start
+/// a second group that would sequence the same channels again (from offset 1, in an epoch of
+/// its own) and answer history from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seedless_node_back_without_its_store_does_not_start_a_second_group() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3, CONFIG, TIMING);
+    cluster.converged(CONVERGE).await;
+    cluster.leader_elected(3, CONVERGE).await;
+    let publishes = Mutex::new(Publishes::default());
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[n % 3].addr, "hist:seedless", &format!("a{n}"), &publishes).await);
+    }
+    let old_id = cluster.nodes[0].cluster_status()["raft_id"].clone();
+    cluster.nodes[0].kill();
+    std::fs::remove_dir_all(cluster.nodes[0].storage_path()).unwrap();
+    let restarted = Instant::now();
+    cluster.nodes[0].restart_after_kill();
+    cluster.converged(CONVERGE).await;
+    // Past `bootstrap_wait` (3 s): a node that was to start a group has started it by now.
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(restarted.elapsed())).await;
+    let status = cluster.nodes[0].cluster_status();
+    assert_ne!(status["raft_id"], old_id);
+    assert_eq!(status["role"], "edge", "{status:#}\n{}", tail(&cluster.nodes[0].log()));
+    assert!(
+        cluster.nodes[0].log().contains("not starting another"),
+        "{}",
+        tail(&cluster.nodes[0].log())
+    );
+    // Publishes through every node, node 0 included, are sequenced by the one group.
+    for n in 0..10 {
+        assert!(publish(cluster.nodes[n % 3].addr, "hist:seedless", &format!("b{n}"), &publishes).await);
+    }
+    let publishes = publishes.into_inner();
+    let mut histories = Vec::new();
+    for node in &cluster.nodes {
+        histories.push(history(node, "hist:seedless").await);
+    }
+    let problems = checker::check(&publishes, &histories, &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let positions: BTreeSet<&(String, u64)> = publishes.acked.values().collect();
+    let epochs: BTreeSet<&str> = positions.iter().map(|(epoch, _)| epoch.as_str()).collect();
+    assert_eq!(epochs.len(), 1, "one sequence, one epoch: {positions:?}");
+    assert_eq!(
+        positions.iter().map(|(_, offset)| *offset).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<u64>>()
+    );
 }
 
 /// A node that joins after the log was compacted catches up from a snapshot of the streams:

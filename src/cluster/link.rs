@@ -236,6 +236,7 @@ pub(super) async fn run_outgoing(inner: Arc<Inner>, peer: Arc<Peer>, mut queue: 
             generation: inner.generation,
             to: peer.name.to_string(),
             raft_id: inner.replica.get().map_or(0, |r| r.id()),
+            in_group: inner.replica.get().is_some_and(|r| r.in_group()),
         }));
         sealing.push(&hello, &mut buf);
         {
@@ -350,6 +351,9 @@ async fn serve_incoming(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), Lin
     let generation = hello.generation;
     if hello.raft_id != 0 {
         inner.raft_ids.lock().insert(name.clone(), hello.raft_id);
+    }
+    if hello.in_group {
+        inner.saw_group.get_or_init(|| name.clone());
     }
     // A peer's link (re)connected: what it had queued for an earlier connection is gone.
     inner.changes.notify_one();
@@ -523,6 +527,7 @@ pub(super) async fn ask_as_admin(
         generation: now_ms(),
         to: String::new(),
         raft_id: 0,
+        in_group: false,
     }));
     sealing.push(&hello, &mut out);
     sealing.push(

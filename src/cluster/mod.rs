@@ -147,6 +147,8 @@ pub(crate) struct Inner {
     replica: OnceLock<Arc<Replica>>,
     /// Each peer's replica id, from its links' hellos.
     raft_ids: Mutex<HashMap<Arc<str>, u64>>,
+    /// The first peer whose hello said it is in a replicated group (see the bootstrap rule).
+    saw_group: OnceLock<Arc<str>>,
     /// The leader's name as last heard from a peer (for a node that does not know it itself).
     leader_hint: Mutex<Option<Arc<str>>>,
     /// Signalled when a member comes or goes, a link (re)connects, or this node rejoins: events
@@ -232,6 +234,7 @@ impl Cluster {
             shutdown: shutdown.clone(),
             replica: OnceLock::new(),
             raft_ids: Mutex::new(HashMap::new()),
+            saw_group: OnceLock::new(),
             leader_hint: Mutex::new(None),
             changes: tokio::sync::Notify::new(),
         });

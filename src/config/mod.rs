@@ -91,6 +91,10 @@ pub struct ClusterConfig {
     /// A voter declared dead for this long is replaced by a live edge node.
     #[serde(with = "humantime_serde")]
     pub replace_dead_voter_after: Duration,
+    /// A node without seeds whose store was never in a group waits this long for a member
+    /// already in one (it then waits to be added) before it starts a new group.
+    #[serde(with = "humantime_serde")]
+    pub bootstrap_wait: Duration,
     /// Inter-node messages are accepted within this much clock difference, and never twice.
     #[serde(with = "humantime_serde")]
     pub replay_window: Duration,
@@ -121,6 +125,7 @@ impl Default for ClusterConfig {
             election_timeout: Duration::from_millis(600),
             forward_timeout: Duration::from_secs(5),
             replace_dead_voter_after: Duration::from_secs(60),
+            bootstrap_wait: Duration::from_secs(3),
             replay_window: Duration::from_secs(30),
             snapshot_entries: 50_000,
             snapshot_chunk_size: 1 << 20,
@@ -168,6 +173,7 @@ impl ClusterConfig {
             ("election_timeout", self.election_timeout),
             ("forward_timeout", self.forward_timeout),
             ("replace_dead_voter_after", self.replace_dead_voter_after),
+            ("bootstrap_wait", self.bootstrap_wait),
             ("replay_window", self.replay_window),
         ] {
             if value.is_zero() {
@@ -1075,6 +1081,7 @@ mod tests {
         let minimal = "[cluster]\nsecret = \"0123456789abcdef\"\nnode_name = \"n1\"\n";
         let cluster = Config::from_toml(minimal).unwrap().cluster.unwrap();
         assert_eq!((cluster.replicas, cluster.node_name.as_str()), (3, "n1"));
+        assert_eq!(cluster.bootstrap_wait, Duration::from_secs(3));
         let err = Config::from_toml("[cluster]\nseeds = [\"127.0.0.2:7946\"]\n")
             .unwrap_err()
             .to_string();
@@ -1086,7 +1093,7 @@ mod tests {
         .to_string();
         assert!(err.contains("bogus"), "unknown keys stay errors: {err}");
         let err = Config::from_toml(
-            "[cluster]\nsecret = \"short\"\nseeds = [\"nohost\"]\nreplicas = 0\nheartbeat_interval = \"1s\"\nelection_timeout = \"1s\"\nsnapshot_chunk_size = 100\n",
+            "[cluster]\nsecret = \"short\"\nseeds = [\"nohost\"]\nreplicas = 0\nheartbeat_interval = \"1s\"\nelection_timeout = \"1s\"\nsnapshot_chunk_size = 100\nbootstrap_wait = \"0s\"\n",
         )
         .unwrap_err();
         let text = err.to_string();
@@ -1096,6 +1103,7 @@ mod tests {
             "cluster.replicas",
             "cluster.election_timeout",
             "cluster.snapshot_chunk_size",
+            "cluster.bootstrap_wait",
         ] {
             assert!(text.contains(key), "{key} not named: {text}");
         }

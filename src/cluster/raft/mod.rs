@@ -4,7 +4,8 @@
 //! openraft's API stays behind [`Replica`], since it changes between alphas.
 //!
 //! Who votes, and how the group forms and heals (see `docs/cluster.md`):
-//! - the node without seeds whose store has never been in a group starts it, alone;
+//! - the node without seeds whose store has never been in a group starts it, alone, unless a
+//!   member says within `cluster.bootstrap_wait` that it is in one already;
 //! - the leader adds live nodes as voters up to `cluster.replicas`, always to an odd number (1,
 //!   3, 5…: an even group tolerates no more failures than the odd one below it); each is first a
 //!   learner that catches up, then a voter;
@@ -106,7 +107,7 @@ fn failed(e: impl std::fmt::Display) -> String {
 
 impl Replica {
     /// Opens the log in the store's database and starts the replica. The node without seeds
-    /// whose store was never in a group starts the group, alone.
+    /// whose store was never in a group starts the group, alone (see [`bootstrap`]).
     pub(crate) async fn start(
         inner: &Arc<Inner>,
         store: &Store,
@@ -144,19 +145,12 @@ impl Replica {
             incoming: parking_lot::Mutex::new(Assembly::default()),
         });
         if cluster.seeds.is_empty() && !used {
-            let members = BTreeMap::from([(
-                id,
-                Member {
-                    name: cluster.node_name.clone(),
-                },
-            )]);
-            match replica.raft.initialize(members).await {
-                Ok(()) => tracing::info!(
-                    raft_id = id,
-                    "cluster: started a new replicated log (this node has no seeds)"
-                ),
-                Err(e) => tracing::warn!(error = %e, "cluster: could not start the replicated log"),
-            }
+            tokio::spawn(bootstrap(
+                Arc::downgrade(inner),
+                Arc::downgrade(&replica),
+                cluster.node_name.clone(),
+                cluster.bootstrap_wait,
+            ));
         } else if !used {
             tracing::info!(
                 raft_id = id,
@@ -169,6 +163,13 @@ impl Replica {
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Whether this replica is in a group: it knows a membership (as a voter or a learner).
+    pub fn in_group(&self) -> bool {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let in_group = metrics.membership_config.membership().nodes().next().is_some();
+        in_group
     }
 
     /// Whether this node leads (as far as it knows).
@@ -462,6 +463,44 @@ impl Replica {
             }
             Err(e) => tracing::warn!(error = %e, "cluster: voter change failed"),
         }
+    }
+}
+
+/// The bootstrap rule: a node without seeds whose store was never in a group starts a new
+/// group, alone, unless within `wait` a peer's link says it is in one already. That peer's
+/// group is then the cluster's (this node's store was lost, or it was started without seeds
+/// beside a running cluster): this node waits to be added by its leader, as a node with seeds
+/// does, rather than sequence streams a second time in a group of its own.
+async fn bootstrap(inner: Weak<Inner>, replica: Weak<Replica>, name: String, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (Some(inner), Some(replica)) = (inner.upgrade(), replica.upgrade()) else {
+            return;
+        };
+        if let Some(peer) = inner.saw_group.get() {
+            tracing::warn!(
+                peer = %peer,
+                "cluster: this node has no seeds and a new store, but a member is in a replicated log already: \
+                 not starting another; waiting to be added by its leader (give this node seeds)"
+            );
+            return;
+        }
+        if replica.in_group() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let members = BTreeMap::from([(replica.id, Member { name })]);
+            match replica.raft.initialize(members).await {
+                Ok(()) => tracing::info!(
+                    raft_id = replica.id,
+                    "cluster: started a new replicated log (this node has no seeds, and no member is in one)"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cluster: could not start the replicated log"),
+            }
+            return;
+        }
+        drop((inner, replica));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
