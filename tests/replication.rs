@@ -623,11 +623,16 @@ async fn a_voter_back_without_its_store_never_answers_for_its_old_replica() {
     assert_eq!(leader_status["role"], "leader", "{leader_status:#}");
     // Every node serves the whole stream, the one without a store included (through the leader).
     let publishes = publishes.into_inner();
+    assert_every_history_clean(&cluster, "hist:lost", &publishes).await;
+}
+
+/// Reads `channel`'s history from every node and runs the checker over it.
+async fn assert_every_history_clean(cluster: &Cluster, channel: &str, publishes: &Publishes) {
     let mut histories = Vec::new();
     for node in &cluster.nodes {
-        histories.push(history(node, "hist:lost").await);
+        histories.push(history(node, channel).await);
     }
-    let problems = checker::check(&publishes, &histories, &[]);
+    let problems = checker::check(publishes, &histories, &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -666,12 +671,7 @@ async fn a_seedless_node_back_without_its_store_does_not_start_a_second_group() 
         assert!(publish(cluster.nodes[n % 3].addr, "hist:seedless", &format!("b{n}"), &publishes).await);
     }
     let publishes = publishes.into_inner();
-    let mut histories = Vec::new();
-    for node in &cluster.nodes {
-        histories.push(history(node, "hist:seedless").await);
-    }
-    let problems = checker::check(&publishes, &histories, &[]);
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_every_history_clean(&cluster, "hist:seedless", &publishes).await;
     let positions: BTreeSet<&(String, u64)> = publishes.acked.values().collect();
     let epochs: BTreeSet<&str> = positions.iter().map(|(epoch, _)| epoch.as_str()).collect();
     assert_eq!(epochs.len(), 1, "one sequence, one epoch: {positions:?}");

@@ -205,10 +205,7 @@ impl LogStore {
     /// do: a half that shows use beside a missing other half means a lost log (or lost streams).
     /// A half missing beside an unused other half is a first start cut short, and is completed.
     pub fn node_id(&self) -> io::Result<u64> {
-        let in_db = match self.meta.get(NODE_ID).map_err(other)? {
-            Some(bytes) => Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(other)?)),
-            None => None,
-        };
+        let in_db = self.stored_id()?;
         let in_log = self.wal.read().log_state().user_data.as_ref().map(|id| id.0);
         let log_used = self.is_used();
         if log_used {
@@ -253,6 +250,14 @@ impl LogStore {
         Ok(id)
     }
 
+    /// The replica id the database holds, if any.
+    fn stored_id(&self) -> io::Result<Option<u64>> {
+        match self.meta.get(NODE_ID).map_err(other)? {
+            Some(bytes) => Ok(Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(other)?))),
+            None => Ok(None),
+        }
+    }
+
     /// Records in the database, durably, that the log is used: once, before its first write.
     fn mark_used(&self) -> io::Result<()> {
         if self.marked.load(Ordering::Relaxed) {
@@ -294,10 +299,7 @@ impl LogStore {
         if !self.is_used() {
             let mut entries = 0;
             self.mark_used()?;
-            let id = match self.meta.get(NODE_ID).map_err(other)? {
-                Some(bytes) => Some(u64::from_be_bytes(bytes.as_ref().try_into().map_err(other)?)),
-                None => None,
-            };
+            let id = self.stored_id()?;
             {
                 let mut wal = self.wal.write();
                 wal.save_user_data(id.map(Coded))?;
