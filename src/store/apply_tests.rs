@@ -137,9 +137,31 @@ async fn the_same_entries_give_the_same_streams_whatever_the_batches() {
         result.unwrap();
     }
 
+    // ...and a third applies them as a follower of a replicated log does: one group per
+    // entry, not delivered, so the writer keeps them behind and writes them together.
+    let (three, _) = (tempfile::tempdir().unwrap(), ());
+    let (store_three, _) = open_recording(three.path());
+    for (index, entry) in entries().into_iter().enumerate() {
+        let op = match entry {
+            Entry::Append(a) => GroupOp::Append(a),
+            Entry::Reset(channel, stamp) => GroupOp::Reset {
+                channel: Arc::from(channel),
+                stamp,
+            },
+        };
+        let meta = vec![(b"r".to_vec(), (index as u64).to_be_bytes().to_vec())];
+        for result in store_three.apply_group(vec![op], meta, false).await.unwrap() {
+            result.unwrap();
+        }
+    }
+    store_three.settle().await.unwrap();
+
     let records_one = records(&store_one);
     assert!(!records_one.is_empty());
     assert_eq!(records_one, records(&store_two), "the streams differ byte for byte");
+    let mut records_three = records(&store_three);
+    records_three.retain(|(key, _)| key.as_slice() != b"r");
+    assert_eq!(records_one, records_three, "the streams written behind differ");
     let commits = |seen: &Mutex<Vec<Committed>>| -> Vec<(String, String, Publication)> {
         seen.lock()
             .iter()
@@ -187,4 +209,99 @@ async fn a_reset_refuses_the_current_epoch() {
     store.append_entry(*first).await.unwrap();
     assert!(store.remove_history("a", stamp(2, "same")).await.is_err());
     assert_eq!(store.position("a").await.unwrap().offset, 1, "nothing was removed");
+}
+
+/// A follower's appends: `count` of them to `channel` (history 100), from offset `first`,
+/// whose data is their offset.
+fn replicated(channel: &str, first: u64, count: u64) -> Vec<GroupOp> {
+    (first..first + count)
+        .map(|offset| {
+            GroupOp::Append(Box::new(Append {
+                channel: Arc::from(channel),
+                publication: Publication {
+                    data: Bytes::from(offset.to_string()),
+                    ..Default::default()
+                },
+                history: Some(Retention {
+                    size: 100,
+                    ttl: Duration::from_secs(3600),
+                }),
+                idempotency: None,
+                version: None,
+                stamp: stamp(offset as i64, "hot-epoch"),
+            }))
+        })
+        .collect()
+}
+
+/// The offsets of `channel`'s publications in the tree (as written, not behind).
+fn offsets_written(store: &Store, channel: &str) -> Vec<u64> {
+    store
+        .tree
+        .scan_prefix(keys::publication_prefix(channel))
+        .keys()
+        .map(|key| keys::offset_of(&key.unwrap()).unwrap())
+        .collect()
+}
+
+/// Replicated appends are written behind: the writer answers them at once and writes several
+/// groups together, and the publications of a hot stream that leave its history before that
+/// write never reach the tree. Publications written before are still removed, a read sees
+/// every append answered, and the log position comes with the streams it describes.
+#[tokio::test]
+async fn replicated_appends_written_behind_are_read_whole_and_trimmed_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_recording(dir.path());
+    let log_position = |n: u64| vec![(b"r".to_vec(), n.to_be_bytes().to_vec())];
+    for (n, first) in (1..=150).step_by(50).enumerate() {
+        for result in store
+            .apply_group(replicated("hot", first, 50), log_position(n as u64), false)
+            .await
+            .unwrap()
+        {
+            result.unwrap();
+        }
+    }
+    // A read of the position goes through the writer, which writes first what is behind.
+    let position = store.position("hot").await.unwrap();
+    assert_eq!(position.offset, 150);
+    assert_eq!(offsets_written(&store, "hot"), (51..=150).collect::<Vec<_>>());
+
+    // 200 more: 151..=250 leave the history before they are written.
+    for (n, first) in (151..=350).step_by(50).enumerate() {
+        for result in store
+            .apply_group(replicated("hot", first, 50), log_position(10 + n as u64), false)
+            .await
+            .unwrap()
+        {
+            result.unwrap();
+        }
+    }
+    // A read straight after the appends were answered, at the position they reached.
+    let top = Position {
+        epoch: position.epoch.clone(),
+        offset: 350,
+    };
+    let range = ReadRange {
+        limit: 1_000,
+        ..Default::default()
+    };
+    let retention = Retention {
+        size: 100,
+        ttl: Duration::from_secs(3600 * 24 * 365 * 100),
+    };
+    let read = store
+        .read("hot", &top, range, retention)
+        .await
+        .unwrap()
+        .expect("same epoch");
+    let seen: Vec<(u64, String)> = read
+        .iter()
+        .map(|p| (p.offset, String::from_utf8_lossy(&p.data).into_owned()))
+        .collect();
+    let expected: Vec<(u64, String)> = (251..=350).map(|o| (o, o.to_string())).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(offsets_written(&store, "hot"), (251..=350).collect::<Vec<_>>());
+    assert_eq!(store.record(b"r").unwrap(), Some(13u64.to_be_bytes().to_vec()));
+    assert_eq!(store.position("hot").await.unwrap(), top);
 }

@@ -213,6 +213,9 @@ pub struct Store {
     /// Set by the writer when a batch could not be written: reads, which do not go through
     /// the writer, are refused too.
     failed: Arc<AtomicBool>,
+    /// Set by the writer while replicated appends are answered but not yet in the tree: reads
+    /// of the tree have it write them first ([`Store::settle`]).
+    behind: Arc<AtomicBool>,
     #[cfg(test)]
     faults: Arc<writer::Faults>,
 }
@@ -344,6 +347,7 @@ impl Store {
             error: format!("writing {}: {e}", seal::path(path).display()),
         })?;
         let failed = Arc::new(AtomicBool::new(false));
+        let behind = Arc::new(AtomicBool::new(false));
         #[cfg(test)]
         let faults = Arc::new(writer::Faults::default());
         let start = writer::Start {
@@ -351,6 +355,7 @@ impl Store {
             seq: durable,
             renew_epochs,
             failed: failed.clone(),
+            behind: behind.clone(),
             #[cfg(test)]
             faults: faults.clone(),
         };
@@ -361,6 +366,7 @@ impl Store {
             tree,
             ops,
             failed,
+            behind,
             #[cfg(test)]
             faults,
         })
@@ -460,9 +466,19 @@ impl Store {
         Ok(())
     }
 
+    /// Has the writer write what it holds behind, if anything (see `writer::Writer::apply`):
+    /// afterwards the tree shows every operation answered so far.
+    async fn settle(&self) -> Result<(), StoreError> {
+        if self.behind.load(Ordering::Relaxed) {
+            self.call(|reply| writer::Op::Settle { reply }).await?;
+        }
+        Ok(())
+    }
+
     /// Every channel with a stream.
     pub async fn channels(&self) -> Result<Vec<String>, StoreError> {
         self.check_serving()?;
+        self.settle().await?;
         let tree = self.tree.clone();
         tokio::task::spawn_blocking(move || {
             tree.scan_prefix([keys::META])
@@ -564,7 +580,8 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// A record of the streams tree written by [`Store::apply_group`] (`meta`), as it is now.
+    /// A record of the streams tree written by [`Store::apply_group`] (`meta`), as it is now
+    /// in the tree: the last groups of appends may still be held behind, unwritten.
     pub fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.check_serving()?;
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
@@ -623,6 +640,7 @@ impl Store {
         retention: Retention,
     ) -> Result<Option<Vec<Publication>>, StoreError> {
         self.check_serving()?;
+        self.settle().await?;
         let tree = self.tree.clone();
         let channel = channel.to_owned();
         let position = position.clone();

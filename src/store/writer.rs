@@ -6,6 +6,10 @@
 //! publishers once its consumer has delivered it). Offsets are contiguous within an epoch because
 //! nothing else assigns them; idempotency keys are checked and recorded here for the same reason.
 //! The apply is deterministic: time and new epochs come from each entry's [`Stamp`].
+//!
+//! A replicated log's appends are the exception to "write, then answer": they are durable in
+//! the log already, so they are answered at once and written behind, several batches together
+//! (see [`Writer::apply`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,9 @@ use crate::protocol::proto::Publication;
 const MAX_BATCH: usize = 4096;
 /// Operations waiting for the writer; senders wait when it is full (backpressure on publishers).
 const QUEUE: usize = 16 * 1024;
+/// How long replicated appends may stay written behind, and how many (see [`Writer::apply`]).
+const WRITE_BEHIND: Duration = Duration::from_millis(50);
+const MAX_BEHIND: usize = 16 * 1024;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -91,9 +98,10 @@ pub(super) enum Op {
     /// log's entries and the log position they bring the store to, durable together or not at
     /// all. Appends are handed to the commit hook only when `deliver` is set (the node that
     /// delivers them); otherwise they are answered as soon as the batch is applied. A group
-    /// does not wait for a flush of its own: the replicated log is the durable record, and
-    /// after a crash whatever the store lost is applied again from it (the log's next flush,
-    /// which covers the whole database, makes it durable meanwhile).
+    /// does not wait for a flush of its own, and a group of appends is written behind (see
+    /// [`Writer::apply`]): the replicated log is the durable record, and after a crash
+    /// whatever the store lost is applied again from it (the log flushes the store, through
+    /// [`Op::Flush`], before it purges entries).
     Group {
         ops: Vec<Op>,
         meta: Vec<(Vec<u8>, Vec<u8>)>,
@@ -117,6 +125,11 @@ pub(super) enum Op {
         reply: Reply<()>,
     },
     Flush {
+        reply: Reply<()>,
+    },
+    /// Writes what is written behind (see [`Writer::apply`]), without a flush: the tree then
+    /// shows every operation answered before.
+    Settle {
         reply: Reply<()>,
     },
     /// Flush, seal as cleanly shut down, and stop: later operations fail with `Closed`.
@@ -180,6 +193,11 @@ struct Writer {
     /// Set once a batch could not be written: from then on nothing is served (see `fail`).
     /// Shared with the store's readers.
     failed: Arc<AtomicBool>,
+    /// Replicated appends answered but not yet written, since when (see [`Writer::apply`]);
+    /// `behind` tells the store's readers (shared).
+    pending: Option<Staging>,
+    behind_since: Option<Instant>,
+    behind: Arc<AtomicBool>,
     #[cfg(test)]
     faults: Arc<Faults>,
 }
@@ -204,6 +222,7 @@ pub(super) struct Start {
     pub seq: u64,
     pub renew_epochs: bool,
     pub failed: Arc<AtomicBool>,
+    pub behind: Arc<AtomicBool>,
     #[cfg(test)]
     pub faults: Arc<Faults>,
 }
@@ -230,6 +249,9 @@ pub(super) fn spawn(
         renew_epochs: start.renew_epochs,
         renewed: HashSet::new(),
         failed: start.failed,
+        pending: None,
+        behind_since: None,
+        behind: start.behind,
         #[cfg(test)]
         faults: start.faults,
     };
@@ -255,13 +277,23 @@ enum Done {
 }
 
 impl Op {
+    /// Whether the operation may join a batch written behind: replicated appends (and
+    /// deliveries again of what was applied), which read nothing the batch would hide.
+    fn may_wait(&self) -> bool {
+        match self {
+            Op::Group { ops, .. } => ops.iter().all(|op| matches!(op, Op::Append { .. })),
+            Op::Redeliver { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Answers the operation with `error` without doing it.
     fn refuse(self, error: StoreError) {
         match self {
             Op::Append { reply, .. } => drop(reply.send(Err(error))),
             Op::Position { reply, .. } | Op::Reset { reply, .. } => drop(reply.send(Err(error))),
             Op::Trim { reply, .. } | Op::ExpireIdempotency { reply, .. } => drop(reply.send(Err(error))),
-            Op::Flush { reply } | Op::Close { reply } => drop(reply.send(Err(error))),
+            Op::Flush { reply } | Op::Close { reply } | Op::Settle { reply } => drop(reply.send(Err(error))),
             Op::Group { ops, reply, .. } => {
                 for op in ops {
                     op.refuse(StoreError::Failed(error.to_string()));
@@ -290,10 +322,51 @@ impl Done {
     }
 }
 
+/// The records a batch writes (`None`: removed), applied as one sled batch.
+#[derive(Default)]
+struct Writes(HashMap<Vec<u8>, Option<Vec<u8>>>);
+
+impl Writes {
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.0.insert(key.into(), Some(value.into()));
+    }
+
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.0.insert(key.into(), None);
+    }
+
+    /// Drops the write of a record that is not in the tree: it was inserted by this batch and
+    /// is removed again before the batch is written (a hot stream's publications that leave
+    /// its history within one batch never reach the disk).
+    fn unwrite(&mut self, key: &[u8]) {
+        self.0.remove(key);
+    }
+
+    fn into_batch(self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in self.0 {
+            match value {
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
+            }
+        }
+        batch
+    }
+}
+
 /// State of the batch being built.
 #[derive(Default)]
 struct Staging {
-    batch: sled::Batch,
+    batch: Writes,
+    /// Per stream, the first offset this batch appended while nothing else of the batch had
+    /// touched the stream's publications: records from there on are in the batch only, not in
+    /// the tree. `u64::MAX` once the batch removed publications another way (a purge, a trim),
+    /// so that no record is taken for fresh.
+    fresh: HashMap<Arc<str>, u64>,
+    /// Appends staged (bounds how much a write-behind batch holds).
+    appends: usize,
+    /// The batch replaces the streams (a snapshot): no record is fresh.
+    installed: bool,
     wrote: bool,
     flush_requested: bool,
     /// Idempotency keys recorded in this batch (not yet visible in the tree).
@@ -304,6 +377,26 @@ struct Staging {
     group_done: Vec<Done>,
     /// Every write of this batch comes from groups (no flush of its own needed).
     only_groups: bool,
+}
+
+impl Staging {
+    /// A new batch for `ops`.
+    fn for_ops(ops: &[Op]) -> Self {
+        Staging {
+            only_groups: ops.iter().any(|op| matches!(op, Op::Group { .. }))
+                && !ops.iter().any(|op| {
+                    matches!(
+                        op,
+                        Op::Append { .. }
+                            | Op::Reset { .. }
+                            | Op::Trim { .. }
+                            | Op::ExpireIdempotency { .. }
+                            | Op::Install { .. }
+                    )
+                }),
+            ..Default::default()
+        }
+    }
 }
 
 impl Writer {
@@ -317,10 +410,18 @@ impl Writer {
         let mut dirty_since: Option<Instant> = None;
         let mut closing: Option<Reply<()>> = None;
         loop {
-            // In `os` durability, wake up to flush what is pending even when no op arrives.
-            let first = match dirty_since {
-                Some(since) => {
-                    let wait = flush_interval.saturating_sub(since.elapsed());
+            // In `os` durability, wake up to flush what is pending even when no op arrives;
+            // wake up to write what is behind.
+            let wake = [
+                dirty_since.map(|since| since + flush_interval),
+                self.behind_since.map(|since| since + WRITE_BEHIND),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let first = match wake {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
                     match waiter.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                         Ok(Some(op)) => Some(op),
                         Ok(None) => break,
@@ -366,6 +467,12 @@ impl Writer {
                 let _ = reply.send(result);
                 return;
             }
+            if self.behind_since.is_some_and(|since| since.elapsed() >= WRITE_BEHIND) {
+                let wrote = self.pending.take().map(|pending| self.write_behind(pending));
+                if matches!(wrote, Some(Ok(true))) && self.durability == Durability::Os && dirty_since.is_none() {
+                    dirty_since = Some(Instant::now());
+                }
+            }
             if dirty_since.is_some_and(|since| since.elapsed() >= flush_interval) {
                 match self.flush() {
                     Ok(()) => self.seal(false, false),
@@ -382,7 +489,7 @@ impl Writer {
     /// Flushes and seals the store as cleanly shut down; false if the flush failed or the
     /// store had failed before (its seal then stays unclean, see `fail`).
     fn shut_down(&mut self) -> bool {
-        if self.failed.load(Ordering::Relaxed) {
+        if self.failed.load(Ordering::Relaxed) || !self.catch_up() {
             return false;
         }
         match self.flush() {
@@ -453,6 +560,17 @@ impl Writer {
     }
 
     /// Applies one batch of operations; returns whether anything was written.
+    ///
+    /// A batch of nothing but replicated groups of appends is written behind: it is answered
+    /// at once and kept, and the next such batches join it, so that a hot stream's records are
+    /// written once per [`WRITE_BEHIND`] rather than once per batch (publications that leave
+    /// the history meanwhile are never written at all). This is safe because the replicated
+    /// log, not the store, is the durable record of those entries: the store's log position is
+    /// written in the same sled batch as their changes, so after a crash the store is at an
+    /// earlier position and the log applies the rest again, and the log purges no entry before
+    /// [`Op::Flush`], which writes what is behind first. Any other operation writes what is
+    /// behind before it is staged, so reads through the writer, and reads of the tree after
+    /// [`Op::Settle`], see everything applied.
     fn apply(&mut self, ops: &mut Vec<Op>) -> bool {
         if self.failed.load(Ordering::Relaxed) {
             for op in ops.drain(..) {
@@ -460,19 +578,23 @@ impl Writer {
             }
             return false;
         }
-        let mut staging = Staging {
-            only_groups: ops.iter().any(|op| matches!(op, Op::Group { .. }))
-                && !ops.iter().any(|op| {
-                    matches!(
-                        op,
-                        Op::Append { .. }
-                            | Op::Reset { .. }
-                            | Op::Trim { .. }
-                            | Op::ExpireIdempotency { .. }
-                            | Op::Install { .. }
-                    )
-                }),
-            ..Default::default()
+        let may_wait = ops.iter().all(Op::may_wait);
+        let mut wrote_behind = false;
+        let mut staging = match self.pending.take() {
+            Some(pending) if may_wait => pending,
+            Some(pending) => {
+                match self.write_behind(pending) {
+                    Ok(wrote) => wrote_behind = wrote,
+                    Err(e) => {
+                        for op in ops.drain(..) {
+                            op.refuse(StoreError::Failed(e.to_string()));
+                        }
+                        return false;
+                    }
+                }
+                Staging::for_ops(ops)
+            }
+            None => Staging::for_ops(ops),
         };
         let mut done = Vec::with_capacity(ops.len());
         for op in ops.drain(..) {
@@ -482,13 +604,23 @@ impl Writer {
                 done.push(d);
             }
         }
+        let young = self.behind_since.is_none_or(|since| since.elapsed() < WRITE_BEHIND);
+        if may_wait && staging.wrote && young && staging.appends < MAX_BEHIND {
+            self.behind_since.get_or_insert_with(Instant::now);
+            self.behind.store(true, Ordering::Relaxed);
+            self.pending = Some(staging);
+            self.answer(done);
+            return wrote_behind;
+        }
+        self.behind_since = None;
+        self.behind.store(false, Ordering::Relaxed);
         let wrote = staging.wrote;
         let mut failed: Option<StoreError> = None;
         if wrote {
             metrics::counter!("herald_store_batches_total").increment(1);
             self.seq += 1;
-            staging.batch.insert(SEQ_KEY, &self.seq.to_be_bytes());
-            if let Err(e) = self.tree.apply_batch(staging.batch) {
+            staging.batch.insert(SEQ_KEY, self.seq.to_be_bytes());
+            if let Err(e) = self.tree.apply_batch(staging.batch.into_batch()) {
                 failed = Some(e.into());
             }
         }
@@ -502,7 +634,9 @@ impl Writer {
         if let Some(e) = failed {
             // Nothing of this batch is acknowledged, yet it may be in sled's tree and reach the
             // disk: serving on would build on it (a retried publish appended twice, issue 11).
-            self.fail(&e, wrote.then_some(self.seq));
+            // Groups are not undone: their log position is in the same batch, so the store
+            // holds them all with it or none, and the replicated log applies them again.
+            self.fail(&e, (wrote && !staging.only_groups).then_some(self.seq));
             let text = e.to_string();
             done.into_iter().for_each(|d| d.fail(&text));
             return false;
@@ -510,6 +644,43 @@ impl Writer {
         if must_flush && wrote {
             self.seal(false, false);
         }
+        self.answer(done);
+        wrote || wrote_behind
+    }
+
+    /// Writes the batch kept behind (see [`Writer::apply`]); its operations were answered.
+    /// Whether anything was written.
+    fn write_behind(&mut self, staging: Staging) -> Result<bool, StoreError> {
+        self.behind_since = None;
+        self.behind.store(false, Ordering::Relaxed);
+        if !staging.wrote {
+            return Ok(false);
+        }
+        metrics::counter!("herald_store_batches_total").increment(1);
+        self.seq += 1;
+        let mut batch = staging.batch;
+        batch.insert(SEQ_KEY, self.seq.to_be_bytes());
+        match self.tree.apply_batch(batch.into_batch()) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = StoreError::from(e);
+                self.fail(&e, None);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes what is behind, if anything; false if that failed.
+    fn catch_up(&mut self) -> bool {
+        match self.pending.take() {
+            Some(pending) => self.write_behind(pending).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Answers the operations of a batch that was applied (or is kept behind), and hands its
+    /// appends to the commit hook.
+    fn answer(&mut self, done: Vec<Done>) {
         let mut group = CommitGroup {
             commits: Vec::new(),
             acks: Vec::new(),
@@ -549,7 +720,6 @@ impl Writer {
         if !group.commits.is_empty() {
             (self.on_commit)(group);
         }
-        wrote
     }
 
     /// Stages one operation; answers it at once (and returns `None`) when it fails.
@@ -632,6 +802,8 @@ impl Writer {
                 s.flush_requested = true;
                 Some(Done::Flush(reply))
             }
+            // What is behind was written before this batch was staged.
+            Op::Settle { reply } => Some(Done::Unit(reply)),
             Op::Group {
                 ops,
                 meta,
@@ -689,7 +861,7 @@ impl Writer {
         for key in self.tree.iter().keys() {
             let key = key?;
             if key.as_ref() != SEQ_KEY && !keep.contains(key.as_ref()) {
-                s.batch.remove(key);
+                s.batch.remove(key.to_vec());
             }
         }
         for (key, value) in records {
@@ -697,6 +869,7 @@ impl Writer {
         }
         self.streams.clear();
         self.renewed.clear();
+        s.installed = true;
         s.wrote = true;
         s.flush_requested = true;
         Ok(())
@@ -766,6 +939,10 @@ impl Writer {
                     meta.version = v.version;
                     meta.version_epoch = v.epoch;
                 }
+                let fresh_from = match s.installed {
+                    true => u64::MAX,
+                    false => *s.fresh.entry(channel.clone()).or_insert(meta.top_offset + 1),
+                };
                 meta.top_offset += 1;
                 meta.updated_at_ms = now;
                 let position = Position {
@@ -780,9 +957,15 @@ impl Writer {
                 );
                 s.batch.insert(keys::meta(&channel), meta_bytes);
                 if position.offset > retention.size as u64 {
-                    s.batch
-                        .remove(keys::publication(&channel, position.offset - retention.size as u64));
+                    let leaving = position.offset - retention.size as u64;
+                    let key = keys::publication(&channel, leaving);
+                    if leaving >= fresh_from {
+                        s.batch.unwrite(&key);
+                    } else {
+                        s.batch.remove(key);
+                    }
                 }
+                s.appends += 1;
                 s.wrote = true;
                 position
             }
@@ -838,9 +1021,10 @@ impl Writer {
 
     /// Stages the removal of every publication of a stream; returns how many.
     fn purge_publications(&self, channel: &Arc<str>, s: &mut Staging) -> Result<usize, StoreError> {
+        s.fresh.insert(channel.clone(), u64::MAX);
         let mut removed = 0;
         for key in self.tree.scan_prefix(keys::publication_prefix(channel)).keys() {
-            s.batch.remove(key?);
+            s.batch.remove(key?.to_vec());
             removed += 1;
         }
         s.wrote |= removed > 0;
@@ -867,6 +1051,7 @@ impl Writer {
             },
         };
         let prefix = keys::publication_prefix(channel);
+        s.fresh.insert(channel.clone(), u64::MAX);
         let mut removed = 0;
         if now.saturating_sub(meta.updated_at_ms) > millis(meta_ttl) {
             removed += self.purge_publications(channel, s)?;
@@ -893,7 +1078,7 @@ impl Writer {
                 // Publications are in time order: the rest is younger.
                 break;
             }
-            s.batch.remove(key);
+            s.batch.remove(key.to_vec());
             removed += 1;
         }
         if removed > 0 {
@@ -908,7 +1093,7 @@ impl Writer {
             let (key, value) = item?;
             let expired = IdempotencyRecord::decode(value.as_ref()).map_or(true, |r| r.expires_at_ms <= now);
             if expired && !s.idempotency.contains_key(key.as_ref()) {
-                s.batch.remove(key);
+                s.batch.remove(key.to_vec());
                 removed += 1;
             }
         }

@@ -166,8 +166,10 @@ pub struct LogStore {
     wal: Arc<parking_lot::RwLock<Wal>>,
     /// Whether the database says the log was used ([`LOG_USED`]).
     marked: Arc<std::sync::atomic::AtomicBool>,
-    /// The streams, flushed before entries are purged.
+    /// The streams' database, and the store that writes it: flushed before entries are
+    /// purged (through the store when there is one, which writes first what it holds behind).
     db: sled::Db,
+    streams: Option<crate::store::Store>,
     meta: sled::Tree,
     durability: Durability,
 }
@@ -192,6 +194,7 @@ impl LogStore {
             wal: Arc::new(parking_lot::RwLock::new(wal)),
             marked: Arc::new(std::sync::atomic::AtomicBool::new(marked)),
             db: db.clone(),
+            streams: None,
             meta,
             durability,
         };
@@ -282,6 +285,13 @@ impl LogStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.wal.write().flush(sync, Some(Done::Wait(tx)))?;
         rx.await.map_err(|_| other("the raft log's writer stopped"))?
+    }
+
+    /// Flushes the streams through `store` before entries are purged (see [`LogStore::purge`]):
+    /// its writer may hold applied entries behind, unwritten.
+    pub fn flushing(mut self, store: crate::store::Store) -> Self {
+        self.streams = Some(store);
+        self
     }
 
     /// Moves a log kept in the database by an earlier version (its vote, its purge point and
@@ -402,11 +412,16 @@ impl RaftLogStorage<Herald> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         // The entries go; what they made of the streams must be on disk first.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(other)?
-            .map_err(other)?;
+        match &self.streams {
+            Some(store) => store.flush().await.map_err(other)?,
+            None => {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || db.flush())
+                    .await
+                    .map_err(other)?
+                    .map_err(other)?;
+            }
+        }
         self.wal.write().purge(Coded(log_id))?;
         self.flush(true).await
     }

@@ -79,6 +79,9 @@ pub struct Machine {
     delivered: Arc<AtomicBool>,
     recent: Arc<parking_lot::Mutex<VecDeque<(Instant, Quiet)>>>,
     current: Arc<parking_lot::Mutex<Option<Snapshot>>>,
+    /// The last applied log id and membership, as applied: read from the store once, then
+    /// kept here, since the store may still hold the last applies behind (unwritten).
+    applied: Arc<parking_lot::Mutex<Option<Applied>>>,
 }
 
 impl Machine {
@@ -89,14 +92,20 @@ impl Machine {
             delivered: Arc::new(AtomicBool::new(false)),
             recent: Arc::new(parking_lot::Mutex::new(VecDeque::new())),
             current: Arc::new(parking_lot::Mutex::new(None)),
+            applied: Arc::new(parking_lot::Mutex::new(None)),
         }
     }
 
     fn applied(&self) -> io::Result<Applied> {
-        match self.store.record(APPLIED).map_err(io::Error::other)? {
-            Some(bytes) => postcard::from_bytes(&bytes).map_err(invalid),
-            None => Ok(Applied::default()),
+        if let Some(applied) = self.applied.lock().clone() {
+            return Ok(applied);
         }
+        let applied = match self.store.record(APPLIED).map_err(io::Error::other)? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(invalid)?,
+            None => Applied::default(),
+        };
+        *self.applied.lock() = Some(applied.clone());
+        Ok(applied)
     }
 }
 
@@ -301,6 +310,8 @@ impl RaftStateMachine<Herald> for Machine {
             return Ok(());
         }
         let meta = vec![(APPLIED.to_vec(), postcard::to_stdvec(&applied).map_err(invalid)?)];
+        // Kept before the store answers: on an error Raft stops using this state machine.
+        *self.applied.lock() = Some(applied);
         let deliver = self.leading.load(Ordering::Relaxed);
         if deliver && !self.delivered.swap(true, Ordering::Relaxed) {
             // Just became leader: first deliver what was applied while following.
@@ -378,6 +389,8 @@ impl RaftStateMachine<Herald> for Machine {
         let records: Vec<(Vec<u8>, Vec<u8>)> = postcard::from_bytes(&data).map_err(invalid)?;
         let count = records.len();
         self.store.install(records).await.map_err(io::Error::other)?;
+        // The snapshot brought its own log position: read it again.
+        *self.applied.lock() = None;
         *self.current.lock() = Some((meta.clone(), data));
         tracing::info!(records = count, last = ?meta.last_log_id, "cluster: snapshot installed");
         Ok(())

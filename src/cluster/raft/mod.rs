@@ -114,7 +114,9 @@ impl Replica {
         durability: Durability,
         cluster: &ClusterConfig,
     ) -> Result<Arc<Self>, String> {
-        let log = LogStore::open(store.dir(), store.db(), durability).map_err(failed)?;
+        let log = LogStore::open(store.dir(), store.db(), durability)
+            .map_err(failed)?
+            .flushing(store.clone());
         let id = log.node_id().map_err(failed)?;
         let used = log.is_used();
         let election = cluster.election_timeout.as_millis() as u64;
