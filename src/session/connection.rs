@@ -153,7 +153,9 @@ async fn write_loop<T: Transport>(shared: Arc<SessionShared>, mut transport: T) 
         metrics::counter!("herald_bytes_out_total").increment(bytes as u64);
         if let Some(code) = drained.close {
             metrics::counter!("herald_disconnects_total", "code" => code.code.to_string()).increment(1);
-            let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(&code)).await;
+            // Boxed: the close runs once, and inline its future would take room in every
+            // connection's writer task for its whole life (idle memory per connection).
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), transport.close(&code))).await;
             return;
         }
     }

@@ -64,11 +64,30 @@ pub enum Control {
 pub struct Handshake {
     /// `websocket`, `http_stream`, `sse`, `uni_websocket`, `uni_http_stream` or `uni_sse`.
     pub transport: &'static str,
-    /// The request's headers that some proxy forwards; none without proxies.
-    pub headers: hyper::HeaderMap,
+    /// The request's headers that some proxy forwards; none without proxies. Boxed, and only
+    /// when there are any: every connection keeps its handshake for its whole life, and its
+    /// task carries it in more than one place (idle memory per connection).
+    headers: Option<Box<hyper::HeaderMap>>,
 }
 
 impl Handshake {
+    pub fn new(transport: &'static str, headers: hyper::HeaderMap) -> Self {
+        Self {
+            transport,
+            headers: (!headers.is_empty()).then(|| Box::new(headers)),
+        }
+    }
+
+    /// The headers kept (see [`Handshake::headers_of`]).
+    pub fn headers(&self) -> &hyper::HeaderMap {
+        static NONE: std::sync::LazyLock<hyper::HeaderMap> = std::sync::LazyLock::new(hyper::HeaderMap::new);
+        self.headers.as_deref().unwrap_or(&NONE)
+    }
+
+    pub fn headers_mut(&mut self) -> &mut hyper::HeaderMap {
+        self.headers.get_or_insert_with(Default::default)
+    }
+
     /// The headers of a handshake request worth keeping: those some proxy forwards.
     pub fn headers_of(ctx: &SessionContext, headers: &hyper::HeaderMap) -> hyper::HeaderMap {
         match ctx.broker.proxies() {

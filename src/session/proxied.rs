@@ -64,7 +64,7 @@ impl Connection {
     /// Calls `proxy`; a failure (no decision) is error 100.
     async fn ask<T: DeserializeOwned>(&self, proxy: &Proxy, body: &impl Serialize) -> Result<Decision<T>, Failure> {
         proxy
-            .call(body, &self.handshake.headers)
+            .call(body, self.handshake.headers())
             .await
             .map_err(|_| Failure::Error(ErrorCode::INTERNAL))
     }
@@ -94,7 +94,7 @@ impl Connection {
         req: &proto::ConnectRequest,
     ) -> Result<ProxiedConnect, Failure> {
         let proxies = self.ctx.broker.proxies().expect("a proxy is configured").clone();
-        proxies.add_emulated(&mut self.handshake.headers, &req.headers);
+        proxies.add_emulated(self.handshake.headers_mut(), &req.headers);
         let payload = Payload::of(&req.data, proxy.binary_encoding);
         let channels: Vec<String> = req.subs.keys().cloned().collect();
         let body = messages::ConnectRequest {
@@ -166,7 +166,7 @@ impl Connection {
         };
         let now = crate::store::now_ms() / 1000;
         let decision = proxy
-            .call::<messages::RefreshResult>(&body, &self.handshake.headers)
+            .call::<messages::RefreshResult>(&body, self.handshake.headers())
             .await;
         let expires_at = match decision {
             Err(_) => now + REFRESH_RETRY_SECS,
@@ -328,7 +328,7 @@ impl Connection {
             channel,
         };
         match proxy
-            .call::<messages::RefreshResult>(&body, &self.handshake.headers)
+            .call::<messages::RefreshResult>(&body, self.handshake.headers())
             .await
         {
             Err(_) => Ok(Some(Some(now + REFRESH_RETRY_SECS))),

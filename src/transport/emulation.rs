@@ -456,7 +456,7 @@ fn open(
         (true, Framing::EventStream) => "uni_sse",
         (true, _) => "uni_http_stream",
     };
-    let handshake = Handshake { transport, headers };
+    let handshake = Handshake::new(transport, headers);
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         metrics::counter!("herald_limit_rejections_total", "limit" => "max_connections").increment(1);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();

@@ -88,10 +88,10 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
     if let Some(switch) = request.extensions().get::<crate::transport::coalesce::CoalesceSwitch>() {
         switch.stop();
     }
-    let handshake = Handshake {
-        transport: if uni { "uni_websocket" } else { "websocket" },
-        headers: Handshake::headers_of(&ctx, request.headers()),
-    };
+    let handshake = Handshake::new(
+        if uni { "uni_websocket" } else { "websocket" },
+        Handshake::headers_of(&ctx, request.headers()),
+    );
     let on_upgrade = hyper::upgrade::on(&mut request);
     let limit = ctx.config.client.max_message_size;
     let write_timeout = ctx.config.client.write_timeout;
