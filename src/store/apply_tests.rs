@@ -305,3 +305,53 @@ async fn replicated_appends_written_behind_are_read_whole_and_trimmed_exactly() 
     assert_eq!(store.record(b"r").unwrap(), Some(13u64.to_be_bytes().to_vec()));
     assert_eq!(store.position("hot").await.unwrap(), top);
 }
+
+/// What is written behind is bounded by size as well as by time: large publications are written
+/// once they add up to `MAX_BEHIND_BYTES`, however young.
+#[tokio::test]
+async fn what_is_written_behind_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open_recording(dir.path());
+    store.faults.ageless.store(true, std::sync::atomic::Ordering::Relaxed);
+    let large = |first: u64| -> Vec<GroupOp> {
+        (first..first + 8)
+            .map(|offset| {
+                GroupOp::Append(Box::new(Append {
+                    channel: Arc::from("large"),
+                    publication: Publication {
+                        data: Bytes::from(vec![b'x'; 64 << 10]),
+                        ..Default::default()
+                    },
+                    history: Some(Retention {
+                        size: 1_000,
+                        ttl: Duration::from_secs(3600),
+                    }),
+                    idempotency: None,
+                    version: None,
+                    stamp: stamp(offset as i64, "large-epoch"),
+                }))
+            })
+            .collect()
+    };
+    let apply = |ops: Vec<GroupOp>| {
+        let store = store.clone();
+        async move {
+            for result in store.apply_group(ops, Vec::new(), false).await.unwrap() {
+                result.unwrap();
+            }
+        }
+    };
+    // 10 groups of 8 × 64 KiB: 5 MiB, held.
+    for group in 0..10 {
+        apply(large(1 + group * 8)).await;
+    }
+    assert!(offsets_written(&store, "large").is_empty(), "held behind");
+    // 30 more: past 16 MiB, written without a read or a flush asking for it.
+    for group in 10..40 {
+        apply(large(1 + group * 8)).await;
+    }
+    let written = offsets_written(&store, "large");
+    assert!(!written.is_empty(), "written once the bound was passed");
+    assert_eq!(written, (1..=written.len() as u64).collect::<Vec<_>>());
+    assert_eq!(store.position("large").await.unwrap().offset, 320);
+}

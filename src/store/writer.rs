@@ -28,9 +28,11 @@ use crate::protocol::proto::Publication;
 const MAX_BATCH: usize = 4096;
 /// Operations waiting for the writer; senders wait when it is full (backpressure on publishers).
 const QUEUE: usize = 16 * 1024;
-/// How long replicated appends may stay written behind, and how many (see [`Writer::apply`]).
+/// How long replicated appends may stay written behind, how many, and how many bytes of
+/// publications (see [`Writer::apply`]).
 const WRITE_BEHIND: Duration = Duration::from_millis(50);
 const MAX_BEHIND: usize = 16 * 1024;
+const MAX_BEHIND_BYTES: usize = 16 << 20;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -209,6 +211,8 @@ pub(super) struct Faults {
     /// The next flush reports an error after sled has flushed: the worst case, a batch that
     /// reached the disk although its callers are told it failed.
     pub fail_next_flush: AtomicBool,
+    /// What is written behind is never too old: only the count and size bounds write it.
+    pub ageless: AtomicBool,
 }
 
 /// The key, in the streams tree, of the last batch's sequence number (see `seal`).
@@ -363,8 +367,10 @@ struct Staging {
     /// the tree. `u64::MAX` once the batch removed publications another way (a purge, a trim),
     /// so that no record is taken for fresh.
     fresh: HashMap<Arc<str>, u64>,
-    /// Appends staged (bounds how much a write-behind batch holds).
+    /// Appends staged, and the bytes of their publications (bound what a batch written behind
+    /// holds).
     appends: usize,
+    bytes: usize,
     /// The batch replaces the streams (a snapshot): no record is fresh.
     installed: bool,
     wrote: bool,
@@ -467,7 +473,11 @@ impl Writer {
                 let _ = reply.send(result);
                 return;
             }
-            if self.behind_since.is_some_and(|since| since.elapsed() >= WRITE_BEHIND) {
+            #[cfg(test)]
+            let ageless = self.faults.ageless.load(Ordering::Relaxed);
+            #[cfg(not(test))]
+            let ageless = false;
+            if !ageless && self.behind_since.is_some_and(|since| since.elapsed() >= WRITE_BEHIND) {
                 let wrote = self.pending.take().map(|pending| self.write_behind(pending));
                 if matches!(wrote, Some(Ok(true))) && self.durability == Durability::Os && dirty_since.is_none() {
                     dirty_since = Some(Instant::now());
@@ -605,7 +615,9 @@ impl Writer {
             }
         }
         let young = self.behind_since.is_none_or(|since| since.elapsed() < WRITE_BEHIND);
-        if may_wait && staging.wrote && young && staging.appends < MAX_BEHIND {
+        #[cfg(test)]
+        let young = young || self.faults.ageless.load(Ordering::Relaxed);
+        if may_wait && staging.wrote && young && staging.appends < MAX_BEHIND && staging.bytes < MAX_BEHIND_BYTES {
             self.behind_since.get_or_insert_with(Instant::now);
             self.behind.store(true, Ordering::Relaxed);
             self.pending = Some(staging);
@@ -951,10 +963,9 @@ impl Writer {
                 };
                 let meta_bytes = meta.encode_to_vec();
                 publication.offset = 0; // the key holds the offset
-                s.batch.insert(
-                    keys::publication(&channel, position.offset),
-                    publication.encode_to_vec(),
-                );
+                let encoded = publication.encode_to_vec();
+                s.bytes += encoded.len();
+                s.batch.insert(keys::publication(&channel, position.offset), encoded);
                 s.batch.insert(keys::meta(&channel), meta_bytes);
                 if position.offset > retention.size as u64 {
                     let leaving = position.offset - retention.size as u64;
