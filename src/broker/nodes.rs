@@ -570,12 +570,12 @@ pub(super) async fn replicate_appends(
     let entries = appends
         .into_iter()
         .map(|a| Entry {
-            channel: a.channel.to_string(),
-            publication: a.publication.encode_to_vec(),
+            channel: a.channel,
+            publication: a.publication.encode_to_vec().into(),
             history: a.history.map(|r| (r.size, millis(r.ttl))),
             idempotency: a.idempotency.map(|i| (i.key, millis(i.window))),
             time_ms: a.stamp.time_ms,
-            epoch: a.stamp.epoch.to_string(),
+            epoch: a.stamp.epoch,
         })
         .collect();
     let failed = |e: BrokerError| (0..count).map(|_| Err(clone_error(&e))).collect();

@@ -379,6 +379,9 @@ struct Staging {
     idempotency: HashMap<Vec<u8>, Position>,
     /// Streams forgotten in this batch: a later append starts them afresh.
     forgotten: HashSet<Arc<str>>,
+    /// Streams appended to in this batch: their position is encoded once, from the cache, when
+    /// the batch is written ([`Writer::write_positions`]), not once per append.
+    positions: HashSet<Arc<str>>,
     /// What the operations inside groups answer (see `Op::Group`).
     group_done: Vec<Done>,
     /// Every write of this batch comes from groups (no flush of its own needed).
@@ -631,6 +634,7 @@ impl Writer {
         if wrote {
             metrics::counter!("herald_store_batches_total").increment(1);
             self.seq += 1;
+            self.write_positions(&mut staging);
             staging.batch.insert(SEQ_KEY, self.seq.to_be_bytes());
             if let Err(e) = self.tree.apply_batch(staging.batch.into_batch()) {
                 failed = Some(e.into());
@@ -662,7 +666,7 @@ impl Writer {
 
     /// Writes the batch kept behind (see [`Writer::apply`]); its operations were answered.
     /// Whether anything was written.
-    fn write_behind(&mut self, staging: Staging) -> Result<bool, StoreError> {
+    fn write_behind(&mut self, mut staging: Staging) -> Result<bool, StoreError> {
         self.behind_since = None;
         self.behind.store(false, Ordering::Relaxed);
         if !staging.wrote {
@@ -670,6 +674,7 @@ impl Writer {
         }
         metrics::counter!("herald_store_batches_total").increment(1);
         self.seq += 1;
+        self.write_positions(&mut staging);
         let mut batch = staging.batch;
         batch.insert(SEQ_KEY, self.seq.to_be_bytes());
         match self.tree.apply_batch(batch.into_batch()) {
@@ -678,6 +683,17 @@ impl Writer {
                 let e = StoreError::from(e);
                 self.fail(&e, None);
                 Err(e)
+            }
+        }
+    }
+
+    /// Puts the position of every stream the batch appended to into its writes, as the cache
+    /// holds it now (after all of the batch's operations). A stream no longer cached was
+    /// forgotten or replaced by a snapshot later in the batch, which wrote what it left.
+    fn write_positions(&self, staging: &mut Staging) {
+        for channel in staging.positions.drain() {
+            if let Some(meta) = self.streams.get(&channel) {
+                staging.batch.insert(keys::meta(&channel), meta.encode_to_vec());
             }
         }
     }
@@ -961,12 +977,13 @@ impl Writer {
                     epoch: meta.epoch.as_str().into(),
                     offset: meta.top_offset,
                 };
-                let meta_bytes = meta.encode_to_vec();
                 publication.offset = 0; // the key holds the offset
                 let encoded = publication.encode_to_vec();
                 s.bytes += encoded.len();
                 s.batch.insert(keys::publication(&channel, position.offset), encoded);
-                s.batch.insert(keys::meta(&channel), meta_bytes);
+                if !s.positions.contains(&channel) {
+                    s.positions.insert(channel.clone());
+                }
                 if position.offset > retention.size as u64 {
                     let leaving = position.offset - retention.size as u64;
                     let key = keys::publication(&channel, leaving);

@@ -46,12 +46,12 @@ struct Quiet {
     channel: Arc<str>,
     epoch: Arc<str>,
     offset: u64,
-    publication: Vec<u8>,
+    publication: bytes::Bytes,
 }
 
 impl Quiet {
     fn committed(self) -> Option<Committed> {
-        let mut publication = Publication::decode(self.publication.as_slice()).ok()?;
+        let mut publication = Publication::decode(self.publication).ok()?;
         publication.offset = self.offset;
         Some(Committed {
             channel: self.channel,
@@ -160,9 +160,10 @@ fn publish_operations(
                 version: *version,
                 epoch: epoch.clone(),
             });
-        let publication = Publication::decode(entry.publication.as_slice()).map_err(|e| e.to_string())?;
+        // From shared bytes: the publication's data is a slice of them, not a copy.
+        let publication = Publication::decode(entry.publication.clone()).map_err(|e| e.to_string())?;
         ops.push(GroupOp::Append(Box::new(store::Append {
-            channel: Arc::from(entry.channel.as_str()),
+            channel: entry.channel.clone(),
             publication,
             history: entry.history.map(|(size, ttl)| Retention {
                 size,
@@ -175,7 +176,7 @@ fn publish_operations(
             version,
             stamp: Stamp {
                 time_ms: entry.time_ms,
-                epoch: Arc::from(entry.epoch.as_str()),
+                epoch: entry.epoch.clone(),
             },
         })));
     }
@@ -233,7 +234,7 @@ fn remember(
             continue;
         }
         quiet.push(Quiet {
-            channel: Arc::from(entry.channel),
+            channel: entry.channel,
             epoch: appended.position.epoch.clone(),
             offset: appended.position.offset,
             publication: entry.publication,

@@ -2,6 +2,9 @@
 //! outcomes, and the members' descriptions. They travel between nodes, postcard-encoded.
 
 use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,19 +64,21 @@ impl fmt::Display for Command {
     }
 }
 
-/// One publication to append.
+/// One publication to append. Cheap to clone (the log keeps entries in memory and hands out
+/// copies to the apply and to each follower's replication): the channel, the publication and
+/// the epoch are shared. Encoded exactly as when they were a `String` and a `Vec<u8>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub channel: String,
+    pub channel: Arc<str>,
     /// The `herald.client.Publication`, protobuf-encoded (its offset is assigned at apply).
-    pub publication: Vec<u8>,
+    pub publication: Bytes,
     /// (size, ttl in ms) when the channel keeps history.
     pub history: Option<(usize, u64)>,
     /// (key, window in ms).
     pub idempotency: Option<(String, u64)>,
     /// The entry's time, and the epoch a stream it starts gets.
     pub time_ms: i64,
-    pub epoch: String,
+    pub epoch: Arc<str>,
 }
 
 /// What applying a command did.
@@ -104,3 +109,53 @@ pub type Vote = openraft::type_config::alias::VoteOf<Herald>;
 pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Herald>;
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<Herald>;
 pub type RaftEntry = openraft::type_config::alias::EntryOf<Herald>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Entry` as it was before its fields were shared: logs on disk and nodes of that version
+    /// encode entries this way.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct OwnedEntry {
+        channel: String,
+        publication: Vec<u8>,
+        history: Option<(usize, u64)>,
+        idempotency: Option<(String, u64)>,
+        time_ms: i64,
+        epoch: String,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    enum OwnedCommand {
+        Publish(Vec<OwnedEntry>),
+    }
+
+    #[test]
+    fn shared_entries_encode_exactly_as_owned_ones() {
+        let publication: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        let owned = OwnedCommand::Publish(vec![OwnedEntry {
+            channel: "news:ü".into(),
+            publication: publication.clone(),
+            history: Some((100, 600_000)),
+            idempotency: Some(("key".into(), 300_000)),
+            time_ms: 1_764_000_000_123,
+            epoch: "e1".into(),
+        }]);
+        let shared = Command::Publish(vec![Entry {
+            channel: Arc::from("news:ü"),
+            publication: Bytes::from(publication),
+            history: Some((100, 600_000)),
+            idempotency: Some(("key".into(), 300_000)),
+            time_ms: 1_764_000_000_123,
+            epoch: Arc::from("e1"),
+        }]);
+        let old = postcard::to_stdvec(&owned).unwrap();
+        assert_eq!(postcard::to_stdvec(&shared).unwrap(), old);
+        let read: Command = postcard::from_bytes(&old).unwrap();
+        assert_eq!(read, shared);
+        let back: OwnedCommand = postcard::from_bytes(&postcard::to_stdvec(&read).unwrap()).unwrap();
+        let OwnedCommand::Publish(entries) = back;
+        assert_eq!(entries[0].publication.len(), 700);
+    }
+}
