@@ -249,7 +249,9 @@ def doc(args):
         "JSON says how far it ever fell behind its schedule.",
         "- **idle-C**: C connections, each subscribed to its own channel; server RSS (`VmRSS`) before "
         "connecting and 3 s after the last subscription, divided by C; then one message per channel "
-        "checks that every connection still delivers. C is 20,000 unless the machine's hard open-file "
+        "checks that every connection still delivers. The reading before is taken after 16 warm-up "
+        "connections have connected, subscribed and closed, so that what the server touches once "
+        "(pages of its executable first run) is not divided among the C connections. C is 20,000 unless the machine's hard open-file "
         "limit (see *Machine*) leaves room for fewer: each connection is a descriptor in both processes. "
         "Beyond 25,000 connections the load generator binds its sockets to 127.0.0.2, 127.0.0.3, … "
         "(`--connections-per-source-address`).",

@@ -86,6 +86,9 @@ pub async fn run(target: Arc<Target>, workload: &Workload, options: &Options) ->
         .map(|c| target.channel(&format!("{}{c}", workload.channel_prefix)))
         .collect();
     let mut report = Report::new(workload);
+    if workload.hold.is_some() && options.server_pid.is_some() {
+        warm_up(&target, workload, options, deadline).await;
+    }
     let rss_before = options.server_pid.and_then(procfs::rss_bytes);
     let connect_cpu_start = CpuSample::take(options.server_pid);
 
@@ -166,6 +169,38 @@ pub async fn run(target: Arc<Target>, workload: &Workload, options: &Options) ->
     );
     report.elapsed_secs = started.elapsed().as_secs_f64();
     report
+}
+
+/// Connections the idle scenario opens, subscribes and closes before it reads the server's
+/// memory: the first connections make the server touch code and data it has not used yet
+/// (pages of its executable among them), a cost paid once and not per connection.
+const WARM_UP_CONNECTIONS: usize = 16;
+
+async fn warm_up(target: &Arc<Target>, workload: &Workload, options: &Options, deadline: Instant) {
+    let warm = Workload {
+        channel_prefix: "warmup",
+        channels: WARM_UP_CONNECTIONS,
+        subscribers_per_channel: 1,
+        messages: 0,
+        hold: None,
+        ..workload.clone()
+    };
+    let channels: Vec<String> = (0..warm.channels)
+        .map(|c| target.channel(&format!("{}{c}", warm.channel_prefix)))
+        .collect();
+    let progress = Progress::new(false);
+    let stop = CancellationToken::new();
+    let until = deadline.min(Instant::now() + Duration::from_secs(10));
+    let handles = spawn_subscribers(target, &warm, options, &channels, &progress, &stop, until);
+    while progress.connections().0 + progress.connections().1 < WARM_UP_CONNECTIONS && Instant::now() < until {
+        sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for handle in handles {
+        let _ = handle.await;
+    }
+    // Let the server end those sessions before its memory is read.
+    sleep(Duration::from_millis(500)).await;
 }
 
 fn spawn_subscribers(
