@@ -75,13 +75,19 @@ pub struct Connection {
 }
 
 /// Runs a session over a transport until either side ends it.
-pub async fn run<T, S>(
+///
+/// Not an `async fn`: an async fn keeps its arguments in its future for its whole life, and
+/// the transport (moved to the writer task) and the handshake (moved into the connection)
+/// would then take room twice in every connection's task (idle memory per connection). The
+/// writer task is spawned here, when the session is set up.
+pub fn run<T, S>(
     ctx: Arc<SessionContext>,
     format: Format,
     transport: T,
     mut incoming: S,
     handshake: super::Handshake,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     T: Transport,
     S: Stream<Item = Incoming> + Unpin + Send,
 {
@@ -100,7 +106,7 @@ pub async fn run<T, S>(
     });
     let mut connection = Connection {
         ctx,
-        shared: shared.clone(),
+        shared,
         state: State::Connecting { stale_at },
         rate,
         rejected: 0,
@@ -109,15 +115,20 @@ pub async fn run<T, S>(
         handshake,
         meta: None,
     };
-    // Command handling is boxed inside `serve`: its futures are large (several KB) and live only
-    // while a command runs, so an idle connection does not carry them (issue 5: memory per idle
-    // connection).
-    let code = connection.serve(&mut incoming).await;
-    shared.queue().close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));
-    connection.cleanup();
-    // Let the writer send what is queued and the close frame, but not forever.
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
-        writer.abort();
+    async move {
+        // Command handling is boxed inside `serve`: its futures are large (several KB) and
+        // live only while a command runs, so an idle connection does not carry them (issue 5:
+        // memory per idle connection).
+        let code = connection.serve(&mut incoming).await;
+        connection
+            .shared
+            .queue()
+            .close(code.unwrap_or(DisconnectCode::CONNECTION_CLOSED));
+        connection.cleanup();
+        // Let the writer send what is queued and the close frame, but not forever.
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+            writer.abort();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -93,9 +93,16 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
         Handshake::headers_of(&ctx, request.headers()),
     );
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let limit = ctx.config.client.max_message_size;
-    let write_timeout = ctx.config.client.write_timeout;
     let sessions = ctx.sessions.clone();
+    let upgrade = Box::new(Upgrade {
+        limit: ctx.config.client.max_message_size,
+        write_timeout: ctx.config.client.write_timeout,
+        ctx,
+        format,
+        uni,
+        uni_connect,
+        handshake,
+    });
     let task = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -104,25 +111,7 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
                 return;
             }
         };
-        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let own = Arc::new(OwnOutput::default());
-        let reader = ReadSide { read, own: own.clone() };
-        let socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(reader_config(limit))).await;
-        let peer_closed = own.clone();
-        let incoming = socket.filter_map(move |item| std::future::ready(incoming_of(item, &peer_closed)));
-        let transport = WebSocketTransport {
-            write,
-            own,
-            format,
-            write_timeout,
-            uni,
-        };
-        if uni {
-            let incoming = uni_incoming(incoming, uni_connect);
-            session::run(ctx, format, transport, Box::pin(incoming), handshake).await;
-        } else {
-            session::run(ctx, format, transport, Box::pin(incoming), handshake).await;
-        }
+        upgrade.session(upgraded).await.await;
         drop(permit);
     };
     sessions.spawn(task);
@@ -142,6 +131,60 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
 /// A unidirectional client's input as the session reads it: its connect request (from the URL,
 /// or its first message) as a connect command; anything it sends later is ignored. A first
 /// message that is not a connect request closes the connection (3501 bad request).
+/// What a WebSocket session needs once its connection is upgraded. Boxed, and taken apart
+/// when the session starts: captured one by one, each would keep its room in the connection's
+/// task for the connection's whole life (idle memory per connection).
+struct Upgrade {
+    ctx: Arc<SessionContext>,
+    format: Format,
+    uni: bool,
+    /// A unidirectional client's connect request from the URL.
+    uni_connect: Option<Bytes>,
+    handshake: Handshake,
+    limit: usize,
+    write_timeout: std::time::Duration,
+}
+
+impl Upgrade {
+    /// The session over the upgraded connection, ready to run.
+    async fn session(
+        self: Box<Self>,
+        upgraded: hyper::upgrade::Upgraded,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        let Upgrade {
+            ctx,
+            format,
+            uni,
+            uni_connect,
+            handshake,
+            limit,
+            write_timeout,
+        } = *self;
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let own = Arc::new(OwnOutput::default());
+        let reader = ReadSide { read, own: own.clone() };
+        let socket = WebSocketStream::from_raw_socket(reader, Role::Server, Some(reader_config(limit))).await;
+        let peer_closed = own.clone();
+        let incoming = socket.filter_map(move |item| std::future::ready(incoming_of(item, &peer_closed)));
+        let transport = WebSocketTransport {
+            write,
+            own,
+            format,
+            write_timeout,
+            uni,
+        };
+        match uni {
+            true => {
+                let incoming = Box::pin(uni_incoming(incoming, uni_connect));
+                futures_util::future::Either::Left(session::run(ctx, format, transport, incoming, handshake))
+            }
+            false => {
+                futures_util::future::Either::Right(session::run(ctx, format, transport, Box::pin(incoming), handshake))
+            }
+        }
+    }
+}
+
 fn uni_incoming(
     incoming: impl futures_util::Stream<Item = Incoming> + Send + Unpin,
     from_url: Option<Bytes>,
@@ -366,13 +409,23 @@ impl WebSocketTransport {
     /// `write_timeout`: a client that stops reading (even one that still answers pings) ends
     /// instead of holding its queue forever (issue 11). A slow reader that keeps taking bytes
     /// is not cut, however long the frame.
+    ///
+    /// The timer is started only when the socket does not take the bytes at once, and boxed:
+    /// inline, it would take room in every connection's writer task for its whole life (idle
+    /// memory per connection), and most writes never need it.
     async fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
-            match tokio::time::timeout(self.write_timeout, self.write.write(bytes)).await {
-                Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(Ok(n)) => bytes = &bytes[n..],
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            let written = match self.write.write(bytes).now_or_never() {
+                Some(written) => written,
+                None => match Box::pin(tokio::time::timeout(self.write_timeout, self.write.write(bytes))).await {
+                    Ok(written) => written,
+                    Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+                },
+            };
+            match written {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -390,7 +443,10 @@ impl WebSocketTransport {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        match tokio::time::timeout(self.write_timeout, self.write.flush()).await {
+        if let Some(result) = self.write.flush().now_or_never() {
+            return result;
+        }
+        match Box::pin(tokio::time::timeout(self.write_timeout, self.write.flush())).await {
             Ok(result) => result,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
