@@ -36,6 +36,8 @@ pub enum ServerError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr} (http.listen): {error}")]
     Listen { addr: SocketAddr, error: std::io::Error },
+    #[error("cannot start the fan-out thread: {0}")]
+    FanOut(std::io::Error),
 }
 
 /// Runs a node. `ready` is called with the bound address once clients can connect.
@@ -61,7 +63,7 @@ pub async fn run(
         _ => None,
     };
 
-    // The store's commits reach subscribers through the broker's fan-out task, off the writer
+    // The store's commits reach subscribers through the broker's fan-out thread, off the writer
     // thread (see `broker::fanout`).
     let (commit_hook, commits) = crate::broker::commit_queue();
     // In a cluster the streams are a replica of the replicated log.
@@ -90,8 +92,7 @@ pub async fn run(
         tokio::spawn(async move { checks.run_position_checks(checks_shutdown).await });
     }
     drop(replica_store);
-    let fan_out = broker.clone();
-    tokio::spawn(async move { fan_out.run_fan_out(commits).await });
+    broker.spawn_fan_out(commits).map_err(ServerError::FanOut)?;
     let retention = broker.clone();
     let retention_shutdown = shutdown.clone();
     tokio::spawn(async move { retention.run_retention(retention_shutdown).await });

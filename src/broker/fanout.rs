@@ -2,8 +2,8 @@
 //! store to it.
 //!
 //! The store's writer thread does not deliver. Its commit hook ([`commit_queue`]) only queues
-//! each batch's [`CommitGroup`]; the broker's fan-out task ([`Broker::run_fan_out`]) takes the
-//! groups in order, delivers every publication, then drops the group, which answers its
+//! each batch's [`CommitGroup`]; the broker's fan-out thread ([`Broker::spawn_fan_out`]) takes
+//! the groups in order, delivers every publication, then drops the group, which answers its
 //! publishers. Fan-out width therefore no longer adds to group-commit latency, and a publish
 //! reply still comes after its publication was handed to the local subscribers (as before).
 //!
@@ -11,8 +11,8 @@
 //! - the writer is the only appender; it assigns offsets in the order it stages appends and hands
 //!   each batch's appends, in that order, to the hook, one batch after the other;
 //! - the hook pushes onto one unbounded FIFO queue: it never blocks the writer and never drops
-//!   a group (the queue only refuses once the fan-out task is gone, at shutdown);
-//! - one task pops the groups in queue order and fans out their publications one at a time;
+//!   a group (the queue only refuses once the fan-out thread is gone, at shutdown);
+//! - one thread pops the groups in queue order and fans out their publications one at a time;
 //!   [`Hub::broadcast`](crate::hub::Hub::broadcast) hands each to every subscriber of the
 //!   channel under the channel's shard lock before the next begins, and a subscriber checks
 //!   offset contiguity itself (a gap becomes 2500/3010, never a silent skip).
@@ -33,14 +33,14 @@ use super::Broker;
 use crate::hub::{Prepared, PushKind};
 use crate::store::{CommitGroup, CommitHook};
 
-/// The receiving end of the store's commit hook, for [`Broker::run_fan_out`].
+/// The receiving end of the store's commit hook, for [`Broker::spawn_fan_out`].
 pub struct CommitQueue(mpsc::UnboundedReceiver<CommitGroup>);
 
 /// The commit hook to open the store with, and the queue it feeds.
 pub fn commit_queue() -> (CommitHook, CommitQueue) {
     let (tx, rx) = mpsc::unbounded_channel();
     let hook: CommitHook = Box::new(move |group| {
-        // Refused only when the fan-out task is gone (shutdown): dropping the group still
+        // Refused only when the fan-out thread is gone (shutdown): dropping the group still
         // answers its publishers, whose appends are durable.
         let _ = tx.send(group);
     });
@@ -53,7 +53,7 @@ const GROUPS_PER_TURN: usize = 64;
 impl Broker {
     /// Hands a push to everyone interested in the channel: this node's subscribers today, the
     /// interested peers too once there is a cluster. Callers hand one channel's pushes in that
-    /// channel's order: commit order for streams (only the fan-out task calls it for them),
+    /// channel's order: commit order for streams (only the fan-out thread calls it for them),
     /// the publisher's order for channels without history. Never blocks.
     pub fn fan_out(&self, channel: &str, push: &Arc<Prepared>) {
         let Some(cluster) = self.cluster.get() else {
@@ -90,18 +90,29 @@ impl Broker {
         }
     }
 
+    /// Starts [`Broker::run_fan_out`] on a thread of its own. Called inside the runtime the
+    /// sessions and links run on (the thread enters it to hand them pushes).
+    pub fn spawn_fan_out(self: &Arc<Self>, queue: CommitQueue) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let broker = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new().name("herald-fanout".into()).spawn(move || {
+            let _entered = runtime.enter();
+            broker.run_fan_out(queue);
+        })
+    }
+
     /// Delivers the store's commits, group by group in commit order, until the store's writer
-    /// stops (its hook, and with it the queue's sender, is dropped).
-    pub async fn run_fan_out(&self, mut queue: CommitQueue) {
+    /// stops (its hook, and with it the queue's sender, is dropped). Runs on its own thread: as
+    /// a task it waited, after each commit, behind the session tasks the last delivery had
+    /// woken (a thousand of them for a channel with a thousand subscribers), and with it the
+    /// publisher's reply, so one publish at a time to a wide channel ran at half the rate.
+    fn run_fan_out(&self, mut queue: CommitQueue) {
         let mut groups = Vec::with_capacity(GROUPS_PER_TURN);
-        while queue.0.recv_many(&mut groups, GROUPS_PER_TURN).await > 0 {
+        while queue.0.blocking_recv_many(&mut groups, GROUPS_PER_TURN) > 0 {
             for mut group in groups.drain(..) {
                 for commit in std::mem::take(&mut group.commits) {
                     let push = Prepared::publication(&commit.channel, commit.epoch, commit.publication);
                     self.fan_out(&commit.channel, &push);
-                    // A large backlog must not hold a runtime thread for long: yield now and
-                    // then (cooperative budget), as the session writers need to run too.
-                    tokio::task::consume_budget().await;
                 }
                 // Answers the group's publishers, after their publications went out.
                 drop(group);
@@ -142,7 +153,7 @@ mod tests {
         }
     }
 
-    /// A broker over a real store in `dir` with its fan-out task running, and a recorder
+    /// A broker over a real store in `dir` with its fan-out thread running, and a recorder
     /// subscribed to `channel`.
     fn broker(dir: &std::path::Path, channel: &str) -> (Arc<Broker>, Arc<Mutex<Vec<u64>>>) {
         let config = Config::from_toml(
@@ -158,8 +169,7 @@ mod tests {
             Arc::new(Hub::default()),
             store,
         ));
-        let task = broker.clone();
-        tokio::spawn(async move { task.run_fan_out(queue).await });
+        broker.spawn_fan_out(queue).unwrap();
         let offsets = Arc::new(Mutex::new(Vec::new()));
         let recorder = Recorder {
             client: Arc::from("recorder"),

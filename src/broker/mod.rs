@@ -174,7 +174,7 @@ pub struct Broker {
 
 impl Broker {
     /// A broker over `store`, whose commit hook must feed the queue given to
-    /// [`Broker::run_fan_out`] (see [`commit_queue`]).
+    /// [`Broker::spawn_fan_out`] (see [`commit_queue`]).
     pub fn new(config: Arc<Config>, node: NodeId, hub: Arc<Hub>, store: Store) -> Self {
         let proxies = crate::proxy::Proxies::from_config(&config);
         Self {
@@ -290,7 +290,7 @@ impl Broker {
     }
 
     /// Where a publication goes: through the store (history or an idempotency key; delivery
-    /// then happens in [`Broker::run_fan_out`], in offset order, once durable), or straight to
+    /// then happens in [`Broker::spawn_fan_out`], in offset order, once durable), or straight to
     /// the subscribers.
     fn route(&self, request: PublishRequest) -> Result<Route, BrokerError> {
         let options = self.options(&request.channel)?;
