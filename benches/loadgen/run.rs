@@ -192,7 +192,11 @@ async fn warm_up(target: &Arc<Target>, workload: &Workload, options: &Options, d
     let stop = CancellationToken::new();
     let until = deadline.min(Instant::now() + Duration::from_secs(10));
     let handles = spawn_subscribers(target, &warm, options, &channels, &progress, &stop, until);
-    while progress.connections().0 + progress.connections().1 < WARM_UP_CONNECTIONS && Instant::now() < until {
+    loop {
+        let (connected, failed) = progress.connections();
+        if connected + failed >= WARM_UP_CONNECTIONS || Instant::now() >= until {
+            break;
+        }
         sleep(Duration::from_millis(10)).await;
     }
     stop.cancel();

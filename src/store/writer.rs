@@ -380,7 +380,7 @@ struct Staging {
     /// Streams forgotten in this batch: a later append starts them afresh.
     forgotten: HashSet<Arc<str>>,
     /// Streams appended to in this batch: their position is encoded once, from the cache, when
-    /// the batch is written ([`Writer::write_positions`]), not once per append.
+    /// the batch is written ([`Writer::write_staged`]), not once per append.
     positions: HashSet<Arc<str>>,
     /// What the operations inside groups answer (see `Op::Group`).
     group_done: Vec<Done>,
@@ -476,11 +476,7 @@ impl Writer {
                 let _ = reply.send(result);
                 return;
             }
-            #[cfg(test)]
-            let ageless = self.faults.ageless.load(Ordering::Relaxed);
-            #[cfg(not(test))]
-            let ageless = false;
-            if !ageless && self.behind_since.is_some_and(|since| since.elapsed() >= WRITE_BEHIND) {
+            if self.behind_too_long() {
                 let wrote = self.pending.take().map(|pending| self.write_behind(pending));
                 if matches!(wrote, Some(Ok(true))) && self.durability == Durability::Os && dirty_since.is_none() {
                     dirty_since = Some(Instant::now());
@@ -617,10 +613,12 @@ impl Writer {
                 done.push(d);
             }
         }
-        let young = self.behind_since.is_none_or(|since| since.elapsed() < WRITE_BEHIND);
-        #[cfg(test)]
-        let young = young || self.faults.ageless.load(Ordering::Relaxed);
-        if may_wait && staging.wrote && young && staging.appends < MAX_BEHIND && staging.bytes < MAX_BEHIND_BYTES {
+        if may_wait
+            && staging.wrote
+            && !self.behind_too_long()
+            && staging.appends < MAX_BEHIND
+            && staging.bytes < MAX_BEHIND_BYTES
+        {
             self.behind_since.get_or_insert_with(Instant::now);
             self.behind.store(true, Ordering::Relaxed);
             self.pending = Some(staging);
@@ -630,18 +628,14 @@ impl Writer {
         self.behind_since = None;
         self.behind.store(false, Ordering::Relaxed);
         let wrote = staging.wrote;
+        let (flush_requested, only_groups) = (staging.flush_requested, staging.only_groups);
         let mut failed: Option<StoreError> = None;
         if wrote {
-            metrics::counter!("herald_store_batches_total").increment(1);
-            self.seq += 1;
-            self.write_positions(&mut staging);
-            staging.batch.insert(SEQ_KEY, self.seq.to_be_bytes());
-            if let Err(e) = self.tree.apply_batch(staging.batch.into_batch()) {
+            if let Err(e) = self.write_staged(staging) {
                 failed = Some(e.into());
             }
         }
-        let must_flush =
-            staging.flush_requested || (wrote && self.durability == Durability::Flush && !staging.only_groups);
+        let must_flush = flush_requested || (wrote && self.durability == Durability::Flush && !only_groups);
         if failed.is_none() && must_flush {
             if let Err(e) = self.flush() {
                 failed = Some(e);
@@ -652,7 +646,7 @@ impl Writer {
             // disk: serving on would build on it (a retried publish appended twice, issue 11).
             // Groups are not undone: their log position is in the same batch, so the store
             // holds them all with it or none, and the replicated log applies them again.
-            self.fail(&e, (wrote && !staging.only_groups).then_some(self.seq));
+            self.fail(&e, (wrote && !only_groups).then_some(self.seq));
             let text = e.to_string();
             done.into_iter().for_each(|d| d.fail(&text));
             return false;
@@ -666,18 +660,13 @@ impl Writer {
 
     /// Writes the batch kept behind (see [`Writer::apply`]); its operations were answered.
     /// Whether anything was written.
-    fn write_behind(&mut self, mut staging: Staging) -> Result<bool, StoreError> {
+    fn write_behind(&mut self, staging: Staging) -> Result<bool, StoreError> {
         self.behind_since = None;
         self.behind.store(false, Ordering::Relaxed);
         if !staging.wrote {
             return Ok(false);
         }
-        metrics::counter!("herald_store_batches_total").increment(1);
-        self.seq += 1;
-        self.write_positions(&mut staging);
-        let mut batch = staging.batch;
-        batch.insert(SEQ_KEY, self.seq.to_be_bytes());
-        match self.tree.apply_batch(batch.into_batch()) {
+        match self.write_staged(staging) {
             Ok(()) => Ok(true),
             Err(e) => {
                 let e = StoreError::from(e);
@@ -687,15 +676,33 @@ impl Writer {
         }
     }
 
-    /// Puts the position of every stream the batch appended to into its writes, as the cache
-    /// holds it now (after all of the batch's operations). A stream no longer cached was
-    /// forgotten or replaced by a snapshot later in the batch, which wrote what it left.
-    fn write_positions(&self, staging: &mut Staging) {
-        for channel in staging.positions.drain() {
+    /// Whether what is written behind has waited its [`WRITE_BEHIND`] (never, in tests that
+    /// bound it by count and size only).
+    fn behind_too_long(&self) -> bool {
+        #[cfg(test)]
+        if self.faults.ageless.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.behind_since.is_some_and(|since| since.elapsed() >= WRITE_BEHIND)
+    }
+
+    /// Writes a staged batch as the next one in sequence, with the position of every stream it
+    /// appended to as the cache holds it now (after all of the batch's operations; a stream no
+    /// longer cached was forgotten or replaced by a snapshot later in the batch, which wrote
+    /// what it left).
+    fn write_staged(&mut self, staging: Staging) -> Result<(), sled::Error> {
+        metrics::counter!("herald_store_batches_total").increment(1);
+        self.seq += 1;
+        let Staging {
+            mut batch, positions, ..
+        } = staging;
+        for channel in positions {
             if let Some(meta) = self.streams.get(&channel) {
-                staging.batch.insert(keys::meta(&channel), meta.encode_to_vec());
+                batch.insert(keys::meta(&channel), meta.encode_to_vec());
             }
         }
+        batch.insert(SEQ_KEY, self.seq.to_be_bytes());
+        self.tree.apply_batch(batch.into_batch())
     }
 
     /// Writes what is behind, if anything; false if that failed.

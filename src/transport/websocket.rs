@@ -128,9 +128,6 @@ fn upgrade(ctx: Arc<SessionContext>, mut request: Request, uni: bool) -> Respons
     response.body(Body::empty()).expect("static headers are valid")
 }
 
-/// A unidirectional client's input as the session reads it: its connect request (from the URL,
-/// or its first message) as a connect command; anything it sends later is ignored. A first
-/// message that is not a connect request closes the connection (3501 bad request).
 /// What a WebSocket session needs once its connection is upgraded. Boxed, and taken apart
 /// when the session starts: captured one by one, each would keep its room in the connection's
 /// task for the connection's whole life (idle memory per connection).
@@ -185,6 +182,9 @@ impl Upgrade {
     }
 }
 
+/// A unidirectional client's input as the session reads it: its connect request (from the URL,
+/// or its first message) as a connect command; anything it sends later is ignored. A first
+/// message that is not a connect request closes the connection (3501 bad request).
 fn uni_incoming(
     incoming: impl futures_util::Stream<Item = Incoming> + Send + Unpin,
     from_url: Option<Bytes>,
@@ -409,20 +409,9 @@ impl WebSocketTransport {
     /// `write_timeout`: a client that stops reading (even one that still answers pings) ends
     /// instead of holding its queue forever (issue 11). A slow reader that keeps taking bytes
     /// is not cut, however long the frame.
-    ///
-    /// The timer is started only when the socket does not take the bytes at once, and boxed:
-    /// inline, it would take room in every connection's writer task for its whole life (idle
-    /// memory per connection), and most writes never need it.
     async fn write_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
-            let written = match self.write.write(bytes).now_or_never() {
-                Some(written) => written,
-                None => match Box::pin(tokio::time::timeout(self.write_timeout, self.write.write(bytes))).await {
-                    Ok(written) => written,
-                    Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-                },
-            };
-            match written {
+            match within(self.write_timeout, self.write.write(bytes)).await {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) => return Err(e),
@@ -443,13 +432,25 @@ impl WebSocketTransport {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(result) = self.write.flush().now_or_never() {
-            return result;
-        }
-        match Box::pin(tokio::time::timeout(self.write_timeout, self.write.flush())).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        within(self.write_timeout, self.write.flush()).await
+    }
+}
+
+/// Runs a socket operation, failing with `TimedOut` if it does not complete within `limit`.
+/// The timer starts only when the operation does not complete at once, and is boxed: inline,
+/// it would take room in every connection's writer task for its whole life (idle memory per
+/// connection), and most writes never need it.
+async fn within<T>(
+    limit: std::time::Duration,
+    operation: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    let mut operation = std::pin::pin!(operation);
+    if let Some(result) = operation.as_mut().now_or_never() {
+        return result;
+    }
+    match Box::pin(tokio::time::timeout(limit, operation)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 
