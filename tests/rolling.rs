@@ -2,7 +2,9 @@
 //! restarted in turn with SIGTERM while real SDK clients (npm `centrifuge`, through a TCP load
 //! balancer in front of the live nodes) stay subscribed and publishers publish through every
 //! live node. A node that leads hands leadership over first; its clients are closed with 3001,
-//! reconnect to another node and recover: no gap, no signal, nothing lost.
+//! reconnect to another node and recover: no gap, no signal, nothing lost. Also scenario (a)
+//! with the same SDK client: subscribed on one node, it receives another node's API publishes
+//! and a third node's client publishes once each, in order.
 
 mod common;
 
@@ -35,6 +37,10 @@ const TIMING: &str =
     "probe_interval = \"200ms\"\nprobe_timeout = \"100ms\"\nsuspect_timeout = \"1s\"\nforward_timeout = \"4s\"";
 
 const CONVERGE: Duration = Duration::from_secs(30);
+
+/// The tests of this file run one at a time: the rolling restart's timing must not share the
+/// machine with another cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A TCP load balancer on 127.0.0.1: each new connection goes to the next live node.
 async fn balancer(addresses: Addresses) -> std::net::SocketAddr {
@@ -155,6 +161,7 @@ impl SdkFollower {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_keeps_sdk_subscribers_contiguous() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(3, CONFIG, TIMING);
     cluster.converged(CONVERGE).await;
     cluster.leader_elected(3, CONVERGE).await;
@@ -252,4 +259,65 @@ async fn a_rolling_restart_keeps_sdk_subscribers_contiguous() {
         publishes.acked.len(),
         publishes.unknown.len()
     );
+}
+
+/// Scenario (a) with the real SDK: an npm `centrifuge` client subscribed on node 0 receives
+/// what node 2's API and a client on node 1 publish, each once and in its publisher's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sdk_subscriber_gets_publications_from_other_nodes_once_and_in_order() {
+    let _serial = SERIAL.lock().await;
+    let config = format!(
+        "{CONFIG}[channels.namespaces.chat]\nallow_subscribe_for_client = true\nallow_publish_for_client = true\n"
+    );
+    let cluster = Cluster::start(3, &config, TIMING);
+    cluster.converged(CONVERGE).await;
+    let [n0, n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let channel = "chat:room";
+    let follower = SdkFollower::spawn("alice", &n0.ws_url(), channel);
+    assert!(
+        eventually(CONVERGE, || async { follower.subscribed_count() > 0 }).await,
+        "the SDK client did not subscribe"
+    );
+    // Node 0's interest has reached the publishing nodes.
+    for node in [n1, n2] {
+        let knows = eventually(CONVERGE, || async {
+            node.metric("herald_cluster_interest_entries{side=\"remote\"}").await >= 1.0
+        })
+        .await;
+        assert!(knows, "a node never learned node 0's interest");
+    }
+    let mut carol = Client::connected(n1, herald::protocol::Format::Json, "carol").await;
+    const EACH: usize = 30;
+    for i in 0..EACH {
+        n2.publish(channel, json!({"id": format!("api-{i}")})).await;
+        let reply = carol
+            .call(cmd::publish(channel, &json!({"id": format!("client-{i}")}).to_string()))
+            .await;
+        assert!(reply.error.is_none(), "{:?}", reply.error);
+    }
+    let ids = |f: &SdkFollower| -> Vec<String> {
+        f.raw
+            .lock()
+            .iter()
+            .filter(|v| v["event"] == "publication")
+            .map(|v| v["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    eventually(CONVERGE, || async { ids(&follower).len() >= 2 * EACH }).await;
+    // Anything sent twice would arrive right behind.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = ids(&follower);
+    assert_eq!(seen.len(), 2 * EACH, "delivered: {seen:?}");
+    for source in ["api", "client"] {
+        let from: Vec<&String> = seen.iter().filter(|id| id.starts_with(source)).collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("{source}-{i}")).collect();
+        assert_eq!(
+            from,
+            expected.iter().collect::<Vec<_>>(),
+            "{source}: out of order or missing"
+        );
+    }
+    follower.stop();
 }
